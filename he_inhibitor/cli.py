@@ -1,0 +1,40 @@
+"""The `he-inhibitor` console script.
+
+Each subcommand lives in the module that owns its feature; that module exposes
+``add_parser(subparsers)`` which registers the subcommand and sets
+``func=callable(args) -> int``. Modules are imported lazily so that
+``he-inhibitor approx`` never imports torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# subcommand -> module exposing add_parser(subparsers)
+COMMANDS: dict[str, str] = {
+    "approx": "he_inhibitor.approx.cli",
+}
+
+
+def build_parser(argv: list[str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="he-inhibitor", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    wanted = argv[0] if argv and argv[0] in COMMANDS else None
+    for name, module in COMMANDS.items():
+        if wanted is None or name == wanted:
+            importlib.import_module(module).add_parser(sub)
+        else:  # listed in --help without importing its (possibly heavy) module
+            sub.add_parser(name, help=f"see `he-inhibitor {name} --help`")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(argv).parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
