@@ -15,6 +15,9 @@ import sys
 # subcommand -> module exposing add_parser(subparsers)
 COMMANDS: dict[str, str] = {
     "approx": "he_inhibitor.approx.cli",
+    "teacher": "he_inhibitor.teacher",
+    "distill": "he_inhibitor.distill",
+    "eval": "he_inhibitor.evaluate",
 }
 
 

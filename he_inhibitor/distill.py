@@ -1,0 +1,365 @@
+"""Knowledge distillation of the teacher into the HE-friendly student (``he-inhibitor distill``).
+
+Losses (TinyBERT-style, arXiv 2308.13958), each weighted in the config:
+soft-label KD on logits with temperature (KL * tau^2), hard-label CE,
+hidden-state MSE through learned projections with a layer mapping,
+embedding MSE, an attention-level loss (teacher attention maps against the
+student's normalised inhibition), and the range penalty that keeps every
+polynomial input inside its interval.
+
+Two phases: ``exact`` non-linearities first; then the bounds B are calibrated
+on training data, the norms are frozen, and a ``poly`` phase fine-tunes the
+student with the circuit's own polynomials, so the shipped model is exactly
+what the encrypted circuit computes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from he_inhibitor.data import default_data_dir, load_sst2
+from he_inhibitor.model.student import Student, StudentConfig, load_student, save_student
+from he_inhibitor.teacher_cache import TeacherCache, build_cache
+from he_inhibitor.vocab import TOKENIZER_FILE, encode, load_tokenizer, make_tokenizer, teacher_to_student_ids, trimmed_vocab
+
+
+@dataclass
+class LossWeights:
+    kd: float = 1.0
+    ce: float = 0.2
+    hidden: float = 0.05
+    emb: float = 0.0
+    attn: float = 0.0
+    range: float = 1.0
+
+
+@dataclass
+class DistillConfig:
+    student: StudentConfig = field(default_factory=StudentConfig)
+    loss: LossWeights = field(default_factory=LossWeights)
+    temperature: float = 2.0
+    layer_map: str | list[int] = "uniform"  # "uniform" | "first" | "last" | explicit teacher layers
+    batch_size: int = 64
+    lr: float = 2e-3
+    weight_decay: float = 0.01
+    warmup: float = 0.06
+    epochs_exact: int = 4
+    epochs_poly: int = 1
+    lr_poly: float = 5e-4
+    calibration_batches: int = 200
+    calibration_margin: float = 0.1
+    limit: int | None = None
+    seed: int = 0
+    threads: int = 2
+    checkpoint_every: int = 300
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "DistillConfig":
+        known = {f.name for f in fields(cls)}
+        if set(data) - known:
+            raise ValueError(f"unknown distill config keys: {sorted(set(data) - known)}")
+        data = dict(data)
+        if isinstance(data.get("student"), dict):
+            data["student"] = StudentConfig.from_dict(data["student"])
+        if isinstance(data.get("loss"), dict):
+            data["loss"] = LossWeights(**data["loss"])
+        return cls(**data)
+
+
+def teacher_layers(layer_map: str | list[int], n_student: int, n_teacher: int) -> list[int]:
+    """Teacher hidden-state index (1..n_teacher) that each student layer imitates."""
+    if isinstance(layer_map, list):
+        if len(layer_map) != n_student or not all(1 <= t <= n_teacher for t in layer_map):
+            raise ValueError(f"layer_map {layer_map} must list {n_student} teacher layers in 1..{n_teacher}")
+        return list(layer_map)
+    maps = {
+        "uniform": [round((i + 1) * n_teacher / n_student) for i in range(n_student)],
+        "first": [i + 1 for i in range(n_student)],
+        "last": [n_teacher - n_student + i + 1 for i in range(n_student)],
+    }
+    if layer_map not in maps:
+        raise ValueError(f"layer_map must be one of {sorted(maps)} or a list, not {layer_map!r}")
+    return maps[layer_map]
+
+
+def init_embeddings_from_teacher(student: Student, teacher_word: np.ndarray, teacher_pos: np.ndarray, vocab_ids: np.ndarray) -> np.ndarray:
+    """Word and position tables from the teacher's, projected to d by PCA (SVD of the used rows).
+
+    Returns the projection basis [d, d_teacher] so the embedding loss can start from it.
+    """
+    d = student.cfg.d_model
+    words = teacher_word[vocab_ids].astype(np.float64)
+    mean = words.mean(0)
+    _, _, vt = np.linalg.svd(words - mean, full_matrices=False)
+    basis = vt[:d]  # [d, d_teacher]
+    w = (words - mean) @ basis.T
+    p = (teacher_pos[: student.cfg.max_len] - teacher_pos[: student.cfg.max_len].mean(0)) @ basis.T
+    scale = 1.0 / w.std()
+    with torch.no_grad():
+        student.word.weight.copy_(torch.from_numpy(w * scale))
+        student.pos.weight.copy_(torch.from_numpy(p * scale))
+    return basis
+
+
+class Distiller(nn.Module):
+    """The student plus the projections only distillation needs (dropped when saving)."""
+
+    def __init__(self, student: Student, d_teacher: int, t_layers: list[int]) -> None:
+        super().__init__()
+        self.student, self.t_layers = student, t_layers
+        d = student.cfg.d_model
+        self.proj = nn.ModuleList(nn.Linear(d, d_teacher) for _ in t_layers)
+        self.proj_emb = nn.Linear(d, d_teacher)
+
+    def losses(self, batch: dict[str, torch.Tensor], cfg: DistillConfig) -> dict[str, torch.Tensor]:
+        s, w = self.student, cfg.loss
+        ids, mask = batch["ids"], batch["mask"]
+        x0 = s.embed(ids, mask)
+        x, hidden, weights = s.encode(x0, mask, need_weights=w.attn > 0)
+        logits = s.classifier(s.drop(s.pool(x, mask)))
+        tau = cfg.temperature
+        out = {
+            "kd": F.kl_div(F.log_softmax(logits / tau, -1), F.softmax(batch["t_logits"] / tau, -1), reduction="batchmean") * tau**2,
+            "ce": F.cross_entropy(logits, batch["labels"]),
+        }
+        m = mask.unsqueeze(-1).float()
+        n_tok = m.sum() * batch["t_hidden"].shape[-1]
+        if w.hidden > 0:
+            out["hidden"] = sum(
+                (((p(h) - batch["t_hidden"][:, :, t]) ** 2) * m).sum() / n_tok
+                for p, h, t in zip(self.proj, hidden, self.t_layers)
+            ) / len(hidden)
+        if w.emb > 0:
+            out["emb"] = (((self.proj_emb(x0) - batch["t_hidden"][:, :, 0]) ** 2) * m).sum() / n_tok
+        if w.attn > 0:
+            pair = (mask.unsqueeze(2) & mask.unsqueeze(1)).float()  # [B, T, T]
+            out["attn"] = sum(
+                (batch["t_attn"][..., t - 1] * (batch["t_attn"][..., t - 1].clamp_min(1e-8).log() - a.clamp_min(1e-8).log()) * pair).sum() / mask.sum()
+                for a, t in zip(weights, self.t_layers)
+            ) / len(weights)
+        if w.range > 0:
+            out["range"] = s.range_penalty()
+        out["loss"] = sum(getattr(w, k) * v for k, v in out.items())
+        out["acc"] = (logits.argmax(-1) == batch["labels"]).float().mean()
+        return out
+
+
+class Batches:
+    """Length-bucketed shuffled batches from the teacher cache, reproducible per epoch."""
+
+    def __init__(self, cache: TeacherCache, id_map: np.ndarray, batch_size: int, seed: int, need_attn: bool) -> None:
+        self.cache, self.id_map, self.batch_size, self.seed, self.need_attn = cache, id_map, batch_size, seed, need_attn
+        self.lengths = cache.lengths()
+
+    def order(self, epoch: int) -> list[np.ndarray]:
+        rng = np.random.default_rng(self.seed + epoch)
+        idx = rng.permutation(len(self.lengths))
+        chunk = self.batch_size * 50
+        batches = []
+        for c in range(0, len(idx), chunk):  # sort within chunks: little padding, still random
+            part = idx[c : c + chunk]
+            part = part[np.argsort(self.lengths[part], kind="stable")]
+            batches += [part[b : b + self.batch_size] for b in range(0, len(part), self.batch_size)]
+        return [batches[i] for i in rng.permutation(len(batches))]
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.lengths) / self.batch_size)
+
+    def collate(self, rows: np.ndarray) -> dict[str, torch.Tensor]:
+        c, lens = self.cache, self.lengths[rows]
+        t, b = int(lens.max()), len(rows)
+        ids = np.zeros((b, t), np.int64)
+        mask = np.zeros((b, t), bool)
+        hid = np.zeros((b, t) + c.hidden.shape[1:], np.float32)
+        att = np.zeros((b, t, t, c.attn.shape[1]), np.float32) if self.need_attn else None
+        for r, i in enumerate(rows):
+            n, o = lens[r], c.offsets[i]
+            ids[r, :n] = self.id_map[c.ids[o : o + n]]
+            mask[r, :n] = True
+            hid[r, :n] = c.hidden[o : o + n]
+            if att is not None:
+                att[r, :n, :n] = c.attn[c.attn_offsets[i] : c.attn_offsets[i + 1]].reshape(n, n, -1)
+        batch = {
+            "ids": torch.from_numpy(ids), "mask": torch.from_numpy(mask),
+            "labels": torch.from_numpy(c.labels[rows]), "t_logits": torch.from_numpy(c.logits[rows]),
+            "t_hidden": torch.from_numpy(hid),
+        }
+        if att is not None:
+            batch["t_attn"] = torch.from_numpy(att)
+        return batch
+
+
+@torch.no_grad()
+def evaluate(student: Student, tokenizer, sentences: list[str], labels: list[int], batch_size: int = 128) -> float:
+    """Accuracy through the real inference path: the student's own tokenizer, no truncation."""
+    student.eval()
+    correct = 0
+    for b in range(0, len(sentences), batch_size):
+        ids, mask = encode(tokenizer, sentences[b : b + batch_size], student.cfg.max_len)
+        logits = student(torch.from_numpy(ids), torch.from_numpy(mask))
+        correct += int((logits.argmax(-1).numpy() == np.asarray(labels[b : b + batch_size])).sum())
+    return correct / len(sentences)
+
+
+@torch.no_grad()
+def calibrate(student: Student, batches: Batches, n_batches: int, margin: float) -> dict[str, float]:
+    """Set each bound B to (1 + margin) x the largest input seen on training data (exact form)."""
+    student.eval()
+    student.set_form("exact")
+    nl = student.nonlinearities()
+    for _, m in nl:
+        m.max_ratio.zero_()
+    for rows in batches.order(epoch=10_000)[:n_batches]:
+        b = batches.collate(rows)
+        student(b["ids"], b["mask"])
+    bounds = {}
+    for name, m in nl:
+        new = float(m.max_ratio * m.bound) * (1 + margin)
+        m.bound.fill_(max(new, 1e-3))
+        m.max_ratio.zero_()
+        bounds[name] = round(new, 4)
+    return bounds
+
+
+def _schedule(step: int, total: int, warmup: float) -> float:
+    w = max(1, int(total * warmup))
+    return step / w if step < w else max(0.0, (total - step) / max(1, total - w))
+
+
+def run_phase(
+    name: str, dist: Distiller, batches: Batches, cfg: DistillConfig, epochs: int, lr: float,
+    out: Path, log, state: dict, evaluate_fn,
+) -> None:
+    """One training phase with warm-up/decay, a progress bar and resumable checkpoints."""
+    if epochs <= 0:
+        return
+    params = [p for p in dist.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
+    total = epochs * len(batches)
+    ckpt = out / f"checkpoint-{name}.pt"
+    step = 0
+    if ckpt.is_file():
+        saved = torch.load(ckpt, weights_only=True)
+        dist.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["opt"])
+        step = int(saved["step"])
+        print(f"resumed phase {name} at step {step}/{total}")
+    bar = tqdm(total=total, initial=step, desc=f"distill[{name}]", unit="batch", dynamic_ncols=True)
+    while step < total:
+        epoch, done = divmod(step, len(batches))
+        for rows in batches.order(epoch)[done:]:
+            dist.train()
+            for g in opt.param_groups:
+                g["lr"] = lr * _schedule(step, total, cfg.warmup)
+            parts = dist.losses(batches.collate(rows), cfg)
+            opt.zero_grad(set_to_none=True)
+            parts["loss"].backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            step += 1
+            bar.update(1)
+            if step % 50 == 0:
+                rec = {"phase": name, "step": step, "lr": g["lr"], **{k: round(float(v), 5) for k, v in parts.items()}}
+                log.write(json.dumps(rec) + "\n")
+                log.flush()
+                bar.set_postfix(loss=f"{rec['loss']:.3f}", acc=f"{rec['acc']:.3f}")
+            if step % cfg.checkpoint_every == 0 or step == total:
+                torch.save({"model": dist.state_dict(), "opt": opt.state_dict(), "step": step}, ckpt)
+        acc = evaluate_fn()
+        log.write(json.dumps({"phase": name, "epoch": epoch + 1, "dev_accuracy": acc}) + "\n")
+        log.flush()
+        bar.write(f"[{name}] epoch {epoch + 1}/{epochs}: dev accuracy {acc:.4f}")
+    bar.close()
+    state[f"dev_{name}"] = evaluate_fn()
+
+
+def distill(cfg: DistillConfig, teacher_dir: Path, data_dir: Path, out: Path, cache_dir: Path = Path("runs/cache")) -> dict:
+    """Run both phases, save the float16 student with its tokenizer into ``out``, return metrics."""
+    torch.manual_seed(cfg.seed)
+    torch.set_num_threads(cfg.threads)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "distill_config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+
+    sentences, labels = load_sst2(data_dir, "train")
+    if cfg.limit:
+        sentences, labels = sentences[: cfg.limit], labels[: cfg.limit]
+    dev_s, dev_y = load_sst2(data_dir, "dev")
+    cache = build_cache(teacher_dir, sentences, labels, cache_dir, max_len=cfg.student.max_len)
+
+    teacher_tok = load_tokenizer(teacher_dir)
+    teacher_tok.no_padding()
+    teacher_tok.no_truncation()
+    tokenizer = make_tokenizer(trimmed_vocab(teacher_tok, sentences))
+    tokenizer.save(str(out / TOKENIZER_FILE))
+    id_map = teacher_to_student_ids(teacher_tok, tokenizer)
+
+    cfg.student.vocab_size = tokenizer.get_vocab_size()
+    student = Student(cfg.student)
+    from safetensors.numpy import load_file
+
+    tw = load_file(str(teacher_dir / "model.safetensors"))
+    vocab_ids = np.array([teacher_tok.token_to_id(tokenizer.id_to_token(i)) for i in range(tokenizer.get_vocab_size())])
+    init_embeddings_from_teacher(
+        student, tw["bert.embeddings.word_embeddings.weight"].astype(np.float32),
+        tw["bert.embeddings.position_embeddings.weight"].astype(np.float32), vocab_ids,
+    )
+    n_teacher = cache.hidden.shape[1] - 1
+    dist = Distiller(student, cache.hidden.shape[2], teacher_layers(cfg.layer_map, cfg.student.n_layers, n_teacher))
+    batches = Batches(cache, id_map, cfg.batch_size, cfg.seed, need_attn=cfg.loss.attn > 0)
+    state: dict = {"teacher_train_agreement": float((cache.logits.argmax(1) == cache.labels).mean())}
+    evaluate_fn = lambda: evaluate(student, tokenizer, dev_s, dev_y)  # noqa: E731
+
+    with open(out / "log.jsonl", "a") as log:
+        exact_weights = LossWeights(**{**asdict(cfg.loss), "range": 0.0})  # no bounds yet to respect
+        run_phase("exact", dist, batches, DistillConfig.from_dict({**asdict(cfg), "loss": asdict(exact_weights)}),
+                  cfg.epochs_exact, cfg.lr, out, log, state, evaluate_fn)
+        state["bounds"] = calibrate(student, batches, cfg.calibration_batches, cfg.calibration_margin)
+        student.freeze_norms()
+        student.set_form("poly")
+        state["dev_poly_before_finetune"] = evaluate_fn()
+        run_phase("poly", dist, batches, cfg, cfg.epochs_poly, cfg.lr_poly, out, log, state, evaluate_fn)
+
+    save_student(student, out)
+    shipped = load_student(out).set_form("poly")  # what ships is float16: measure that
+    state["dev_poly_float16"] = evaluate(shipped, tokenizer, dev_s, dev_y)
+    state["dev_exact_float16"] = evaluate(shipped.set_form("exact"), tokenizer, dev_s, dev_y)
+    state["parameters"] = sum(p.numel() for p in student.parameters())
+    (out / "metrics.json").write_text(json.dumps(state, indent=2) + "\n")
+    return state
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("distill", help="distil the teacher into the inhibitor student")
+    p.add_argument("--teacher", type=Path, required=True, help="teacher directory (he-inhibitor teacher output)")
+    p.add_argument("--data-dir", type=Path, default=None, help="directory with SST-2 train.tsv and dev.tsv")
+    p.add_argument("--out", type=Path, required=True, help="output directory (checkpoints, log, student)")
+    p.add_argument("--config", type=Path, default=None, help="JSON DistillConfig (any subset of keys)")
+    p.add_argument("--cache-dir", type=Path, default=Path("runs/cache"), help="where teacher outputs are cached")
+    p.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    cfg = DistillConfig()
+    if args.config is not None:
+        try:
+            cfg = DistillConfig.from_dict(json.loads(args.config.read_text()))
+        except (OSError, json.JSONDecodeError, TypeError, ValueError) as err:
+            raise SystemExit(f"error: --config {args.config}: {err}")
+    data_dir = args.data_dir or default_data_dir()
+    if data_dir is None:
+        raise SystemExit("error: no --data-dir given and no default SST-2 directory found")
+    t0 = time.time()
+    state = distill(cfg, args.teacher, Path(data_dir), args.out, args.cache_dir)
+    print(json.dumps({**state, "seconds": round(time.time() - t0, 1)}, indent=2))
+    return 0

@@ -1,0 +1,133 @@
+"""Attention blocks of the student: the inhibitor, and dot-product for comparison.
+
+Inhibitor attention (Brännvall et al., arXiv 2310.02041), per head with
+Q, K, V of shape T x d_h::
+
+    Z_ij = gamma / sqrt(d_h) * sum_k |Q_ik - K_jk| + alpha          (Z >= 0)
+    unsigned:  H_ik = sum_j m_j ReLU(V_jk - Z_ij)
+    signed:    H_ik = sum_j m_j [ReLU(V_jk - Z_ij) - ReLU(-V_jk - Z_ij)]
+    out = out_lin(beta * H)
+
+No dot products and no softmax: only the |x| and ReLU the circuit evaluates as
+polynomials. ``m_j`` (1 for a real token, 0 for padding) multiplies each key's
+contribution, so padded keys contribute exactly nothing in both forms and the
+output does not depend on how far a sentence is padded.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from he_inhibitor.model.nonlinear import Nonlinearity, PolySpec
+
+
+class QKV(nn.Module):
+    """The three input projections, split into heads: [B, T, d] -> 3 x [B, H, T, d_h]."""
+
+    def __init__(self, d_model: int, n_heads: int) -> None:
+        super().__init__()
+        self.n_heads = n_heads
+        self.q = nn.Linear(d_model, d_model)
+        self.k = nn.Linear(d_model, d_model)
+        self.v = nn.Linear(d_model, d_model)
+
+    def split(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        return x.view(b, t, self.n_heads, d // self.n_heads).transpose(1, 2)  # [B, H, T, d_h]
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.split(self.q(x)), self.split(self.k(x)), self.split(self.v(x))
+
+
+def merge_heads(h: torch.Tensor) -> torch.Tensor:
+    """[B, H, T, d_h] -> [B, T, H * d_h]."""
+    b, n_heads, t, d_h = h.shape
+    return h.transpose(1, 2).reshape(b, t, n_heads * d_h)
+
+
+class InhibitorAttention(nn.Module):
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int,
+        abs_fn: Nonlinearity,
+        relu_fn: Nonlinearity,
+        signed: bool = False,
+        center: bool = False,
+    ) -> None:
+        super().__init__()
+        if d_model % n_heads:
+            raise ValueError(f"d_model={d_model} is not divisible by n_heads={n_heads}")
+        self.n_heads, self.d_head = n_heads, d_model // n_heads
+        self.signed, self.center = signed, center
+        self.qkv = QKV(d_model, n_heads)
+        self.out = nn.Linear(d_model, d_model)
+        self.abs_fn, self.relu_fn = abs_fn, relu_fn
+        # Z starts near 1.5 for unit-variance Q, K, so some values pass the ReLU from step one.
+        self.gamma = nn.Parameter(torch.tensor(0.25))
+        self.alpha = nn.Parameter(torch.tensor(0.0))
+        self.beta = nn.Parameter(torch.tensor(0.2))
+
+    def inhibition(self, q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Z [B, H, T_q, T_k] from Manhattan distances; gamma, alpha enter through |.| so Z >= 0."""
+        dist = self.abs_fn(q.unsqueeze(3) - k.unsqueeze(2)).sum(-1)  # [B, H, T, T]
+        z = self.gamma.abs() / math.sqrt(self.d_head) * dist + self.alpha.abs()
+        if self.center:  # optional variant: signed after centering, so it needs one more ReLU
+            m = mask[:, None, None, :].to(z.dtype)
+            mean = (z * m).sum(-1, keepdim=True) / m.sum(-1, keepdim=True).clamp(min=1.0)
+            z = self.relu_fn(z - mean)
+        return z
+
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor, need_weights: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """x [B, T, d], mask [B, T] -> ([B, T, d], head-averaged weights [B, T, T] or None)."""
+        q, k, v = self.qkv(x)  # [B, H, T, d_h] each
+        z = self.inhibition(q, k, mask)  # [B, H, T, T]
+        m = mask[:, None, None, :, None].to(x.dtype)  # [B, 1, 1, T_k, 1]
+        vj = v.unsqueeze(2)  # [B, H, 1, T_k, d_h]
+        zij = z.unsqueeze(-1)  # [B, H, T_q, T_k, 1]
+        contrib = self.relu_fn(vj - zij)  # [B, H, T_q, T_k, d_h]
+        if self.signed:
+            contrib = contrib - self.relu_fn(-vj - zij)
+        h = (m * contrib).sum(3)  # [B, H, T, d_h]
+        out = self.out(self.beta * merge_heads(h))  # [B, T, d]
+        weights = None
+        if need_weights:  # a normalised view of inhibition, for the attention-level loss
+            neg = (-z).masked_fill(~mask[:, None, None, :].bool(), float("-inf"))
+            weights = torch.softmax(neg, dim=-1).mean(1)  # [B, T, T]
+        return out, weights
+
+
+class DotProductAttention(nn.Module):
+    """Scaled dot-product attention of the same shape, for the comparison runs.
+
+    ``exact``: softmax. ``poly`` (the HE substitute): the softmax is replaced by a
+    polynomial ReLU of the scores divided by the number of real keys,
+    ``A_ij = m_j relu(s_ij) / n``, which needs no division by encrypted values.
+    """
+
+    def __init__(self, d_model: int, n_heads: int, relu_fn: Nonlinearity) -> None:
+        super().__init__()
+        if d_model % n_heads:
+            raise ValueError(f"d_model={d_model} is not divisible by n_heads={n_heads}")
+        self.n_heads, self.d_head = n_heads, d_model // n_heads
+        self.qkv = QKV(d_model, n_heads)
+        self.out = nn.Linear(d_model, d_model)
+        self.relu_fn = relu_fn
+
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor, need_weights: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        q, k, v = self.qkv(x)  # [B, H, T, d_h]
+        scores = q @ k.transpose(-1, -2) / math.sqrt(self.d_head)  # [B, H, T, T]
+        m = mask[:, None, None, :].to(x.dtype)  # [B, 1, 1, T_k]
+        if self.relu_fn.form == "exact":
+            attn = torch.softmax(scores.masked_fill(m == 0, float("-inf")), dim=-1)
+        else:
+            attn = m * self.relu_fn(scores) / m.sum(-1, keepdim=True).clamp(min=1.0)
+        out = self.out(merge_heads(attn @ v))  # [B, T, d]
+        return out, (attn.mean(1) if need_weights else None)

@@ -1,0 +1,77 @@
+"""|x| and ReLU in two forms that share one interface.
+
+``exact`` is the true function. ``poly`` is *the very polynomial the circuit
+evaluates*: ``B * p(x / B)`` with ``p`` a fit on [-1, 1] from
+``he_inhibitor.approx``. Training the student in ``poly`` form makes the
+encrypted model the trained model rather than an approximation of it.
+
+Each module also watches its inputs: the running maximum of ``|x| / B``
+(for calibrating ``B`` and for the simulator's range report) and a range
+penalty that pushes inputs back inside ``[-(1 - margin) B, (1 - margin) B]``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+FORMS = ("exact", "poly")
+
+
+@dataclass(frozen=True)
+class PolySpec:
+    """Which fit a non-linearity uses in ``poly`` form (the interval is always [-1, 1])."""
+
+    degree: int
+    method: str = "remez"
+
+
+class Nonlinearity(nn.Module):
+    """``kind`` in {"abs", "relu"} on the interval [-bound, bound]."""
+
+    def __init__(self, kind: str, bound: float, spec: PolySpec, margin: float = 0.05) -> None:
+        super().__init__()
+        if kind not in ("abs", "relu"):
+            raise ValueError(f"unknown non-linearity {kind!r}; expected 'abs' or 'relu'")
+        self.kind = kind
+        self.spec = spec
+        self.margin = margin
+        self.form = "exact"
+        # A buffer, so calibration travels with the state dict.
+        self.register_buffer("bound", torch.tensor(float(bound)))
+        self.register_buffer("max_ratio", torch.zeros(()))
+        self.penalty: torch.Tensor | None = None
+        self._fit = None
+
+    @property
+    def fit(self):
+        """The approximation-library fit on [-1, 1] (built lazily: exact form never needs it)."""
+        if self._fit is None:
+            from he_inhibitor.approx import fit
+
+            self._fit = fit(self.kind, self.spec.degree, (-1.0, 1.0), self.spec.method)
+        return self._fit
+
+    def set_form(self, form: str) -> None:
+        if form not in FORMS:
+            raise ValueError(f"unknown form {form!r}; expected one of {FORMS}")
+        self.form = form
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bound = self.bound.to(x.dtype)
+        ratio = x.detach().abs().max() / bound if x.numel() else x.new_zeros(())
+        self.max_ratio = torch.maximum(self.max_ratio, ratio.to(self.max_ratio.dtype))
+        if self.training:
+            excess = torch.relu(x.abs() / bound - (1.0 - self.margin))
+            self.penalty = (excess * excess).mean()
+        if self.form == "exact":
+            return x.abs() if self.kind == "abs" else torch.relu(x)
+        return bound * self.fit(x / bound)
+
+    def extra_repr(self) -> str:
+        return (
+            f"kind={self.kind}, form={self.form}, bound={float(self.bound):.4g}, "
+            f"degree={self.spec.degree}, method={self.spec.method}"
+        )

@@ -1,0 +1,133 @@
+"""Properties of the torch student: shapes, padding, forms, variants, persistence."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from he_inhibitor.model import Student, StudentConfig
+from he_inhibitor.model.attention import InhibitorAttention
+from he_inhibitor.model.nonlinear import Nonlinearity, PolySpec
+from he_inhibitor.model.student import load_student, save_student
+
+TINY = dict(vocab_size=50, max_len=16, d_model=16, n_heads=2, d_ff=24, n_layers=2, dropout=0.0,
+            abs_poly=PolySpec(degree=8), relu_poly=PolySpec(degree=8))
+
+
+def batch(b: int = 3, t: int = 9, vocab: int = 50, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(4, vocab, (b, t), generator=g)
+    lengths = torch.randint(2, t + 1, (b,), generator=g)
+    mask = torch.arange(t)[None, :] < lengths[:, None]
+    return ids * mask, mask
+
+
+@pytest.mark.parametrize("variant", [{}, {"signed": True}, {"recursive": True}, {"attention": "dot"}, {"center": True}])
+def test_shapes(variant: dict) -> None:
+    model = Student(StudentConfig(**TINY, **variant)).eval()
+    ids, mask = batch()
+    x, hidden, weights = model.encode(model.embed(ids, mask), mask, need_weights=True)
+    assert x.shape == (3, 9, 16) and len(hidden) == 2 and weights[0].shape == (3, 9, 9)
+    assert model(ids, mask).shape == (3, 2)
+
+
+@pytest.mark.parametrize("form", ["exact", "poly"])
+@pytest.mark.parametrize("variant", [{}, {"signed": True}, {"recursive": True}, {"attention": "dot"}])
+def test_padding_changes_nothing(form: str, variant: dict) -> None:
+    """Extra padding (a larger token bucket) leaves every logit unchanged, in both forms."""
+    torch.manual_seed(0)
+    model = Student(StudentConfig(**TINY, **variant)).double().eval().set_form(form)
+    ids, mask = batch()
+    pad = torch.zeros(3, 7, dtype=ids.dtype)
+    a = model(ids, mask)
+    b = model(torch.cat([ids, pad], 1), torch.cat([mask, pad.bool()], 1))
+    torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_signed_equals_soft_threshold() -> None:
+    """sum_j m_j [ReLU(V-Z) - ReLU(-V-Z)] == sum_j m_j (V + (|V-Z| - |V+Z|)/2) for Z >= 0."""
+    torch.manual_seed(1)
+    relu = Nonlinearity("relu", 1.0, PolySpec(8))
+    absf = Nonlinearity("abs", 1.0, PolySpec(8))
+    attn = InhibitorAttention(16, 2, absf, relu, signed=True).double().eval()
+    x = torch.randn(2, 7, 16, dtype=torch.float64)
+    mask = torch.ones(2, 7, dtype=torch.bool)
+    mask[1, 4:] = False
+    q, k, v = attn.qkv(x)
+    z = attn.inhibition(q, k, mask).unsqueeze(-1)  # [B, H, T, T, 1]
+    assert (z >= 0).all()
+    vj = v.unsqueeze(2)
+    m = mask[:, None, None, :, None].double()
+    soft = (m * (vj + ((vj - z).abs() - (vj + z).abs()) / 2)).sum(3)
+    h = soft.transpose(1, 2).reshape(2, 7, 16)
+    expected = attn.out(attn.beta * h)
+    got, _ = attn(x, mask)
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
+
+
+@settings(max_examples=40, deadline=None)
+@given(kind=st.sampled_from(["abs", "relu"]), degree=st.sampled_from([4, 6, 8, 14]),
+       bound=st.floats(0.1, 50.0), seed=st.integers(0, 10_000))
+def test_poly_form_within_fit_bound(kind: str, degree: int, bound: float, seed: int) -> None:
+    """On in-range inputs the poly form differs from exact by at most B * fit.max_error."""
+    nl = Nonlinearity(kind, bound, PolySpec(degree)).double()
+    x = (torch.rand(2000, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) * 2 - 1) * bound
+    exact = nl(x)
+    nl.set_form("poly")
+    err = (nl(x) - exact).abs().max().item()
+    assert err <= bound * nl.fit.max_error * (1 + 1e-6) + 1e-12  # B is stored in float32
+
+
+def test_range_penalty_only_outside_margin() -> None:
+    nl = Nonlinearity("relu", 2.0, PolySpec(8), margin=0.05).train()
+    nl(torch.tensor([0.5, -1.8]))
+    assert nl.penalty.item() == 0.0
+    nl(torch.tensor([3.0]))
+    assert nl.penalty.item() == pytest.approx((1.5 - 0.95) ** 2)
+    assert nl.max_ratio.item() == pytest.approx(1.5)
+
+
+@pytest.mark.parametrize("variant", [{}, {"recursive": True}])
+def test_save_load_round_trip(tmp_path, variant: dict) -> None:
+    torch.manual_seed(2)
+    model = Student(StudentConfig(**TINY, **variant))
+    model.train()
+    ids, mask = batch()
+    model(ids, mask)  # moves the running statistics away from their initial values
+    model.eval()
+    save_student(model, tmp_path, half=False)
+    loaded = load_student(tmp_path)
+    torch.testing.assert_close(loaded(ids, mask), model(ids, mask))
+    save_student(model, tmp_path, half=True)
+    assert (loaded(ids, mask) - load_student(tmp_path)(ids, mask)).abs().max() < 1e-2
+
+
+def test_load_refuses_bad_directory(tmp_path) -> None:
+    with pytest.raises(FileNotFoundError, match="not a student directory"):
+        load_student(tmp_path)
+    save_student(Student(StudentConfig(**TINY)), tmp_path)
+    (tmp_path / "config.json").write_text('{"d_model": 16, "bogus": 1}')
+    with pytest.raises(ValueError, match="bogus"):
+        load_student(tmp_path)
+
+
+def test_frozen_norm_is_affine_after_freezing() -> None:
+    model = Student(StudentConfig(**TINY)).train()
+    ids, mask = batch()
+    model(ids, mask)
+    model.freeze_norms()
+    norm = model.norms1[0]
+    x = torch.randn(2, 5, 16)
+    scale, shift = norm.affine()
+    torch.testing.assert_close(norm(x, torch.ones(2, 5, dtype=torch.bool)), x * scale + shift)
+
+
+def test_sentence_longer_than_positions_refused() -> None:
+    model = Student(StudentConfig(**TINY))
+    with pytest.raises(ValueError, match="exceeds max_len"):
+        model.embed(torch.zeros(1, 17, dtype=torch.long), torch.ones(1, 17, dtype=torch.bool))
