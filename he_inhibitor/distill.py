@@ -201,12 +201,14 @@ class Batches:
 
 
 @torch.no_grad()
-def evaluate(student: Student, tokenizer, sentences: list[str], labels: list[int], batch_size: int = 128) -> float:
-    """Accuracy through the real inference path: the student's own tokenizer, no truncation."""
+def evaluate(
+    student: Student, tokenizer, sentences: list[str], labels: list[int], batch_size: int = 128, truncate: bool = False
+) -> float:
+    """Accuracy through the real inference path: the student's own tokenizer (no truncation unless asked)."""
     student.eval()
     correct = 0
     for b in range(0, len(sentences), batch_size):
-        ids, mask = encode(tokenizer, sentences[b : b + batch_size], student.cfg.max_len)
+        ids, mask = encode(tokenizer, sentences[b : b + batch_size], student.cfg.max_len, truncate)
         logits = student(torch.from_numpy(ids), torch.from_numpy(mask))
         correct += int((logits.argmax(-1).numpy() == np.asarray(labels[b : b + batch_size])).sum())
     return correct / len(sentences)
@@ -318,7 +320,10 @@ def distill(cfg: DistillConfig, teacher_dir: Path, data_dir: Path, out: Path, ca
     dist = Distiller(student, cache.hidden.shape[2], teacher_layers(cfg.layer_map, cfg.student.n_layers, n_teacher))
     batches = Batches(cache, id_map, cfg.batch_size, cfg.seed, need_attn=cfg.loss.attn > 0)
     state: dict = {"teacher_train_agreement": float((cache.logits.argmax(1) == cache.labels).mean())}
-    evaluate_fn = lambda: evaluate(student, tokenizer, dev_s, dev_y)  # noqa: E731
+    # Dev sentences too long for the positions are truncated while training, and counted:
+    # the shipped student must have none (tiny test vocabularies split words into many pieces).
+    state["dev_truncated"] = sum(len(e.ids) > cfg.student.max_len for e in tokenizer.encode_batch(dev_s))
+    evaluate_fn = lambda: evaluate(student, tokenizer, dev_s, dev_y, truncate=True)  # noqa: E731
 
     with open(out / "log.jsonl", "a") as log:
         exact_weights = LossWeights(**{**asdict(cfg.loss), "range": 0.0})  # no bounds yet to respect
@@ -332,8 +337,8 @@ def distill(cfg: DistillConfig, teacher_dir: Path, data_dir: Path, out: Path, ca
 
     save_student(student, out)
     shipped = load_student(out).set_form("poly")  # what ships is float16: measure that
-    state["dev_poly_float16"] = evaluate(shipped, tokenizer, dev_s, dev_y)
-    state["dev_exact_float16"] = evaluate(shipped.set_form("exact"), tokenizer, dev_s, dev_y)
+    state["dev_poly_float16"] = evaluate(shipped, tokenizer, dev_s, dev_y, truncate=True)
+    state["dev_exact_float16"] = evaluate(shipped.set_form("exact"), tokenizer, dev_s, dev_y, truncate=True)
     state["parameters"] = sum(p.numel() for p in student.parameters())
     (out / "metrics.json").write_text(json.dumps(state, indent=2) + "\n")
     return state

@@ -1,0 +1,23 @@
+"""CKKS through SEAL (`tenseal.sealapi`): parameters, keys, encryption, evaluation.
+
+Public API:
+    CkksParams(poly_modulus_degree, coeff_bits, scale_bits); CkksParams.for_depth(depth, N=16384, ...)
+    InsecureParametersError, check_security(params)
+    keygen(params, rotation_steps=()) -> ClientKeys
+    ClientKeys: encode/encrypt/encrypt_bytes/decrypt/level/public_context(); .secret: SecretKey
+    PublicContext: params, relin_keys, galois_keys, rotation_steps, to_bytes()/from_bytes()
+    CkksEvaluator(public): mul, square, mul_const, add, sub, add_const, add_plain, mul_plain,
+                           rotate, drop_to, level
+    serial: to_bytes, load, ciphertext_from_bytes, compression
+"""
+
+from . import serial
+from .context import galois_elements, level_of, level_scales, make_context, parms_id_at
+from .evaluator import CkksEvaluator
+from .keys import ClientKeys, PublicContext, SecretKey, keygen
+from .params import MAX_BITS_128, CkksParams, InsecureParametersError, check_security
+
+__all__ = [
+    "MAX_BITS_128", "CkksEvaluator", "CkksParams", "ClientKeys", "InsecureParametersError", "PublicContext",
+    "SecretKey", "check_security", "galois_elements", "keygen", "level_of", "level_scales", "make_context", "parms_id_at", "serial",
+]

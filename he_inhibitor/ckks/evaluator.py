@@ -1,0 +1,140 @@
+"""Server-side CKKS arithmetic with explicit level and scale management.
+
+Invariants every method keeps, so callers can combine results freely:
+- a ciphertext at level l has scale exactly Delta_l (context.level_scales) and
+  size 2 (relinearized);
+- binary operations first bring the higher-level operand down to the lower
+  level with `drop_to`, which keeps the invariant exactly;
+- `mul`/`square` relinearize and rescale once: Delta_l^2 / q_l = Delta_{l-1};
+- `mul_const`/`mul_plain` encode the constant at scale Delta_{l-1} q_l / Delta_l
+  so that the rescaled result carries Delta_{l-1}.
+No scale is ever overwritten, so no approximation enters through scales.
+The method names and depth rules match `he_inhibitor.approx.plan.Backend`, so
+an evaluation plan runs on ciphertexts as `plan.run(ct, evaluator)`.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import tenseal.sealapi as seal
+
+from .context import level_of, level_scales, parms_id_at
+from .keys import PublicContext
+
+
+class CkksEvaluator:
+    """mul/square/mul_const/add/sub/add_const/add_plain/mul_plain/rotate/drop_to on one PublicContext."""
+
+    def __init__(self, public: PublicContext) -> None:
+        self.public = public
+        self.context = public.context
+        self.scales = level_scales(self.context, public.params.scale)
+        self.encoder = seal.CKKSEncoder(self.context)
+        self._ev = seal.Evaluator(self.context)
+
+    # ---- levels -------------------------------------------------------------
+    def level(self, ct: seal.Ciphertext) -> int:
+        """Chain index: rescales still available (0 = the last data level)."""
+        return level_of(self.context, ct)
+
+    def drop_to(self, ct: seal.Ciphertext, level: int) -> seal.Ciphertext:
+        """`ct` at a lower `level`, with that level's scale.
+
+        A bare mod-switch would keep the old scale; instead the ciphertext is
+        mod-switched to level + 1 and multiplied by 1 encoded at the scale that
+        makes the final rescale land on Delta_level exactly.
+        """
+        here = self.level(ct)
+        if level == here:
+            return ct
+        if level > here:
+            raise ValueError(f"cannot raise a ciphertext from level {here} to {level}")
+        src = ct
+        if here > level + 1:
+            src = seal.Ciphertext()
+            self._ev.mod_switch_to(ct, parms_id_at(self.context, level + 1), src)
+        return self._scaled_product(src, 1.0, level)
+
+    def _prime(self, level: int) -> float:
+        data = self.context.get_context_data(parms_id_at(self.context, level))
+        return float(data.parms().coeff_modulus()[-1].value())
+
+    def _scaled_product(self, ct: seal.Ciphertext, value: float | Sequence[float], level: int) -> seal.Ciphertext:
+        """ct * value, rescaled to `level` = level(ct) - 1 with scale Delta_level."""
+        pt_scale = self.scales[level] * self._prime(level + 1) / ct.scale
+        pt = seal.Plaintext()
+        self.encoder.encode(value if isinstance(value, float) else list(value), ct.parms_id(), pt_scale, pt)
+        out = seal.Ciphertext()
+        self._ev.multiply_plain(ct, pt, out)
+        self._ev.rescale_to_next_inplace(out)
+        out.scale = self.scales[level]  # equal up to float rounding; make it bit-exact
+        return out
+
+    def _aligned(self, a: seal.Ciphertext, b: seal.Ciphertext) -> tuple[seal.Ciphertext, seal.Ciphertext]:
+        low = min(self.level(a), self.level(b))
+        return self.drop_to(a, low), self.drop_to(b, low)
+
+    def _relin_rescale(self, prod: seal.Ciphertext, level: int) -> seal.Ciphertext:
+        self._ev.relinearize_inplace(prod, self.public.relin_keys)
+        self._ev.rescale_to_next_inplace(prod)
+        prod.scale = self.scales[level]
+        return prod
+
+    # ---- plan backend (see he_inhibitor.approx.plan) -----------------------
+    def mul(self, a: seal.Ciphertext, b: seal.Ciphertext) -> seal.Ciphertext:
+        """ct*ct, relinearize, rescale: one level."""
+        a, b = self._aligned(a, b)
+        out = seal.Ciphertext()
+        self._ev.multiply(a, b, out)
+        return self._relin_rescale(out, self.level(a) - 1)
+
+    def square(self, a: seal.Ciphertext) -> seal.Ciphertext:
+        out = seal.Ciphertext()
+        self._ev.square(a, out)
+        return self._relin_rescale(out, self.level(a) - 1)
+
+    def mul_const(self, a: seal.Ciphertext, c: float) -> seal.Ciphertext:
+        """Scalar multiplication: one level."""
+        if c == 0.0:
+            raise ValueError("multiplying by 0 yields a transparent ciphertext; drop the term instead")
+        return self._scaled_product(a, float(c), self.level(a) - 1)
+
+    def add(self, a: seal.Ciphertext, b: seal.Ciphertext) -> seal.Ciphertext:
+        a, b = self._aligned(a, b)
+        out = seal.Ciphertext()
+        self._ev.add(a, b, out)
+        return out
+
+    def sub(self, a: seal.Ciphertext, b: seal.Ciphertext) -> seal.Ciphertext:
+        a, b = self._aligned(a, b)
+        out = seal.Ciphertext()
+        self._ev.sub(a, b, out)
+        return out
+
+    def add_const(self, a: seal.Ciphertext, c: float) -> seal.Ciphertext:
+        pt = seal.Plaintext()
+        self.encoder.encode(float(c), a.parms_id(), a.scale, pt)
+        out = seal.Ciphertext()
+        self._ev.add_plain(a, pt, out)
+        return out
+
+    # ---- vectors and rotations ----------------------------------------------
+    def add_plain(self, a: seal.Ciphertext, values: Sequence[float]) -> seal.Ciphertext:
+        pt = seal.Plaintext()
+        self.encoder.encode(list(values), a.parms_id(), a.scale, pt)
+        out = seal.Ciphertext()
+        self._ev.add_plain(a, pt, out)
+        return out
+
+    def mul_plain(self, a: seal.Ciphertext, values: Sequence[float]) -> seal.Ciphertext:
+        """Slot-wise product with a plaintext vector: one level."""
+        return self._scaled_product(a, [float(v) for v in values], self.level(a) - 1)
+
+    def rotate(self, a: seal.Ciphertext, step: int) -> seal.Ciphertext:
+        """Cyclic left rotation of the slots by `step` (needs its Galois key)."""
+        if step not in self.public.rotation_steps:
+            raise KeyError(f"no Galois key for step {step}; keys exist for {self.public.rotation_steps}")
+        out = seal.Ciphertext()
+        self._ev.rotate_vector(a, step, self.public.galois_keys, out)
+        return out
