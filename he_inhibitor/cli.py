@@ -18,6 +18,10 @@ COMMANDS: dict[str, str] = {
     "teacher": "he_inhibitor.teacher",
     "distill": "he_inhibitor.distill",
     "eval": "he_inhibitor.evaluate",
+    "compile": "he_inhibitor.circuit.cli",
+    "serve": "he_inhibitor.service.server",
+    "query": "he_inhibitor.service.query",
+    "demo": "he_inhibitor.service.demo",
 }
 
 

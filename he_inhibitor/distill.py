@@ -49,6 +49,9 @@ class DistillConfig:
     student: StudentConfig = field(default_factory=StudentConfig)
     loss: LossWeights = field(default_factory=LossWeights)
     temperature: float = 2.0
+    # "table": PCA of the teacher's input embedding table; "contextual": PCA of the
+    # teacher's hidden states (mean over layers) of each token alone, "[CLS] tok [SEP]".
+    embedding_init: str = "table"
     layer_map: str | list[int] = "uniform"  # "uniform" | "first" | "last" | explicit teacher layers
     batch_size: int = 64
     lr: float = 2e-3
@@ -93,13 +96,33 @@ def teacher_layers(layer_map: str | list[int], n_student: int, n_teacher: int) -
     return maps[layer_map]
 
 
-def init_embeddings_from_teacher(student: Student, teacher_word: np.ndarray, teacher_pos: np.ndarray, vocab_ids: np.ndarray) -> np.ndarray:
-    """Word and position tables from the teacher's, projected to d by PCA (SVD of the used rows).
+@torch.no_grad()
+def contextual_token_vectors(teacher_dir: Path, vocab_ids: np.ndarray, cls_id: int, sep_id: int, batch_size: int = 512) -> np.ndarray:
+    """Each token's teacher hidden state alone in "[CLS] tok [SEP]", averaged over all layers.
 
-    Returns the projection basis [d, d_teacher] so the embedding loss can start from it.
+    Unlike the input table, these vectors have passed through the fine-tuned
+    encoder, so they already carry much of a word's sentiment.
+    """
+    from he_inhibitor.teacher import load_teacher
+
+    teacher = load_teacher(teacher_dir)
+    out = np.zeros((len(vocab_ids), teacher.config.hidden_size))
+    for b in tqdm(range(0, len(vocab_ids), batch_size), desc="token vectors", unit="batch"):
+        ids = torch.from_numpy(vocab_ids[b : b + batch_size]).long()
+        seq = torch.stack([torch.full_like(ids, cls_id), ids, torch.full_like(ids, sep_id)], 1)  # [B, 3]
+        hs = teacher(input_ids=seq, output_hidden_states=True).hidden_states
+        out[b : b + batch_size] = torch.stack(hs, 0)[:, :, 1].mean(0).double().numpy()
+    return out
+
+
+def init_embeddings_from_teacher(student: Student, teacher_word: np.ndarray, teacher_pos: np.ndarray) -> np.ndarray:
+    """Word and position tables from the teacher's, projected to d by PCA (SVD of the word rows).
+
+    ``teacher_word`` holds one row per student token. Returns the projection
+    basis [d, d_teacher].
     """
     d = student.cfg.d_model
-    words = teacher_word[vocab_ids].astype(np.float64)
+    words = teacher_word.astype(np.float64)
     mean = words.mean(0)
     _, _, vt = np.linalg.svd(words - mean, full_matrices=False)
     basis = vt[:d]  # [d, d_teacher]
@@ -312,10 +335,13 @@ def distill(cfg: DistillConfig, teacher_dir: Path, data_dir: Path, out: Path, ca
 
     tw = load_file(str(teacher_dir / "model.safetensors"))
     vocab_ids = np.array([teacher_tok.token_to_id(tokenizer.id_to_token(i)) for i in range(tokenizer.get_vocab_size())])
-    init_embeddings_from_teacher(
-        student, tw["bert.embeddings.word_embeddings.weight"].astype(np.float32),
-        tw["bert.embeddings.position_embeddings.weight"].astype(np.float32), vocab_ids,
-    )
+    if cfg.embedding_init == "contextual":
+        word_rows = contextual_token_vectors(teacher_dir, vocab_ids, teacher_tok.token_to_id("[CLS]"), teacher_tok.token_to_id("[SEP]"))
+    elif cfg.embedding_init == "table":
+        word_rows = tw["bert.embeddings.word_embeddings.weight"].astype(np.float32)[vocab_ids]
+    else:
+        raise ValueError(f"embedding_init must be 'table' or 'contextual', not {cfg.embedding_init!r}")
+    init_embeddings_from_teacher(student, word_rows, tw["bert.embeddings.position_embeddings.weight"].astype(np.float32))
     n_teacher = cache.hidden.shape[1] - 1
     dist = Distiller(student, cache.hidden.shape[2], teacher_layers(cfg.layer_map, cfg.student.n_layers, n_teacher))
     batches = Batches(cache, id_map, cfg.batch_size, cfg.seed, need_attn=cfg.loss.attn > 0)

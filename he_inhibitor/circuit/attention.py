@@ -1,0 +1,122 @@
+"""Inhibitor attention over all query/key pairs in the packed layout (DESIGN.md §2).
+
+Q, K, V arrive from the Q/K/V linear layer with zero second halves and heads
+interleaved. Copying first halves into second halves (K2 = K + rot(K, -T))
+makes rot(K2, s) hold key (i+s) mod T at offset i of every block's first half,
+so T cyclic shifts visit every (query, key) pair once. For each shift s:
+
+    A  = c_z * p(Q - rot(K2, s))                  |x| fit, c_z folded into it
+    Z  = head rotate-and-sum of A (+ z_bias)      log2(blocks/H) rotations
+    H += mask_s * r(rot(V2, s) - Z)               ReLU fit (signed: minus r(-V-Z));
+                                                  mask_s[i] = m[(i+s) mod T]
+
+Q is copied into its second halves too. Second halves are never read, but a
+polynomial evaluated on an out-of-range garbage slot could blow up past the
+modulus and wreck every slot of the ciphertext; with Q copied, second-half
+differences are query/key differences (of the same or the adjacent feature
+block), drawn from the distribution the bound was calibrated on, instead of
+bare keys, which |K| <= B_abs does not bound. This is a heuristic, so the
+simulator checks every slot, garbage included, against each interval.
+
+Everything is in the scaled domain the compiler prepares: Q and K divided by
+B_abs, V and Z by B_att, so both polynomials see [-1, 1]. The key mask is a
+plaintext applied to the ReLU polynomial's output: padded keys contribute
+exactly zero, and it zeroes second halves, so H leaves with zero second
+halves. The mask is folded into the polynomial's plan (masked.py), so it
+costs no level.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from he_inhibitor.circuit.layout import Layout
+from he_inhibitor.circuit.ops import Ops, V
+from he_inhibitor.circuit.poly import PolyFn, Reflected
+
+
+@dataclass(frozen=True)
+class AttentionSpec:
+    """One inhibitor attention in the scaled domain.
+
+    abs_fn computes c_z * |x| (c_z = B_abs * gamma / sqrt(d_h) / B_att),
+    relu_fn computes ReLU(x); z_bias = alpha / B_att.
+    """
+
+    layout: Layout
+    n_heads: int
+    abs_fn: PolyFn
+    relu_fn: PolyFn
+    z_bias: float
+    signed: bool = False
+
+    def __post_init__(self) -> None:
+        if self.layout.blocks_per_ct % self.n_heads:
+            raise ValueError("blocks per ciphertext must be a multiple of the head count")
+
+    def key_masks(self, m: np.ndarray) -> list[np.ndarray]:
+        """mask_s for s = 0..T-1: m[(i+s) mod T] in first halves, zero in second halves."""
+        return [self.layout.token_vector(np.roll(np.asarray(m, dtype=np.float64), -s))
+                for s in range(self.layout.T)]
+
+    @property
+    def z_offset(self) -> float:
+        """z_bias, less what the head sums pick up from unused blocks.
+
+        When a head's rotate-and-sum cycle has more blocks than d_h (a layout
+        with unused blocks), each unused block holds D = 0 exactly and adds
+        abs_fn(0), which a polynomial need not make zero; subtracting it here
+        keeps the sum exact at no cost.
+        """
+        lay = self.layout
+        unused = lay.n_cts * lay.blocks_per_ct // self.n_heads - lay.d // self.n_heads
+        return self.z_bias - unused * float(self.abs_fn(np.zeros(1))[0])
+
+    @property
+    def head_sum_steps(self) -> list[int]:
+        """H*2T*2^i for i = 0..log2(blocks_per_ct/H)-1: cyclic over one head's blocks."""
+        out, step = [], self.n_heads * self.layout.block_size
+        while step < self.layout.n_slots:
+            out.append(step)
+            step *= 2
+        return out
+
+    @property
+    def steps(self) -> set[int]:
+        """Galois steps used: -T (half copy), 1 (shifts), the head sums."""
+        T = self.layout.T
+        return {-T} | ({1} if T > 1 else set()) | set(self.head_sum_steps)
+
+
+def inhibitor_attention(
+    ops: Ops[V], spec: AttentionSpec, q: list[V], k: list[V], v: list[V], masks: list[np.ndarray]
+) -> list[V]:
+    """H (scaled by 1/B_att, i.e. sum_j m_j r(...)) as ciphertexts in spec.layout."""
+    T = spec.layout.T
+    q2 = [ops.add(qc, ops.rotate(qc, -T)) for qc in q]
+    k2 = [ops.add(kc, ops.rotate(kc, -T)) for kc in k]
+    v2 = [ops.add(vc, ops.rotate(vc, -T)) for vc in v]
+    acc: list[V | None] = [None] * len(q)
+    for s in range(T):
+        if s:
+            k2 = [ops.rotate(kc, 1) for kc in k2]
+            v2 = [ops.rotate(vc, 1) for vc in v2]
+        z: V | None = None
+        for qc, kc in zip(q2, k2, strict=True):
+            a = ops.poly(ops.sub(qc, kc), spec.abs_fn)
+            z = a if z is None else ops.add(z, a)
+        assert z is not None
+        for step in spec.head_sum_steps:
+            z = ops.add(z, ops.rotate(z, step))
+        if s == 0:  # shift V where it is used: mod-switched once, rotated at the cheaper level
+            v2 = [ops.align(vc, z) for vc in v2]
+        if spec.z_offset:
+            z = ops.add_plain(z, spec.z_offset)
+        for c, vc in enumerate(v2):
+            t = ops.poly(ops.sub(vc, z), spec.relu_fn, masks[s])
+            if spec.signed:
+                t = ops.sub(t, ops.poly(ops.add(vc, z), Reflected(spec.relu_fn), masks[s]))
+            acc[c] = t if acc[c] is None else ops.add(acc[c], t)
+    return [a for a in acc if a is not None]

@@ -1,0 +1,113 @@
+"""Recording the layout algorithms as a circuit: `Ops` whose values are node ids.
+
+The builder knows every node's level and scale degree as it creates it (the
+same `infer` rules as the level pass), so it can
+
+* align levels: an add/sub/mul of operands at different levels mod-switches
+  the shallower one down (EVA's waterline), and
+* keep a circuit inside a chain of `max_level` levels: before an op that would
+  go deeper than the chain, its operand is refreshed through the client.
+  `headroom(x, k)` lets the compiler refresh a single ciphertext early (say
+  the residual stream before an attention block) rather than the many
+  ciphertexts inside it.
+"""
+
+from __future__ import annotations
+
+from he_inhibitor.circuit.ir import Circuit, CircuitError, LevelError, Node, OpKind, Plain, infer
+from he_inhibitor.circuit.masked import masked_plan_of
+from he_inhibitor.circuit.poly import PolyFn
+
+
+class Builder:
+    def __init__(self, n_slots: int, max_level: int | None = None) -> None:
+        self.circuit = Circuit(n_slots)
+        self.max_level = max_level
+        self.stage = ""
+        self._level: list[int] = []
+        self._degree: list[int] = []
+        self._const_ids: dict[int, int] = {}  # id(payload) -> CONST node
+
+    # -- node creation --------------------------------------------------------------
+    def _emit(self, op: OpKind, args: tuple[int, ...] = (), arg: int = 0,
+              fn: PolyFn | None = None, name: str = "") -> int:
+        node = Node(op, args, arg, fn, name, self.stage)
+        cts = [a for a in args if self.circuit.nodes[a].op is not OpKind.CONST]
+        level, degree = infer(node, [self._level[a] for a in cts], [self._degree[a] for a in cts])
+        if self.max_level is not None and level > self.max_level:
+            raise LevelError(f"{op.value} reaches level {level} > {self.max_level}")
+        self._level.append(level)
+        self._degree.append(degree)
+        return self.circuit.add(node)
+
+    def _const(self, p: Plain) -> int:
+        key = id(p)  # the circuit keeps every payload alive, so ids stay unique
+        if key not in self._const_ids:
+            self.circuit.consts.append(p)
+            self._const_ids[key] = self._emit(OpKind.CONST, arg=len(self.circuit.consts) - 1)
+        return self._const_ids[key]
+
+    def level(self, x: int) -> int:
+        return self._level[x]
+
+    def _align(self, x: int, y: int) -> tuple[int, int]:
+        lx, ly = self._level[x], self._level[y]
+        if lx < ly:
+            x = self._emit(OpKind.MOD_SWITCH, (x,), ly - lx)
+        elif ly < lx:
+            y = self._emit(OpKind.MOD_SWITCH, (y,), lx - ly)
+        return x, y
+
+    # -- levels ---------------------------------------------------------------------
+    def headroom(self, x: int, k: int) -> int:
+        """x, refreshed first when fewer than k levels remain below it in the chain."""
+        if self.max_level is None or self._level[x] + k <= self.max_level or self._level[x] == 0:
+            return x  # fits, or a refresh would not help: the ops inside refresh as they must
+        return self._emit(OpKind.REFRESH, (x,))
+
+    def align(self, x: int, like: int) -> int:
+        """x mod-switched down to like's level (no-op when x is already as deep)."""
+        return self._align(x, like)[0] if self._level[x] < self._level[like] else x
+
+    # -- Ops --------------------------------------------------------------------------
+    def input(self, name: str) -> int:
+        return self._emit(OpKind.INPUT, name=name)
+
+    def output(self, x: int, name: str) -> int:
+        return self._emit(OpKind.OUTPUT, (x,), name=name)
+
+    def rotate(self, x: int, k: int) -> int:
+        return x if k % self.circuit.n_slots == 0 else self._emit(OpKind.ROTATE, (x,), k)
+
+    def add(self, x: int, y: int) -> int:
+        return self._emit(OpKind.ADD, self._align(x, y))
+
+    def sub(self, x: int, y: int) -> int:
+        return self._emit(OpKind.SUB, self._align(x, y))
+
+    def add_plain(self, x: int, p: Plain) -> int:
+        return self._emit(OpKind.ADD_PLAIN, (x, self._const(p)))
+
+    def mul_plain(self, x: int, p: Plain) -> int:
+        x = self.headroom(x, 1)
+        return self._emit(OpKind.MUL_PLAIN, (x, self._const(p)))
+
+    def mul(self, x: int, y: int) -> int:
+        x, y = self._align(self.headroom(x, 1), self.headroom(y, 1))
+        return self._emit(OpKind.MUL, (x, y))
+
+    def rescale(self, x: int) -> int:
+        return self._emit(OpKind.RESCALE, (x,))
+
+    def poly(self, x: int, fn: PolyFn, mask: Plain | None = None) -> int:
+        """fn(x) (times mask): the mask rides in the polynomial's plan when it folds, else costs a level."""
+        if fn.depth is None:
+            raise CircuitError(f"{fn.name} has no polynomial form: compile the student in poly form")
+        if self.max_level is not None and fn.depth > self.max_level:
+            raise LevelError(f"{fn.name} needs {fn.depth} levels; the chain has {self.max_level}")
+        x = self.headroom(x, fn.depth)
+        if mask is None:
+            return self._emit(OpKind.POLY, (x,), fn=fn)
+        if masked_plan_of(fn) is not None:
+            return self._emit(OpKind.POLY, (x, self._const(mask)), fn=fn)
+        return self.rescale(self.mul_plain(self._emit(OpKind.POLY, (x,), fn=fn), mask))

@@ -1,0 +1,163 @@
+"""Compile the student (folded weights) into a circuit over the packed layout.
+
+Stages per layer, with the levels they consume (a = depth of |x|, r = depth
+of the attention ReLU, f = depth of the FFN ReLU):
+
+    attn: QKV 1, |x| a, ReLU r (key mask folded in), Wo 1  -> 2 + a + r
+    ffn:  W1 1, ReLU f, W2 1                             -> 2 + f
+    head: pooling weights 1                              -> 1
+
+The residual stream x is the only ciphertext that crosses stage boundaries,
+so when the chain left is too short for a stage, x is refreshed through the
+client before it (see builder.Builder.headroom); a stage deeper than the
+whole chain is also refreshed inside, where the builder must (at a 9-level
+chain: the attention output before Wo, one ciphertext).
+
+Key masks and pooling weights depend on the sentence's mask: they are public
+plaintexts bound per request by `Compiled.public_plaintexts`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from he_inhibitor.circuit.attention import AttentionSpec, inhibitor_attention
+from he_inhibitor.circuit.builder import Builder
+from he_inhibitor.circuit.ir import Circuit
+from he_inhibitor.circuit.layout import Layout
+from he_inhibitor.circuit.linear import compile_group
+from he_inhibitor.circuit.weights import StudentWeights, fold_layer
+
+
+@dataclass(frozen=True)
+class Compiled:
+    """A compiled student: the circuit and what client and server need to use it."""
+
+    circuit: Circuit
+    layout: Layout  # of the residual stream x (client packs x0 with it)
+    pool_w: np.ndarray  # [d, n_labels]: sf o Wc
+    n1: int
+    max_level: int | None
+
+    @property
+    def T(self) -> int:
+        return self.layout.T
+
+    def pack_input(self, x0: np.ndarray) -> dict[str, np.ndarray]:
+        """x0 [T, d] (zero at padding) -> {input name: slot vector}."""
+        return {f"x{c}": ct for c, ct in enumerate(self.layout.pack(x0))}
+
+    def public_plaintexts(self, m: np.ndarray) -> dict[str, np.ndarray]:
+        """Key masks m[(i+s) mod T] and pooling weights (m_i / n) x (sf o Wc) for one mask."""
+        m = np.asarray(m, dtype=np.float64)
+        if m.shape != (self.T,) or not set(np.unique(m)) <= {0.0, 1.0} or m.sum() < 1:
+            raise ValueError(f"mask must be {self.T} zeros/ones with at least one token")
+        out = {f"mask{s}": self.layout.token_vector(np.roll(m, -s)) for s in range(self.T)}
+        n = m.sum()
+        for c in range(self.pool_w.shape[1]):
+            packed = self.layout.pack(np.outer(m / n, self.pool_w[:, c]))
+            out.update({f"pool{c}_{i}": ct for i, ct in enumerate(packed)})
+        return out
+
+    def read_logits(self, out: np.ndarray) -> np.ndarray:
+        """Label c sits at slot c*T of the output vector."""
+        return np.array([out[c * self.T] for c in range(self.pool_w.shape[1])])
+
+
+def choose_n1(bpc: int, groups: list[tuple[int, int]], free_steps: set[int], block: int) -> int:
+    """One baby-step width for every linear layer (one giant-step key), for dense matrices.
+
+    groups: (input ciphertexts, output ciphertexts over all matrices) per group.
+    Rotations n_in*(n1-1) + n_out*(ceil(bpc/n1)-1) summed; a width whose giant
+    step is not already a key costs as much as `bpc // 8` rotations.
+    """
+    def cost(n1: int) -> tuple[int, int]:
+        rots = sum(i * (n1 - 1) + o * (-(-bpc // n1) - 1) for i, o in groups)
+        return rots + (0 if n1 * block in free_steps or n1 >= bpc else bpc // 8), n1
+    return min(range(1, bpc + 1), key=cost)
+
+
+def compile_student(
+    sw: StudentWeights, T: int, n_slots: int, max_level: int | None = None, unit_pool_steps: bool = True
+) -> Compiled:
+    """The student as a circuit for sentences of at most T tokens on n_slots slots.
+
+    max_level: levels in the chain (None: unbounded, to measure depth first);
+    deeper circuits get client-aided refreshes of the residual stream.
+    unit_pool_steps: sum the pooled tokens by T-1 rotations of 1 (no new keys)
+    rather than log2(T) rotations by powers of two (log2(T)-1 more keys).
+    """
+    if sw.wc.shape[1] > 2:
+        raise ValueError("the pooled read-out places label c in half c of a block: at most 2 labels")
+    H = sw.n_heads
+    xl = Layout.heads(T, n_slots, sw.d, H)
+    fl = Layout.natural(T, n_slots, sw.d_ff)
+    spec_steps = AttentionSpec(xl, H, sw.layers[0].abs_fn.fn, sw.layers[0].attn_relu.fn, 0.0).steps
+    n1 = choose_n1(xl.blocks_per_ct, [(xl.n_cts, 3 * xl.n_cts), (xl.n_cts, xl.n_cts),
+                                      (xl.n_cts, fl.n_cts), (fl.n_cts, xl.n_cts)],
+                   spec_steps, xl.block_size)
+    b = Builder(n_slots, max_level)
+    x = [b.input(f"x{c}") for c in range(xl.n_cts)]
+    for li, lw in enumerate(sw.layers):
+        fw = fold_layer(lw, H)
+        b.stage = f"layer{li}.attn"
+        x = [b.headroom(xc, 2 + fw.abs_fn.depth + fw.attn_relu.depth) for xc in x]
+        q, k, v = compile_group([fw.wq, fw.wk, fw.wv], [fw.bq, fw.bk, fw.bv], xl, [xl] * 3, n1).apply(b, x)
+        spec = AttentionSpec(xl, H, fw.abs_fn, fw.attn_relu, fw.z_bias, sw.signed)
+        h = inhibitor_attention(b, spec, q, k, v, [f"mask{s}" for s in range(T)])
+        (o,) = compile_group([fw.wo], [fw.bo], xl, [xl], n1).apply(b, h)
+        x = [b.add(xc, oc) for xc, oc in zip(x, o)]
+        b.stage = f"layer{li}.ffn"
+        x = [b.headroom(xc, 2 + fw.ffn_relu.depth) for xc in x]
+        (a,) = compile_group([fw.w1], [fw.b1], xl, [fl], n1).apply(b, x)
+        a = [b.poly(ac, fw.ffn_relu) for ac in a]
+        (f,) = compile_group([fw.w2], [fw.b2], fl, [xl], n1).apply(b, a)
+        x = [b.add(xc, fc) for xc, fc in zip(x, f)]
+    b.stage = "head"
+    x = [b.headroom(xc, 1) for xc in x]
+    logits = None
+    for c in range(sw.wc.shape[1]):
+        terms = [b.mul_plain(xc, f"pool{c}_{i}") for i, xc in enumerate(x)]
+        yc = terms[0]
+        for t in terms[1:]:
+            yc = b.add(yc, t)
+        yc = b.rotate(b.rescale(yc), -c * T)  # label c into half c of every block
+        logits = yc if logits is None else b.add(logits, yc)
+    y = _sum_blocks(b, logits, xl, H)
+    y = _sum_half(b, y, T, unit_pool_steps)
+    bias = xl.token_vector(np.zeros(T))
+    for c, bc in enumerate(sw.tf @ sw.wc + sw.bc):
+        bias[c * T] = bc
+    b.output(b.add_plain(y, bias), "logits")
+    pool_w = sw.sf[:, None] * sw.wc
+    return Compiled(b.circuit, xl, pool_w, n1, max_level)
+
+
+def _sum_blocks(b: Builder, y: int, lay: Layout, H: int) -> int:
+    """Sum over all blocks with the head-sum keys (H*2T*2^i), then H-1 steps of 2T."""
+    step = H * lay.block_size
+    while step < lay.n_slots:
+        y = b.add(y, b.rotate(y, step))
+        step *= 2
+    r = y
+    for _ in range(H - 1):
+        r = b.rotate(r, lay.block_size)
+        y = b.add(y, r)
+    return y
+
+
+def _sum_half(b: Builder, y: int, T: int, unit_steps: bool) -> int:
+    """Slot c*T gets the sum of slots c*T .. c*T+T-1 (both halves of a block at once)."""
+    if not unit_steps:
+        step = 1
+        while step < T:
+            y = b.add(y, b.rotate(y, step))
+            step *= 2
+        return y
+    acc, r = y, y
+    for _ in range(T - 1):
+        r = b.rotate(r, 1)
+        acc = b.add(acc, r)
+    return acc

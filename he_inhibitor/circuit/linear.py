@@ -1,0 +1,159 @@
+"""Plaintext-weight linear layers over blocks: the diagonal method with baby-step giant-step.
+
+For y = x W + b with x and y packed feature-major (layout.py), output block b of
+ciphertext o is a weighted sum of input blocks, so
+
+    y_o = sum_c sum_k diag_{o,c,k} * rot(x_c, k*2T),
+
+where diag_{o,c,k} holds W[feature at block b+k of x_c, feature at block b of
+y_o] in the first half of block b and zero in its second half. That zero *is*
+the half-block mask: whatever garbage x carries in its second halves is
+multiplied by zero, so y's second halves are exactly zero at no extra level.
+
+Splitting k = g*n1 + j (baby step j, giant step g) and pre-rotating the
+diagonals by -g*n1*2T gives
+
+    y_o = sum_g rot( sum_c sum_j diag'_{o,c,g,j} * rot(x_c, j*2T), g*n1*2T ),
+
+with the baby rotations rot(x_c, j*2T) computed once per input ciphertext as
+successive rotations by 2T, shared by every matrix applied to x (Q, K, V), and
+the giant sums folded Horner-style by rotations of n1*2T. Two Galois steps
+serve every linear layer of a given T.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from he_inhibitor.circuit.layout import Layout, rot
+from he_inhibitor.circuit.ops import Ops, V
+
+
+@dataclass(frozen=True)
+class Matrix:
+    """One compiled matrix: pre-rotated diagonals keyed (out_ct, giant g) -> [(in_ct, j, diag)]."""
+
+    out_layout: Layout
+    terms: dict[tuple[int, int], list[tuple[int, int, np.ndarray]]]
+    bias: np.ndarray  # [out_layout.n_cts, n_slots]; zero outside first halves of mapped blocks
+
+
+@dataclass(frozen=True)
+class LinearGroup:
+    """Matrices applied to the same input with shared baby steps."""
+
+    in_layout: Layout
+    n1: int
+    matrices: tuple[Matrix, ...]
+
+    @property
+    def baby_max(self) -> int:
+        return max(j for m in self.matrices for ts in m.terms.values() for _, j, _ in ts)
+
+    def giant_max(self, m: Matrix, o: int) -> int:
+        return max(g for (oo, g) in m.terms if oo == o)
+
+    def rotation_count(self) -> int:
+        """Rotations one application costs (baby steps + Horner giant steps)."""
+        giant = sum(self.giant_max(m, o) for m in self.matrices for o in {o for o, _ in m.terms})
+        return self.in_layout.n_cts * self.baby_max + giant
+
+    @property
+    def steps(self) -> set[int]:
+        """Galois steps used (2T for baby steps, n1*2T for giant steps)."""
+        b = self.in_layout.block_size
+        out = {b} if self.baby_max > 0 else set()
+        if any(g > 0 for m in self.matrices for (_, g) in m.terms):
+            out.add(self.n1 * b)
+        return out
+
+    def apply(self, ops: Ops[V], x: list[V]) -> list[list[V]]:
+        """y = x W + b for every matrix; returns one list of output ciphertexts per matrix."""
+        step = self.in_layout.block_size
+        baby: list[list[V]] = []
+        for xc in x:
+            row = [ops.headroom(xc, 1)]
+            for _ in range(self.baby_max):
+                row.append(ops.rotate(row[-1], step))
+            baby.append(row)
+        outs = []
+        for m in self.matrices:
+            ys = []
+            for o in range(m.out_layout.n_cts):
+                acc: V | None = None
+                for g in range(self.giant_max(m, o), -1, -1):
+                    if acc is not None:
+                        acc = ops.rotate(acc, self.n1 * step)
+                    for c, j, diag in m.terms.get((o, g), []):
+                        t = ops.mul_plain(baby[c][j], diag)
+                        acc = t if acc is None else ops.add(acc, t)
+                assert acc is not None
+                ys.append(ops.add_plain(ops.rescale(acc), m.bias[o]))
+            outs.append(ys)
+        return outs
+
+
+def _diagonals(w: np.ndarray, src: Layout, dst: Layout) -> dict[tuple[int, int, int], np.ndarray]:
+    """Non-zero block diagonals {(out_ct, in_ct, k): slot vector} of y = x w."""
+    bpc, T, S = src.blocks_per_ct, src.T, src.n_slots
+    gi = np.asarray(src.block_of)
+    go = np.asarray(dst.block_of)
+    c, bi = gi // bpc, gi % bpc
+    o, bo = go // bpc, go % bpc
+    out: dict[tuple[int, int, int], np.ndarray] = {}
+    for fi in range(w.shape[0]):
+        ks = (bi[fi] - bo) % bpc
+        for fo in np.nonzero(w[fi])[0]:
+            key = (int(o[fo]), int(c[fi]), int(ks[fo]))
+            vec = out.setdefault(key, np.zeros(S))
+            start = bo[fo] * 2 * T
+            vec[start:start + T] = w[fi, fo]
+    return out
+
+
+def _bias(b: np.ndarray, dst: Layout) -> np.ndarray:
+    return dst.pack(np.broadcast_to(np.asarray(b, dtype=np.float64), (dst.T, dst.d)))
+
+
+def best_n1(ks: set[int], n_in_cts: int, n_out_cts: int) -> int:
+    """Baby-step width minimising n_in_cts*max(j) + n_out_cts*max(g) over the used diagonals."""
+    def cost(n1: int) -> tuple[int, int]:
+        return (n_in_cts * max(k % n1 for k in ks) + n_out_cts * max(k // n1 for k in ks), n1)
+    top = max(ks) + 1
+    return min(range(1, top + 1), key=cost)
+
+
+def compile_group(
+    weights: list[np.ndarray],
+    biases: list[np.ndarray],
+    src: Layout,
+    dsts: list[Layout],
+    n1: int | None = None,
+) -> LinearGroup:
+    """Compile y_m = x W_m + b_m (W_m of shape [src.d, dst_m.d]) with shared baby steps."""
+    for w, dst in zip(weights, dsts, strict=True):
+        if w.shape != (src.d, dst.d):
+            raise ValueError(f"weight shape {w.shape} != {(src.d, dst.d)}")
+        if (dst.T, dst.n_slots) != (src.T, src.n_slots):
+            raise ValueError("input and output layouts must share T and the slot count")
+    diags = [_diagonals(np.asarray(w, dtype=np.float64), src, dst) for w, dst in zip(weights, dsts)]
+    if any(not d for d in diags):
+        raise ValueError("an all-zero weight matrix has no diagonals; use its bias as a plaintext")
+    ks = {k for d in diags for (_, _, k) in d}
+    if n1 is None:
+        n1 = best_n1(ks, src.n_cts, sum(d.n_cts for d in dsts))
+    shift = n1 * src.block_size
+    mats = []
+    for d, b, dst in zip(diags, biases, dsts):
+        terms: dict[tuple[int, int], list[tuple[int, int, np.ndarray]]] = {}
+        for (o, c, k), vec in sorted(d.items(), key=lambda kv: kv[0]):
+            g, j = divmod(k, n1)
+            terms.setdefault((o, g), []).append((c, j, rot(vec, -g * shift)))
+        for o in range(dst.n_cts):  # an output ciphertext no weight reaches is its bias alone
+            if not any(oo == o for oo, _ in terms):
+                terms[(o, 0)] = [(0, 0, np.zeros(src.n_slots))]
+        mats.append(Matrix(dst, terms, _bias(b, dst)))
+    return LinearGroup(src, n1, tuple(mats))
+

@@ -1,0 +1,269 @@
+"""The `simulate` executor: the plain circuit, plus what encryption would do to it.
+
+It evaluates the same graph as `plain` and, per node, tracks
+
+* level and scale degree (the level pass),
+* the value range, and for every polynomial how close its input comes to the
+  interval edge, separately for first halves (what the model computes) and
+  second halves (garbage that is never read, but that must stay in range: a
+  polynomial far outside its interval can exceed the modulus and wreck every
+  slot); a RangeError is raised when any slot leaves the interval,
+* the CKKS noise (encoding, fresh encryption, rescale rounding, key
+  switching) per slot, propagated through every op and through each
+  polynomial's own evaluation plan, as a variance under independent errors
+  (its k-sigma value is the predicted bound on |encrypted - plain|) and as a
+  rigorous but loose worst case (noise.Err),
+* the polynomials' approximation error: measured, by running the same
+  circuit with exact |x| and ReLU in place of the fits, and as a worst case,
+* counts of every primitive per stage (polynomials expanded into their plans'
+  multiplications, constant multiplications, rescales and relinearisations),
+  and, given a cost table, predicted seconds per stage.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from he_inhibitor.circuit import plain
+from he_inhibitor.circuit.compile import Compiled
+from he_inhibitor.circuit.costs import CostTable
+from he_inhibitor.circuit.ir import Node, OpKind, RangeError, depth, levels_and_degrees, refresh_round_trips
+from he_inhibitor.circuit.masked import masked_plan_of
+from he_inhibitor.circuit.noise import Err, NoiseModel
+from he_inhibitor.circuit.poly import PolyFn, exact_form, folded_fit
+
+
+@dataclass(frozen=True)
+class PolyRange:
+    node: int
+    stage: str
+    name: str
+    ratio: float  # max |x| / interval half-width over first halves
+    garbage_ratio: float  # the same over second halves
+
+
+@dataclass
+class SimResult:
+    logits: np.ndarray
+    noise_bound: float  # predicted k-sigma bound on max |encrypted logit - plain logit|
+    worst_case_bound: float  # every noise term at k sigma and aligned (rigorous, loose)
+    approx_error: float  # measured max |plain logit - logit with exact |x| and ReLU|
+    approx_worst_case: float  # every fit at its max error, aligned (rigorous, loose)
+    depth: int  # levels on one unbroken chain
+    max_level: int  # deepest level reached (<= chain length)
+    refreshes: int
+    round_trips: int
+    counts: dict[str, Counter] = field(default_factory=dict)
+    ranges: list[PolyRange] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def totals(self) -> Counter:
+        out: Counter = Counter()
+        for c in self.counts.values():
+            out.update(c)
+        return out
+
+
+class _Tracked:
+    """A plan register: values, per-slot error, register level."""
+
+    __slots__ = ("v", "e", "lvl")
+
+    def __init__(self, v: np.ndarray, e: Err, lvl: int) -> None:
+        self.v, self.e, self.lvl = v, e, lvl
+
+
+class _PlanTracker:
+    """Backend for `Plan.run`: propagates per-slot errors and logs (primitive, level) per instruction."""
+
+    def __init__(self, noise: NoiseModel, log: list[tuple[str, int]]) -> None:
+        self.noise, self.log = noise, log
+        self.mul_noise = Err.fresh(math.hypot(noise.key_switch(2), noise.rounding), noise.k)
+        self.const_noise = Err.fresh(noise.rounding, noise.k)
+        self.scalar = Err.fresh(noise.scalar_encode, noise.k)
+        self.vector = Err.fresh(noise.encode, noise.k)
+
+    def _mul(self, a: _Tracked, b: _Tracked, op: str) -> _Tracked:
+        lvl = max(a.lvl, b.lvl)
+        self.log += [(op, lvl), ("relinearize", lvl), ("rescale", lvl)]
+        return _Tracked(a.v * b.v, a.e.times(b.e, a.v, b.v) + self.mul_noise, lvl + 1)
+
+    def mul(self, a: _Tracked, b: _Tracked) -> _Tracked:
+        return self._mul(a, b, "mul")
+
+    def square(self, a: _Tracked) -> _Tracked:
+        return self._mul(a, a, "mul")
+
+    def mul_const(self, a: _Tracked, c: float) -> _Tracked:
+        self.log += [("mul_plain", a.lvl), ("rescale", a.lvl)]
+        return _Tracked(a.v * c, a.e.scaled(c) + self.scalar.scaled(a.v) + self.const_noise, a.lvl + 1)
+
+    def add(self, a: _Tracked, b: _Tracked) -> _Tracked:
+        self.log.append(("add", max(a.lvl, b.lvl)))
+        return _Tracked(a.v + b.v, a.e + b.e, max(a.lvl, b.lvl))
+
+    def sub(self, a: _Tracked, b: _Tracked) -> _Tracked:
+        self.log.append(("add", max(a.lvl, b.lvl)))
+        return _Tracked(a.v - b.v, a.e + b.e, max(a.lvl, b.lvl))
+
+    def add_const(self, a: _Tracked, c: float) -> _Tracked:
+        self.log.append(("add_plain", a.lvl))
+        return _Tracked(a.v + c, a.e + self.scalar, a.lvl)
+
+    def mul_plain(self, a: _Tracked, p: np.ndarray) -> _Tracked:
+        self.log += [("mul_plain", a.lvl), ("rescale", a.lvl)]
+        return _Tracked(a.v * p, a.e.scaled(p) + self.vector.scaled(a.v) + self.const_noise, a.lvl + 1)
+
+    def add_plain(self, a: _Tracked, p: np.ndarray) -> _Tracked:
+        self.log.append(("add_plain", a.lvl))
+        return _Tracked(a.v + p, a.e + self.vector, a.lvl)
+
+
+def _slope(fn: PolyFn, x: np.ndarray) -> np.ndarray:
+    """|fn'(x)| per slot (central difference; fn is a polynomial)."""
+    h = 1e-6
+    return np.abs(fn(x + h) - fn(x - h)) / (2 * h)
+
+
+def simulate(
+    compiled: Compiled,
+    noise: NoiseModel,
+    x0: np.ndarray,
+    m: np.ndarray,
+    costs: CostTable | None = None,
+    chain: int | None = None,
+    strict: bool = True,
+) -> SimResult:
+    """Run one sentence (x0 [T, d], mask m [T]) through the circuit with full tracking.
+
+    chain: levels in the modulus chain (for the cost table: primes remaining
+    = chain + 1 - level); strict: raise RangeError when a polynomial input
+    leaves its interval in any slot.
+    """
+    circuit = compiled.circuit
+    levels, degrees = levels_and_degrees(circuit)
+    T = compiled.T
+    first = np.tile(np.repeat([True, False], T), circuit.n_slots // (2 * T))
+    err: dict[int, Err] = {}  # per-slot noise, dropped after its last use
+    apx: dict[int, Err] = {}  # the polynomials' approximation error, alike
+    drops = plain.last_uses(circuit)
+    counts: dict[str, Counter] = defaultdict(Counter)
+    seconds: dict[str, float] = defaultdict(float)
+    ranges: list[PolyRange] = []
+    chain = int(levels.max()) if chain is None else chain
+
+    def charge(stage: str, op: str, level: int) -> None:
+        counts[stage][op] += 1
+        if costs is not None:
+            seconds[stage] += costs.seconds(op, chain + 1 - level)
+
+    enc = Err.fresh(noise.encode, noise.k)
+    fresh = Err.fresh(noise.fresh, noise.k)
+    rounding = Err.fresh(noise.rounding, noise.k)
+    scalar = Err.fresh(noise.scalar_encode, noise.k)
+    refresh = fresh + enc + enc
+
+    def visit(i: int, node: Node, args: list, value: np.ndarray) -> None:
+        op, a = node.op, node.args
+        lvl, st = int(levels[i]), node.stage
+        e0, a0 = err[a[0]], apx[a[0]]
+        if op in (OpKind.ADD, OpKind.SUB):
+            err[i], apx[i] = e0 + err[a[1]], a0 + apx[a[1]]
+            charge(st, "add", lvl)
+        elif op is OpKind.ADD_PLAIN:
+            err[i], apx[i] = e0 + enc, a0
+            charge(st, "add_plain", lvl)
+        elif op is OpKind.MUL_PLAIN:
+            err[i] = e0.times(enc, args[0], args[1])
+            apx[i] = a0.scaled(args[1])
+            charge(st, "mul_plain", lvl)
+        elif op is OpKind.MUL:
+            err[i] = e0.times(err[a[1]], args[0], args[1]) + Err.fresh(noise.key_switch(2), noise.k)
+            apx[i] = a0.times(apx[a[1]], args[0], args[1])
+            charge(st, "mul", lvl)
+            charge(st, "relinearize", lvl)
+        elif op is OpKind.ROTATE:
+            err[i] = e0.rotated(node.arg) + Err.fresh(noise.key_switch(int(degrees[i])), noise.k)
+            apx[i] = a0.rotated(node.arg)
+            charge(st, "rotate", lvl)
+        elif op is OpKind.RESCALE:
+            err[i], apx[i] = e0 + rounding, a0
+            charge(st, "rescale", lvl - 1)
+        elif op is OpKind.MOD_SWITCH:
+            # as the ckks evaluator's drop_to runs it: mod-switch to one level above the
+            # target, then multiply by 1 encoded so that the rescale lands on the target's
+            # exact scale (a scalar encoding and a rescale rounding: measured, not free)
+            err[i], apx[i] = e0 + scalar.scaled(args[0]) + rounding, a0
+            for k in range(node.arg - 1):
+                charge(st, "mod_switch", int(levels[a[0]]) + k)
+            charge(st, "mul_plain", lvl - 1)
+            charge(st, "rescale", lvl - 1)
+        elif op is OpKind.REFRESH:
+            err[i], apx[i] = e0 + refresh, a0
+            counts[st]["refresh"] += 1
+        elif op is OpKind.POLY:
+            mask = args[1] if len(args) > 1 else None
+            err[i], apx[i] = _poly(i, node, args[0], mask, e0, a0, int(levels[a[0]]))
+        elif op is OpKind.OUTPUT:
+            err[i], apx[i] = e0, a0
+            final[node.name] = (e0, a0)
+        for d in drops[i]:
+            err.pop(d, None)
+            apx.pop(d, None)
+
+    def _poly(i: int, node: Node, x: np.ndarray, mask: np.ndarray | None, e_in: Err, a_in: Err,
+              lvl: int) -> tuple[Err, Err]:
+        fn = node.fn
+        lo, hi = fn.interval
+        half = max(abs(lo), abs(hi))
+        ranges.append(PolyRange(i, node.stage, fn.name, float(np.abs(x[first]).max() / half),
+                                float(np.abs(x[~first]).max() / half)))
+        if strict and (x.min() < lo or x.max() > hi):
+            where = "first halves" if (x[first].min() < lo or x[first].max() > hi) else "second halves (garbage)"
+            raise RangeError(f"node {i} ({node.stage}, {fn.name}): input in [{x.min():.4g}, {x.max():.4g}] "
+                             f"leaves the interval [{lo}, {hi}] in the {where}")
+        gain = _slope(fn, x) if mask is None else _slope(fn, x) * np.abs(mask)
+        log: list[tuple[str, int]] = []
+        f = folded_fit(fn)
+        zero = Err(np.zeros_like(x), np.zeros_like(x))
+        if mask is not None:  # the builder folds a mask only where the masked plan exists
+            e_eval = masked_plan_of(fn).run(_Tracked(x, zero, lvl), mask, _PlanTracker(noise, log)).e
+        elif f is not None:
+            e_eval = f.plan().run(_Tracked(x, zero, lvl), _PlanTracker(noise, log)).e
+        else:  # no plan to follow: each level's rounding, amplified by the function's range
+            amp = max(1.0, float(np.abs(fn(np.linspace(lo, hi, 1001))).max()))
+            e_eval = Err.fresh(math.sqrt(fn.depth) * noise.rounding * amp, noise.k, x)
+            log = [("poly", lvl)]
+        for op, level in log:
+            charge(node.stage, op, level)
+        fit_err = fn.max_error if mask is None else fn.max_error * np.abs(mask)
+        return e_in.scaled(gain) + e_eval, a_in.scaled(gain) + Err(fit_err, fit_err**2 / 3)
+
+    final: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for idx in circuit.of_kind(OpKind.INPUT):  # the client's fresh encryption
+        err[idx] = Err.fresh(noise.fresh, noise.k, np.zeros(circuit.n_slots))
+        apx[idx] = Err(np.zeros(circuit.n_slots), np.zeros(circuit.n_slots))
+    out = plain.run(circuit, compiled.pack_input(x0), compiled.public_plaintexts(m), visit)
+    e_final, a_final = final["logits"]
+    e_out, wc_out, awc_out = (compiled.read_logits(v) for v in (e_final.bound(noise.k), e_final.wc, a_final.wc))
+    logits = compiled.read_logits(out["logits"])
+    exact = plain.run(circuit, compiled.pack_input(x0), compiled.public_plaintexts(m), substitute=exact_form)
+
+    return SimResult(
+        logits=logits,
+        noise_bound=float(e_out.max()),
+        worst_case_bound=float(wc_out.max()),
+        approx_error=float(np.abs(compiled.read_logits(exact["logits"]) - logits).max()),
+        approx_worst_case=float(awc_out.max()),
+        depth=depth(circuit, through_refresh=True),
+        max_level=int(levels.max()),
+        refreshes=len(circuit.of_kind(OpKind.REFRESH)),
+        round_trips=refresh_round_trips(circuit),
+        counts=dict(counts),
+        ranges=ranges,
+        seconds=dict(seconds),
+    )

@@ -1,0 +1,65 @@
+"""The compiled student: plain executor == torch student in poly form; depth; key steps."""
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from he_inhibitor.circuit import plain  # noqa: E402
+from he_inhibitor.circuit.compile import compile_student  # noqa: E402
+from he_inhibitor.circuit.ir import OpKind, check, depth  # noqa: E402
+from he_inhibitor.circuit.weights import from_torch  # noqa: E402
+from he_inhibitor.model.student import Student, StudentConfig  # noqa: E402
+
+T, D, H, DFF = 8, 16, 4, 32
+
+
+def random_student(signed: bool, seed: int = 0) -> Student:
+    """A random-weight student of the shipped class, float64, poly form, non-trivial norms."""
+    torch.manual_seed(seed)
+    cfg = StudentConfig(vocab_size=40, max_len=16, d_model=D, n_heads=H, d_ff=DFF, n_layers=2,
+                        dropout=0.0, signed=signed)
+    model = Student(cfg).double().eval().set_form("poly")
+    with torch.no_grad():
+        for mod in model.modules():
+            if hasattr(mod, "running_var"):
+                mod.running_mean.normal_(0.0, 0.1)
+                mod.running_var.uniform_(0.5, 1.5)
+                mod.weight.uniform_(0.5, 1.5)
+        for layer in model.layers:
+            layer.attn.alpha.fill_(-0.3)  # |alpha| enters Z
+    return model
+
+
+def sentence(model: Student, n_valid: int, seed: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    tok = torch.randint(0, model.cfg.vocab_size, (1, T), generator=g)
+    m = (torch.arange(T) < n_valid).double()[None]
+    with torch.no_grad():
+        return model(tok, m)[0].numpy(), model.embed(tok, m)[0].numpy(), m[0].numpy()
+
+
+@pytest.mark.parametrize("n_slots,signed,max_level", [(256, False, None), (256, True, None), (128, False, 12), (512, False, None)])
+def test_plain_executor_equals_torch_student(n_slots, signed, max_level):
+    model = random_student(signed)
+    comp = compile_student(from_torch(model), T, n_slots, max_level)
+    for n_valid in (T, 3):
+        want, x0, m = sentence(model, n_valid)
+        got = comp.read_logits(plain.run(comp.circuit, comp.pack_input(x0), comp.public_plaintexts(m))["logits"])
+        np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9 * np.abs(want).max())
+    if max_level is not None:
+        check(comp.circuit, max_level)
+        assert comp.circuit.of_kind(OpKind.REFRESH)
+
+
+def test_depth_and_key_steps():
+    model = random_student(False)
+    sw = from_torch(model)
+    comp = compile_student(sw, T, 256)
+    a, r, f = (sw.layers[0].abs_fn.fn.depth, sw.layers[0].attn_relu.fn.depth, sw.layers[0].ffn_relu.fn.depth)
+    assert depth(comp.circuit) == 2 * ((2 + a + r) + (2 + f)) + 1
+    steps = comp.circuit.rotation_steps()
+    bs, bpc = 2 * T, 256 // (2 * T)
+    head_sums = {H * bs * 2**i for i in range(int(np.log2(bpc // H)))}
+    assert steps == {-T, 1, bs, comp.n1 * bs} | head_sums
+    assert len(steps) <= 2 + len(head_sums) + 1

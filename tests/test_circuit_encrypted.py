@@ -1,0 +1,46 @@
+"""Encrypted execution (SEAL) of a small compiled student: levels, error bound, key set."""
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from he_inhibitor.circuit.encrypted import EncryptedExecutor  # noqa: E402
+from he_inhibitor.circuit.ir import levels_and_degrees  # noqa: E402
+from he_inhibitor.circuit.noise import NoiseModel  # noqa: E402
+from he_inhibitor.circuit.params import Precision, plan_student  # noqa: E402
+from he_inhibitor.circuit.simulate import simulate  # noqa: E402
+from he_inhibitor.circuit.weights import from_torch  # noqa: E402
+from he_inhibitor.model.nonlinear import PolySpec  # noqa: E402
+from he_inhibitor.model.student import Student, StudentConfig  # noqa: E402
+
+T = 8
+
+
+@pytest.mark.slow
+def test_encrypted_matches_simulator_levels_and_bound():
+    torch.manual_seed(0)
+    cfg = StudentConfig(vocab_size=40, max_len=16, d_model=16, n_heads=4, d_ff=32, n_layers=1, dropout=0.0,
+                        abs_poly=PolySpec(6), relu_poly=PolySpec(6))
+    model = Student(cfg).double().eval().set_form("poly")
+    # N = 8192 holds 3 levels: the depth-15 circuit runs through client-aided refreshes
+    plan = plan_student(from_torch(model), T, n=8192, precision=Precision(30, 40, 60))
+    assert plan.refreshes > 0
+    ex = EncryptedExecutor(plan.compiled, plan.params)
+    assert set(ex.public.rotation_steps) == plan.compiled.circuit.rotation_steps()
+    levels, _ = levels_and_degrees(plan.compiled.circuit)
+    for n_valid, seed in ((5, 1), (T, 2)):
+        g = torch.Generator().manual_seed(seed)
+        tok = torch.randint(0, 40, (1, T), generator=g)
+        m = (torch.arange(T) < n_valid).double()[None]
+        with torch.no_grad():
+            want, x0 = model(tok, m)[0].numpy(), model.embed(tok, m)[0].numpy()
+        sim = simulate(plan.compiled, NoiseModel.of(plan.params), x0, m[0].numpy(), chain=plan.params.depth)
+        np.testing.assert_allclose(sim.logits, want, rtol=1e-9, atol=1e-12)
+        res = ex.run(x0, m[0].numpy())
+        # every ciphertext sits at exactly the level the IR predicted
+        assert all(plan.params.depth - levels[i] == c for i, c in res.chain_index.items())
+        assert res.refreshes == plan.refreshes
+        err = np.abs(res.logits - sim.logits).max()
+        assert err <= sim.noise_bound
+        assert sim.noise_bound < 100 * err  # a useful bound, not an absurd one

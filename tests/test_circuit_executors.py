@@ -1,0 +1,53 @@
+"""One executor interface; static per-stage statistics agree with the layout formulas."""
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from he_inhibitor.circuit.attention import AttentionSpec  # noqa: E402
+from he_inhibitor.circuit.compile import compile_student  # noqa: E402
+from he_inhibitor.circuit.executors import make_executor  # noqa: E402
+from he_inhibitor.circuit.layout import Layout  # noqa: E402
+from he_inhibitor.circuit.linear import compile_group  # noqa: E402
+from he_inhibitor.circuit.params import Precision, plan_student  # noqa: E402
+from he_inhibitor.circuit.stats import stage_stats  # noqa: E402
+from he_inhibitor.circuit.weights import fold_layer, from_torch  # noqa: E402
+from test_circuit_compile import H, T, random_student, sentence  # noqa: E402
+
+
+def test_plain_and_simulate_share_one_interface():
+    model = random_student(False)
+    plan = plan_student(from_torch(model), T, n=8192, precision=Precision(28, 40, 60))  # 4 levels
+    want, x0, m = sentence(model, 6)
+    runs = {mode: make_executor(mode, plan.compiled, plan.params).run(x0, m) for mode in ("plain", "simulate")}
+    np.testing.assert_allclose(runs["plain"].logits, want, rtol=1e-9)
+    np.testing.assert_array_equal(runs["simulate"].logits, runs["plain"].logits)
+    with pytest.raises(ValueError):
+        make_executor("simulate", plan.compiled)
+    with pytest.raises(ValueError):
+        make_executor("bogus", plan.compiled, plan.params)
+
+
+def test_stage_stats_match_the_layout_formulas():
+    model = random_student(False)
+    sw = from_torch(model)
+    n_slots = 256
+    comp = compile_student(sw, T, n_slots)
+    stats = stage_stats(comp.circuit)
+    assert list(stats) == ["layer0.attn", "layer0.ffn", "layer1.attn", "layer1.ffn", "head"]
+    fw = fold_layer(sw.layers[0], H)
+    xl = Layout.heads(T, n_slots, sw.d, H)
+    fl = Layout.natural(T, n_slots, sw.d_ff)
+    spec = AttentionSpec(xl, H, fw.abs_fn, fw.attn_relu, fw.z_bias)
+    qkv = compile_group([fw.wq, fw.wk, fw.wv], [fw.bq, fw.bk, fw.bv], xl, [xl] * 3, comp.n1).rotation_count()
+    wo = compile_group([fw.wo], [fw.bo], xl, [xl], comp.n1).rotation_count()
+    attn = stats["layer0.attn"]
+    assert attn["rotate"] == qkv + wo + 3 * xl.n_cts + 2 * xl.n_cts * (T - 1) + T * len(spec.head_sum_steps)
+    assert attn["levels"] == 2 + fw.abs_fn.depth + fw.attn_relu.depth
+    assert attn["poly"] == 2 * T * xl.n_cts
+    ffn = stats["layer0.ffn"]
+    w1 = compile_group([fw.w1], [fw.b1], xl, [fl], comp.n1).rotation_count()
+    w2 = compile_group([fw.w2], [fw.b2], fl, [xl], comp.n1).rotation_count()
+    assert ffn["rotate"] == w1 + w2 and ffn["levels"] == 2 + fw.ffn_relu.depth
+    assert stats["head"]["levels"] == 1

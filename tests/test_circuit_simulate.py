@@ -1,0 +1,75 @@
+"""The simulator: same logits as plain, exact depth and primitive counts, loud range failures,
+parameters from depth (never below 128-bit security), refresh counting."""
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from he_inhibitor.circuit import plain  # noqa: E402
+from he_inhibitor.circuit.compile import compile_student  # noqa: E402
+from he_inhibitor.circuit.ir import OpKind, RangeError, depth  # noqa: E402
+from he_inhibitor.circuit.noise import NoiseModel  # noqa: E402
+from he_inhibitor.circuit.params import Precision, plan_student  # noqa: E402
+from he_inhibitor.circuit.simulate import simulate  # noqa: E402
+from he_inhibitor.circuit.weights import from_torch  # noqa: E402
+from he_inhibitor.ckks import CkksParams, InsecureParametersError  # noqa: E402
+from test_circuit_compile import T, random_student, sentence  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def student():
+    model = random_student(False)
+    return model, from_torch(model)
+
+
+def test_simulate_matches_plain_and_counts(student):
+    model, sw = student
+    comp = compile_student(sw, T, 256)
+    want, x0, m = sentence(model, 5)
+    r = simulate(comp, NoiseModel(512, 30), x0, m)
+    got = comp.read_logits(plain.run(comp.circuit, comp.pack_input(x0), comp.public_plaintexts(m))["logits"])
+    np.testing.assert_array_equal(r.logits, got)
+    assert r.depth == depth(comp.circuit) and r.refreshes == 0
+    totals = r.totals()
+    assert totals["rotate"] == len(comp.circuit.of_kind(OpKind.ROTATE))
+    polys = [comp.circuit.nodes[i].fn for i in comp.circuit.of_kind(OpKind.POLY)]
+    plan_mults = sum(model.layers[0].attn.abs_fn.fit.plan().counts["mults"] for _ in polys)
+    assert totals["mul"] == totals["relinearize"] == plan_mults  # every fit here has the same plan size
+    assert 0 < r.noise_bound < r.worst_case_bound
+    assert r.noise_bound < 1e-2  # 30-bit scale, small ring
+    assert 0 < r.approx_error <= r.approx_worst_case
+    model.set_form("exact")  # same weights, exact |x| and ReLU
+    try:
+        assert r.approx_error == pytest.approx(np.abs(r.logits - _exact_logits(model, x0, m)).max(), rel=1e-9)
+    finally:
+        model.set_form("poly")
+    assert all(x.ratio < 1 for x in r.ranges)
+
+
+def _exact_logits(model, x0, m):
+    x = torch.as_tensor(x0)[None]
+    mask = torch.as_tensor(m)[None]
+    with torch.no_grad():
+        xl, _, _ = model.encode(x, mask)
+        return model.classifier(model.pool(xl, mask))[0].numpy()
+
+
+def test_out_of_range_input_fails_loudly(student):
+    model, sw = student
+    comp = compile_student(sw, T, 256)
+    _, x0, m = sentence(model, 5)
+    with pytest.raises(RangeError, match="leaves the interval"):
+        simulate(comp, NoiseModel(512, 30), 1000 * x0, m)
+
+
+def test_parameters_from_depth_and_refresh(student):
+    _, sw = student
+    roomy = plan_student(sw, T, n=32768, precision=Precision(20, 40, 40))  # 40 levels
+    assert roomy.refreshes == 0 and roomy.params.depth == roomy.depth
+    tight = plan_student(sw, T, n=16384)
+    assert tight.depth == roomy.depth and tight.params.depth <= Precision().max_levels(16384)
+    assert tight.refreshes > 0 and tight.round_trips >= 1
+    assert tight.params.total_bits <= 438
+    with pytest.raises(InsecureParametersError):
+        CkksParams.for_depth(12, 8192, 30, 50, 50)

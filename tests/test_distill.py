@@ -1,0 +1,92 @@
+"""Distillation: layer mappings, teacher cache, and that training steps lower the loss."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from he_inhibitor.data import default_data_dir, load_sst2
+from he_inhibitor.distill import Batches, DistillConfig, Distiller, LossWeights, init_embeddings_from_teacher, teacher_layers
+from he_inhibitor.model import Student, StudentConfig
+from he_inhibitor.model.nonlinear import PolySpec
+from he_inhibitor.teacher_cache import build_cache
+from he_inhibitor.vocab import load_tokenizer, make_tokenizer, teacher_to_student_ids, trimmed_vocab
+
+TEACHER = Path(__file__).resolve().parents[2] / "shared" / "models" / "minilm-l6-sst2"
+needs_teacher = pytest.mark.skipif(not TEACHER.is_dir() or default_data_dir() is None, reason="shared teacher or SST-2 data absent")
+
+
+@pytest.mark.parametrize(
+    "layer_map, expected",
+    [("uniform", [3, 6]), ("first", [1, 2]), ("last", [5, 6]), ([2, 4], [2, 4])],
+)
+def test_layer_maps(layer_map, expected) -> None:
+    assert teacher_layers(layer_map, 2, 6) == expected
+
+
+@pytest.mark.parametrize("bad", ["middle", [0, 6], [1, 2, 3]])
+def test_bad_layer_map_refused(bad) -> None:
+    with pytest.raises(ValueError, match="layer_map"):
+        teacher_layers(bad, 2, 6)
+
+
+def test_config_rejects_unknown_keys() -> None:
+    with pytest.raises(ValueError, match="bogus"):
+        DistillConfig.from_dict({"bogus": 1})
+    cfg = DistillConfig.from_dict({"student": {"d_model": 32, "n_heads": 2}, "loss": {"attn": 0.5}})
+    assert cfg.student.d_model == 32 and cfg.loss.attn == 0.5
+
+
+@pytest.fixture(scope="module")
+def tiny_setup(tmp_path_factory):
+    sentences, labels = load_sst2(default_data_dir(), "train")
+    sentences, labels = sentences[:64], labels[:64]
+    cache = build_cache(TEACHER, sentences, labels, tmp_path_factory.mktemp("cache"), max_len=64)
+    teacher_tok = load_tokenizer(TEACHER)
+    teacher_tok.no_padding()
+    teacher_tok.no_truncation()
+    tok = make_tokenizer(trimmed_vocab(teacher_tok, sentences))
+    return cache, teacher_tok, tok, sentences
+
+
+@needs_teacher
+def test_cache_matches_teacher_tokenization(tiny_setup) -> None:
+    cache, teacher_tok, _, sentences = tiny_setup
+    first = cache.ids[cache.offsets[0] : cache.offsets[1]].tolist()
+    assert first == teacher_tok.encode(sentences[0]).ids
+    assert cache.hidden.shape[1:] == (7, 384) and len(cache) == 64
+
+
+@needs_teacher
+@pytest.mark.parametrize("variant", [{}, {"recursive": True}, {"attention": "dot"}])
+def test_distillation_steps_lower_the_loss(tiny_setup, variant) -> None:
+    cache, teacher_tok, tok, _ = tiny_setup
+    torch.manual_seed(0)
+    scfg = StudentConfig(vocab_size=tok.get_vocab_size(), d_model=32, n_heads=2, d_ff=48, dropout=0.0,
+                         abs_poly=PolySpec(8), relu_poly=PolySpec(8), **variant)
+    cfg = DistillConfig(student=scfg, loss=LossWeights(kd=1, ce=0.2, hidden=0.05, emb=0.05, attn=0.1, range=1.0))
+    student = Student(scfg)
+    from safetensors.numpy import load_file
+
+    tw = load_file(str(TEACHER / "model.safetensors"))
+    vocab_ids = np.array([teacher_tok.token_to_id(tok.id_to_token(i)) for i in range(tok.get_vocab_size())])
+    basis = init_embeddings_from_teacher(student, tw["bert.embeddings.word_embeddings.weight"].astype(np.float32)[vocab_ids],
+                                         tw["bert.embeddings.position_embeddings.weight"].astype(np.float32))
+    assert basis.shape == (32, 384)
+    dist = Distiller(student, 384, teacher_layers("uniform", 2, 6))
+    batches = Batches(cache, teacher_to_student_ids(teacher_tok, tok), 64, 0, need_attn=True)
+    batch = batches.collate(batches.order(0)[0])
+    opt = torch.optim.AdamW(dist.parameters(), lr=3e-3)
+    dist.train()
+    losses = []
+    for _ in range(15):
+        parts = dist.losses(batch, cfg)
+        assert {"kd", "ce", "hidden", "emb", "attn", "range"} <= set(parts)
+        opt.zero_grad()
+        parts["loss"].backward()
+        opt.step()
+        losses.append(parts["loss"].item())
+    assert losses[-1] < 0.8 * losses[0]
