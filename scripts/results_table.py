@@ -1,29 +1,61 @@
-"""Markdown table of distillation runs: one row per run directory (its metrics.json and config)."""
+"""Distillation results: a markdown table (and optionally JSON) with one row per run directory.
+
+    python scripts/results_table.py runs/ablations/*/ [--json docs/distillation/ablations.json]
+"""
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 from pathlib import Path
 
 
-def row(run: Path) -> str:
+def command(run: Path) -> str:
+    """The command that produced a run (ablations come from configs/ablations/, the shipped student from configs/student.json)."""
+    cfg = f"configs/ablations/{run.name}.json" if run.parent.name == "ablations" else "configs/student.json"
+    return (f"he-inhibitor distill --teacher ../shared/models/minilm-l6-sst2 --data-dir ../shared/data/sst2 "
+            f"--out {run.parent.name}/{run.name} --config {cfg}")
+
+
+def summarize(run: Path) -> dict:
     m = json.loads((run / "metrics.json").read_text())
     cfg = json.loads((run / "distill_config.json").read_text())
     s, loss = cfg["student"], cfg["loss"]
-    losses = "+".join(k for k in ("kd", "ce", "hidden", "emb", "attn", "range") if loss[k] > 0)
-    arch = f"{s['attention']}{' signed' if s['signed'] else ''}{' recursive' if s['recursive'] else ''}"
-    return (f"| {run.name} | {arch} | {losses} | {cfg['layer_map']} | {m['dev_exact_float16']:.4f} | "
-            f"{m['dev_poly_float16']:.4f} | {m['parameters']:,} |")
+    return {
+        "run": run.name,
+        "attention": s["attention"] + (" signed" if s["signed"] else "") + (" recursive" if s["recursive"] else ""),
+        "losses": "+".join(k for k in ("kd", "ce", "hidden", "emb", "attn", "range") if loss[k] > 0),
+        "layer_map": cfg["layer_map"],
+        "embedding_init": cfg.get("embedding_init", "table"),
+        "poly_degree": f"{s['abs_poly']['degree']}/{s['relu_poly']['degree']}",
+        "train_rows": cfg["limit"] or 67349,
+        "epochs": f"{cfg['epochs_exact']}+{cfg['epochs_poly']}",
+        "dev_exact": m["dev_exact_float16"],
+        "dev_poly": m["dev_poly_float16"],
+        "parameters": m["parameters"],
+        "command": command(run),
+    }
 
 
-def main(runs: list[str]) -> None:
-    print("| run | attention | losses | layer map | dev exact | dev poly | parameters |")
-    print("|---|---|---|---|---|---|---|")
-    for r in runs:
-        if (Path(r) / "metrics.json").is_file():
-            print(row(Path(r)))
+def markdown(rows: list[dict]) -> str:
+    cols = ["run", "attention", "losses", "layer_map", "embedding_init", "poly_degree", "train_rows", "epochs", "dev_exact", "dev_poly", "parameters"]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        lines.append("| " + " | ".join(f"{r[c]:.4f}" if isinstance(r[c], float) else str(r[c]) for c in cols) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("runs", nargs="+", type=Path)
+    ap.add_argument("--json", type=Path, default=None, help="also write the rows as JSON")
+    args = ap.parse_args()
+    rows = [summarize(r) for r in args.runs if (r / "metrics.json").is_file()]
+    print(markdown(rows))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(rows, indent=2) + "\n")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

@@ -1,0 +1,116 @@
+"""The server's half of an encrypted evaluation: a compiled circuit, a PublicContext, no secret key.
+
+`circuit.encrypted.EncryptedExecutor.run` plays both parties in one process
+(it encrypts, decrypts and refreshes with the client's keys). The server needs
+only the evaluation loop, with each client-aided refresh turned into a round
+trip: `CircuitEvaluator.run` is a generator that yields a masked ciphertext,
+receives the client's fresh re-encryption, unmasks it and goes on, and finally
+returns the output ciphertexts. The per-op semantics are the executor's own
+(`EncryptedExecutor._op`, weights encoded exactly as the encrypted executor
+does), so server and in-process results are the same computation.
+
+Interface assumed from circuit/ (to be replaced when it exposes a keyless
+evaluation): EncryptedExecutor(compiled, params, keys, cache) reads only
+`keys.public_context()` at construction; `_op(node, args, public_plaintexts)`
+evaluates one non-refresh, non-output op; CONST values are (const id, payload).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+
+import numpy as np
+import tenseal.sealapi as seal
+
+from he_inhibitor.ckks import CkksParams, PublicContext, serial
+from he_inhibitor.circuit.compile import Compiled
+from he_inhibitor.circuit.encrypted import EncryptedExecutor
+from he_inhibitor.circuit.ir import OpKind, depth
+from he_inhibitor.circuit.plain import last_uses
+from he_inhibitor.service.protocol import Signature
+
+Evaluation = Generator[seal.Ciphertext, seal.Ciphertext, dict[str, seal.Ciphertext]]
+
+
+class _PublicOnly:
+    """What EncryptedExecutor asks of its keys at construction, and nothing secret."""
+
+    def __init__(self, public: PublicContext) -> None:
+        self._public = public
+
+    def public_context(self) -> PublicContext:
+        return self._public
+
+
+def signature_of(compiled: Compiled, params: CkksParams, labels: tuple[str, ...]) -> Signature:
+    """The circuit's client-facing description (inputs in the order `Layout.pack` yields them)."""
+    circuit = compiled.circuit
+    n_labels = compiled.pool_w.shape[1]
+    if len(labels) != n_labels:
+        raise ValueError(f"{len(labels)} label names for a circuit with {n_labels} logits")
+    inputs = tuple(compiled.pack_input(np.zeros((compiled.T, compiled.layout.d))))
+    logit_slots = tuple(int(s) for s in compiled.read_logits(np.arange(circuit.n_slots, dtype=np.float64)))
+    return Signature(
+        poly_modulus_degree=params.poly_modulus_degree, coeff_bits=tuple(params.coeff_bits),
+        scale_bits=params.scale_bits, T=compiled.T, n_slots=circuit.n_slots,
+        block_of=tuple(compiled.layout.block_of), inputs=inputs, outputs=tuple(circuit.outputs),
+        input_level=params.depth, rotation_steps=tuple(sorted(circuit.rotation_steps())),
+        logit_slots=logit_slots, labels=tuple(labels), depth=depth(circuit, through_refresh=True),
+        refreshes=len(circuit.of_kind(OpKind.REFRESH)),
+    )
+
+
+class CircuitEvaluator:
+    """One client's evaluation keys bound to the circuit.
+
+    Weight plaintexts are encoded per request (cache=False): the executor's
+    cache lives per instance, i.e. per registered key, and would multiply the
+    server's memory by the registry size.
+    """
+
+    def __init__(self, compiled: Compiled, params: CkksParams, public: PublicContext, mask_bound: float = 16.0) -> None:
+        self.compiled = compiled
+        self.params = params
+        self.public = public
+        self.mask_bound = mask_bound
+        self._ex = EncryptedExecutor(compiled, params, keys=_PublicOnly(public), cache=False)
+        self._rng = np.random.default_rng()  # OS entropy: the client must not predict the masks
+        self._seal = seal.Evaluator(public.context)
+        self._names = list(compiled.pack_input(np.zeros((compiled.T, compiled.layout.d))))
+        self._drops = last_uses(compiled.circuit)
+
+    def run(self, inputs: list[seal.Ciphertext], n_tokens: int) -> Evaluation:
+        """Evaluate on ciphertexts in signature order; yields one masked ciphertext per refresh."""
+        circuit, comp = self.compiled.circuit, self.compiled
+        by_name = dict(zip(self._names, inputs, strict=True))
+        public = comp.public_plaintexts((np.arange(comp.T) < n_tokens).astype(np.float64))
+        values: dict[int, object] = {}
+        outputs: dict[str, seal.Ciphertext] = {}
+        for i, node in enumerate(circuit.nodes):
+            if node.op is OpKind.CONST:
+                values[i] = (node.arg, circuit.consts[node.arg])
+            elif node.op is OpKind.INPUT:
+                values[i] = by_name[node.name]
+            else:
+                a = [values[j] for j in node.args]
+                if node.op is OpKind.REFRESH:
+                    values[i] = yield from self._refresh(a[0])
+                elif node.op is OpKind.OUTPUT:
+                    values[i] = outputs[node.name] = a[0]
+                else:
+                    values[i] = self._ex._op(node, a, public)
+            for j in self._drops[i]:
+                del values[j]
+        return outputs
+
+    def reply_bytes(self, ct: seal.Ciphertext) -> bytes:
+        """A ciphertext the client will only decrypt, mod-switched to the last level: fewer limbs, same message."""
+        out = seal.Ciphertext()
+        self._seal.mod_switch_to(ct, self.public.context.last_parms_id(), out)
+        return serial.to_bytes(out)
+
+    def _refresh(self, ct: seal.Ciphertext) -> Evaluation:
+        """Add a uniform mask, let the client re-encrypt, subtract the mask."""
+        r = self._rng.uniform(-self.mask_bound, self.mask_bound, self.params.slots)
+        fresh = yield self._ex.ev.add_plain(ct, r)
+        return self._ex.ev.add_plain(fresh, -r)

@@ -1,0 +1,213 @@
+"""Round trips through a real uvicorn server on 127.0.0.1 with a compiled (random-weight) student.
+
+Text -> tokenizer -> numpy embeddings -> encryption -> HTTP (with the
+circuit's refresh round trips) -> decryption agrees with the plain executor;
+key files are owner-only; nothing the server receives or stores holds the
+secret key.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import socket
+import stat
+import struct
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import httpx  # noqa: E402
+import tenseal.sealapi as seal  # noqa: E402
+from safetensors.numpy import save_file  # noqa: E402
+
+from he_inhibitor.ckks import serial  # noqa: E402
+from he_inhibitor.circuit.bundle import save_bundle  # noqa: E402
+from he_inhibitor.circuit.executors import PlainExecutor  # noqa: E402
+from he_inhibitor.circuit.params import Precision, plan_student  # noqa: E402
+from he_inhibitor.circuit.weights import from_torch  # noqa: E402
+from he_inhibitor.model.nonlinear import PolySpec  # noqa: E402
+from he_inhibitor.model.student import Student, StudentConfig  # noqa: E402
+from he_inhibitor.service.client import Client  # noqa: E402
+from he_inhibitor.service.console import Progress  # noqa: E402
+from he_inhibitor.service.demo import run_demo  # noqa: E402
+from he_inhibitor.service.embed import Embedder  # noqa: E402
+from he_inhibitor.service.local import LocalServer  # noqa: E402
+from he_inhibitor.service.server import create_app  # noqa: E402
+from he_inhibitor.service.validate import CONTEXT_MAGIC  # noqa: E402
+from he_inhibitor.vocab import make_tokenizer  # noqa: E402
+
+T = 8
+WORDS = ["a", "good", "bad", "movie", "film", "great", "awful", "not", "very", "fun", "dull", "plot"]
+
+
+@pytest.fixture(scope="module")
+def student(tmp_path_factory):
+    """A 1-layer random student with degree-2 fits, compiled for N = 8192, and its client bundle."""
+    torch.manual_seed(0)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"] + WORDS
+    cfg = StudentConfig(vocab_size=len(vocab), max_len=16, d_model=16, n_heads=4, d_ff=32, n_layers=1,
+                        dropout=0.0, abs_poly=PolySpec(2), relu_poly=PolySpec(2))
+    model = Student(cfg).double().eval().set_form("poly")
+    plan = plan_student(from_torch(model), T, n=8192, precision=Precision(30, 40, 60))
+    bundle = tmp_path_factory.mktemp("client")
+    make_tokenizer(vocab).save(str(bundle / "tokenizer.json"))
+    save_file({"word.weight": model.word.weight.detach().numpy(), "pos.weight": model.pos.weight.detach().numpy()},
+              str(bundle / "model.safetensors"))
+    return model, plan, Embedder.load(bundle), bundle
+
+
+@pytest.fixture(scope="module")
+def served(student):
+    _, plan, _, _ = student
+    app = create_app(plan.compiled, plan.params)
+    with LocalServer(app) as server:
+        yield app, server
+
+
+def test_embedder_equals_the_student(student):
+    model, _, embedder, _ = student
+    x0, n = embedder.embed("a very good film", T)
+    ids = embedder.tokenizer.encode("a very good film").ids
+    tok = torch.tensor([ids + [0] * (T - len(ids))])
+    m = (torch.arange(T) < len(ids)).double()[None]
+    with torch.no_grad():
+        want = model.embed(tok, m)[0].numpy()
+    assert n == len(ids) == 6
+    np.testing.assert_allclose(x0, want, rtol=0, atol=0)
+
+
+def test_text_round_trip_matches_plain_and_nothing_secret_travels(student, served, tmp_path):
+    _, plan, embedder, _ = student
+    app, server = served
+    bodies: list[bytes] = []
+    with Client(server.url) as client:
+        client.http.event_hooks["request"] = [lambda req: bodies.append(req.read())]
+        client.generate_keys()
+        sk = client.keys.secret.to_bytes()
+        for text in ("a very good film", "not fun , dull plot"):
+            pred = client.classify(text, embedder)
+            x0, n = embedder.embed(text, T)
+            plain = PlainExecutor(plan.compiled).run(x0, (np.arange(T) < n).astype(float)).logits
+            np.testing.assert_allclose(pred.logits, plain, atol=1e-2)
+            assert pred.label == ("negative", "positive")[int(np.argmax(plain))]
+            t = pred.traffic
+            assert t.round_trips == 1 + app.state.signature.refreshes
+            assert min(t.client_s, t.network_s, t.server_s) > 0 and t.bytes_up > 0 and t.bytes_down > 0
+    # nothing the server received contains the secret key, in any form
+    assert bodies and not any(sk in b for b in bodies)
+    assert not any(_holds_secret_key(b, plan) for b in bodies)
+    # nothing it stores does either: only the public container, whose parts are relin and Galois keys
+    for public in app.state.registry.stored():
+        assert public.to_bytes().startswith(CONTEXT_MAGIC) and sk not in public.to_bytes()
+        assert not _holds_secret_key(public.to_bytes(), plan)
+        assert {type(v) for v in vars(public).values()} & {seal.SecretKey} == set()
+
+
+def _holds_secret_key(body: bytes, plan) -> bool:
+    """Does any SEAL object inside the body (context parts or frames) load as a secret key?"""
+    from he_inhibitor.ckks import make_context
+
+    context = make_context(plan.params)
+    blobs, pos = [], 0
+    while (i := body.find(b"\x5e\xa1", pos)) >= 0:
+        size = struct.unpack_from("<Q", body, i + 8)[0] if i + 16 <= len(body) else 0
+        blobs.append(body[i : i + size] if 16 <= size <= len(body) - i else b"")
+        pos = i + 2
+    for blob in blobs:
+        try:
+            serial.load(seal.SecretKey(), blob, context)
+            return True
+        except (RuntimeError, ValueError):
+            continue
+    return False
+
+
+def test_key_files_are_owner_only_and_reload(student, served, tmp_path):
+    _, plan, embedder, _ = student
+    app, server = served
+    with Client(server.url) as first, Client(server.url) as second:
+        first.generate_keys()
+        path = first.save_keys(tmp_path / "client.keys")
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+        second.load_keys(path)
+        assert second.keys.public_blob == first.keys.public_blob
+        assert second.register_keys() == first.register_keys()  # same context, same id: idempotent
+        ct = first.encrypt(np.ones((T, 16)))[0]
+        got = second.keys.decrypt(serial.ciphertext_from_bytes(ct, second.keys.context))
+        assert abs(got[0] - 1.0) < 1e-4
+    os.chmod(path, 0o644)
+    with Client(server.url) as third, pytest.raises(PermissionError):
+        third.load_keys(path)
+
+
+def test_health_signature_and_openapi(served):
+    app, server = served
+    import httpx
+
+    assert httpx.get(server.url + "/v1/health").json()["status"] == "ok"
+    sig = httpx.get(server.url + "/v1/signature").json()
+    assert sig["T"] == T and sig["labels"] == ["negative", "positive"] and sig["refreshes"] >= 1
+    spec = httpx.get(server.url + "/openapi.json").json()
+    assert {"/v1/health", "/v1/signature", "/v1/keys", "/v1/evaluate", "/v1/jobs/{job_id}"} <= set(spec["paths"])
+    body = spec["paths"]["/v1/evaluate"]["post"]["requestBody"]["content"]
+    assert body["application/octet-stream"]["schema"]["format"] == "binary"
+
+
+def test_demo_prints_agreeing_table(student):
+    _, plan, embedder, _ = student
+    out, log = io.StringIO(), io.StringIO()
+    rows = run_demo(plan.compiled, plan.params, embedder, ["a very good film", "a " * 20], Progress(log), out)
+    assert rows[0]["label"] == rows[0]["plain_label"] and rows[0]["max_abs_error"] < 1e-2
+    assert "error" in rows[1]  # longer than T tokens: refused, not truncated
+    text = out.getvalue()
+    assert "agree" in text and "yes" in text and "refused: too long" in text
+    assert "generating keys" in log.getvalue() and "refresh round trip" in log.getvalue()
+
+
+def test_client_modules_do_not_import_torch():
+    code = ("import sys, he_inhibitor.service.client, he_inhibitor.service.query, he_inhibitor.service.embed; "
+            "sys.exit('torch' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0
+
+
+def test_serve_and_query_commands(student, tmp_path):
+    model, plan, embedder, client_dir = student
+    save_bundle(from_torch(model), T, tmp_path / "bundle", n=8192, precision=Precision(30, 40, 60))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    cli = [sys.executable, "-m", "he_inhibitor.cli"]
+    server = subprocess.Popen([*cli, "serve", "--circuit", str(tmp_path / "bundle"), "--port", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert server.poll() is None, server.stderr.read().decode()
+            try:
+                if httpx.get(url + "/v1/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "server did not come up"
+                time.sleep(0.2)
+        query = [*cli, "query", "--url", url, "--client", str(client_dir), "--keys", str(tmp_path / "k"),
+                 "--json", "a very good film", "dull plot"]
+        first = json.loads(subprocess.run(query, capture_output=True, check=True, timeout=180).stdout)
+        second = json.loads(subprocess.run(query, capture_output=True, check=True, timeout=180).stdout)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert stat.S_IMODE(os.stat(tmp_path / "k").st_mode) == 0o600
+    assert first["key_bytes_sent"] > 0 and second["key_bytes_sent"] == 0  # the server still held the keys
+    for res in first["results"] + second["results"]:
+        x0, n = embedder.embed(res["text"], T)
+        want = PlainExecutor(plan.compiled).run(x0, (np.arange(T) < n).astype(float)).logits
+        np.testing.assert_allclose(res["logits"], want, atol=1e-2)
+        assert set(res["seconds"]) == {"client", "network", "server", "total"} and res["bytes_up"] > 0
