@@ -58,7 +58,7 @@ class DistillConfig:
     weight_decay: float = 0.01
     warmup: float = 0.06
     epochs_exact: int = 4
-    epochs_poly: int = 1
+    epochs_poly: float = 1.0  # fractions allowed: the poly phase only adapts a trained student
     lr_poly: float = 5e-4
     calibration_batches: int = 200
     calibration_margin: float = 0.1
@@ -263,7 +263,7 @@ def _schedule(step: int, total: int, warmup: float) -> float:
 
 
 def run_phase(
-    name: str, dist: Distiller, batches: Batches, cfg: DistillConfig, epochs: int, lr: float,
+    name: str, dist: Distiller, batches: Batches, cfg: DistillConfig, epochs: float, lr: float,
     out: Path, log, state: dict, evaluate_fn,
 ) -> None:
     """One training phase with warm-up/decay, a progress bar and resumable checkpoints."""
@@ -271,7 +271,7 @@ def run_phase(
         return
     params = [p for p in dist.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
-    total = epochs * len(batches)
+    total = max(1, round(epochs * len(batches)))
     ckpt = out / f"checkpoint-{name}.pt"
     step = 0
     if ckpt.is_file():
@@ -283,7 +283,7 @@ def run_phase(
     bar = tqdm(total=total, initial=step, desc=f"distill[{name}]", unit="batch", dynamic_ncols=True)
     while step < total:
         epoch, done = divmod(step, len(batches))
-        for rows in batches.order(epoch)[done:]:
+        for rows in batches.order(epoch)[done : done + total - step]:
             dist.train()
             for g in opt.param_groups:
                 g["lr"] = lr * _schedule(step, total, cfg.warmup)
@@ -304,7 +304,7 @@ def run_phase(
         acc = evaluate_fn()
         log.write(json.dumps({"phase": name, "epoch": epoch + 1, "dev_accuracy": acc}) + "\n")
         log.flush()
-        bar.write(f"[{name}] epoch {epoch + 1}/{epochs}: dev accuracy {acc:.4f}")
+        bar.write(f"[{name}] epoch {epoch + 1} of {epochs:g}: dev accuracy {acc:.4f}")
     bar.close()
     state[f"dev_{name}"] = evaluate_fn()
 

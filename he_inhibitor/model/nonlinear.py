@@ -76,9 +76,7 @@ class Nonlinearity(nn.Module):
         """The fit on [-1, 1] at t = x / B."""
         if self.fit.stages:
             return self.fit(t)
-        even, odd = self.parity_parts()
-        t2 = t * t
-        return _horner(even, t2) + (t * _horner(odd, t2) if any(odd) else 0.0)
+        return ParityPoly.apply(t, *self.parity_parts())
 
     def set_form(self, form: str) -> None:
         if form not in FORMS:
@@ -111,3 +109,36 @@ def _horner(coeffs: list[float], t: torch.Tensor) -> torch.Tensor | float:
     for c in reversed(coeffs[:-1]):
         acc = acc * t + c
     return acc
+
+
+def _parity_eval(even: list[float], odd: list[float], t: torch.Tensor) -> torch.Tensor:
+    """E(t^2) + t O(t^2)."""
+    u = t * t
+    out = _horner(even, u)
+    if any(odd):
+        out = out + t * _horner(odd, u)
+    return out if isinstance(out, torch.Tensor) else torch.full_like(t, out)
+
+
+class ParityPoly(torch.autograd.Function):
+    """p(t) = E(t^2) + t O(t^2) with an analytic derivative.
+
+    Autograd through Horner would keep every intermediate of the
+    [B, H, T, T, d_h] attention tensors; this keeps only t and evaluates
+    p'(t) = 2t E'(t^2) + O(t^2) + 2t^2 O'(t^2) in the backward pass.
+    """
+
+    @staticmethod
+    def forward(ctx, t: torch.Tensor, even: list[float], odd: list[float]) -> torch.Tensor:
+        ctx.save_for_backward(t)
+        ctx.parts = (even, odd)
+        return _parity_eval(even, odd, t)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (t,) = ctx.saved_tensors
+        even, odd = ctx.parts
+        d_even = [2.0 * j * c for j, c in enumerate(even)][1:]  # d/dt E(t^2) = t * sum 2j e_j t^(2j-2)
+        d_odd = [(2.0 * j + 1.0) * c for j, c in enumerate(odd)]  # d/dt t O(t^2) = sum (2j+1) o_j t^(2j)
+        deriv = _parity_eval(d_odd or [0.0], d_even or [0.0], t)
+        return grad * deriv, None, None
