@@ -19,9 +19,12 @@ COMMANDS: dict[str, str] = {
     "distill": "he_inhibitor.distill",
     "eval": "he_inhibitor.evaluate",
     "compile": "he_inhibitor.circuit.cli",
+    "predict": "he_inhibitor.circuit.predict",
+    "simulate": "he_inhibitor.circuit.simulate_cli",
     "serve": "he_inhibitor.service.server",
     "query": "he_inhibitor.service.query",
     "demo": "he_inhibitor.service.demo",
+    "bench": "he_inhibitor.bench.cli",
 }
 
 

@@ -253,7 +253,9 @@ def calibrate(student: Student, batches: Batches, n_batches: int, margin: float)
     bounds = {}
     for name, m in nl:
         new = float(m.max_ratio * m.bound) * (1 + margin)
-        m.bound.fill_(max(new, 1e-3))
+        if not math.isfinite(new) or new <= 0:
+            raise RuntimeError(f"calibration: {name} saw no finite non-zero input (largest |x| = {new})")
+        m.bound.fill_(new)
         m.max_ratio.zero_()
         bounds[name] = round(new, 4)
     return bounds
@@ -297,7 +299,7 @@ def run_phase(
             step += 1
             bar.update(1)
             if step % 50 == 0:
-                rec = {"phase": name, "step": step, "lr": g["lr"], **{k: round(float(v), 5) for k, v in parts.items()}}
+                rec = {"phase": name, "step": step, "lr": g["lr"], **{k: round(float(v.detach()), 5) for k, v in parts.items()}}
                 log.write(json.dumps(rec) + "\n")
                 log.flush()
                 bar.set_postfix(loss=f"{rec['loss']:.3f}", acc=f"{rec['acc']:.3f}")

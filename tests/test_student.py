@@ -131,3 +131,12 @@ def test_sentence_longer_than_positions_refused() -> None:
     model = Student(StudentConfig(**TINY))
     with pytest.raises(ValueError, match="exceeds max_len"):
         model.embed(torch.zeros(1, 17, dtype=torch.long), torch.ones(1, 17, dtype=torch.bool))
+
+
+def test_dot_product_exact_form_calibrates_its_substitute() -> None:
+    """The softmax phase must still record the score range the poly substitute will see."""
+    model = Student(StudentConfig(**TINY, attention="dot")).eval()
+    ids, mask = batch()
+    model(ids, mask)
+    ratios = [float(m.max_ratio) for name, m in model.nonlinearities() if "attn" in name]
+    assert ratios and all(r > 0 for r in ratios)

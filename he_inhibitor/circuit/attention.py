@@ -51,6 +51,8 @@ class AttentionSpec:
     relu_fn: PolyFn
     z_bias: float
     signed: bool = False
+    lanes: int = 2  # independent ranges of shifts (processes a parallel executor may use)
+    main_shifts: int | None = None  # shifts on lane 0 (None: an even split)
 
     def __post_init__(self) -> None:
         if self.layout.blocks_per_ct % self.n_heads:
@@ -85,22 +87,56 @@ class AttentionSpec:
 
     @property
     def steps(self) -> set[int]:
-        """Galois steps used: -T (half copy), 1 (shifts), the head sums."""
+        """Galois steps used: -T (half copy), 1 (shifts), each lane's first shift, the head sums."""
         T = self.layout.T
-        return {-T} | ({1} if T > 1 else set()) | set(self.head_sum_steps)
+        starts = {r.start for r in shift_lanes(T, self.lanes, self.main_shifts)} - {0}
+        return {-T} | ({1} if T > 1 else set()) | starts | set(self.head_sum_steps)
+
+
+def shift_lanes(T: int, lanes: int, main_shifts: int | None = None) -> list[range]:
+    """Contiguous ranges of shifts, one per lane; lane 0 (which also runs everything outside
+    attention) gets main_shifts of them, the others share the rest evenly. Lane k > 0 starts
+    with one rotation by its first shift."""
+    lanes = max(1, min(lanes, T))
+    if lanes == 1:
+        return [range(T)]
+    first = T // lanes if main_shifts is None else max(1, min(main_shifts, T - lanes + 1))
+    cuts = [0] + [first + (T - first) * k // (lanes - 1) for k in range(lanes)]
+    return [range(a, b) for a, b in zip(cuts, cuts[1:])]
 
 
 def inhibitor_attention(
     ops: Ops[V], spec: AttentionSpec, q: list[V], k: list[V], v: list[V], masks: list[np.ndarray]
 ) -> list[V]:
-    """H (scaled by 1/B_att, i.e. sum_j m_j r(...)) as ciphertexts in spec.layout."""
+    """H (scaled by 1/B_att, i.e. sum_j m_j r(...)) as ciphertexts in spec.layout.
+
+    The shifts are split into spec.lanes contiguous ranges, each on its own
+    lane with its own accumulator, summed on lane 0: independent work that a
+    parallel executor runs in separate processes.
+    """
     T = spec.layout.T
     q2 = [ops.add(qc, ops.rotate(qc, -T)) for qc in q]
     k2 = [ops.add(kc, ops.rotate(kc, -T)) for kc in k]
     v2 = [ops.add(vc, ops.rotate(vc, -T)) for vc in v]
-    acc: list[V | None] = [None] * len(q)
-    for s in range(T):
-        if s:
+    parts = []
+    for lane, shifts in enumerate(shift_lanes(T, spec.lanes, spec.main_shifts)):
+        ops.set_lane(lane)
+        parts.append(_shifts(ops, spec, q2, k2, v2, masks, shifts))
+    ops.set_lane(0)
+    acc = parts[0]
+    for part in parts[1:]:
+        acc = [ops.add(a, b) for a, b in zip(acc, part)]
+    return acc
+
+
+def _shifts(ops: Ops[V], spec: AttentionSpec, q2: list[V], k2: list[V], v2: list[V], masks: list[np.ndarray],
+            shifts: range) -> list[V]:
+    """sum over s in shifts of mask_s * r(rot(V2, s) - Z^(s)), starting from rot(., shifts.start)."""
+    acc: list[V | None] = [None] * len(q2)
+    if shifts.start:
+        k2 = [ops.rotate(kc, shifts.start) for kc in k2]
+    for s in shifts:
+        if s > shifts.start:
             k2 = [ops.rotate(kc, 1) for kc in k2]
             v2 = [ops.rotate(vc, 1) for vc in v2]
         z: V | None = None
@@ -110,8 +146,10 @@ def inhibitor_attention(
         assert z is not None
         for step in spec.head_sum_steps:
             z = ops.add(z, ops.rotate(z, step))
-        if s == 0:  # shift V where it is used: mod-switched once, rotated at the cheaper level
+        if s == shifts.start:  # shift V where it is used: mod-switched once, rotated at the cheaper level
             v2 = [ops.align(vc, z) for vc in v2]
+            if shifts.start:
+                v2 = [ops.rotate(vc, shifts.start) for vc in v2]
         if spec.z_offset:
             z = ops.add_plain(z, spec.z_offset)
         for c, vc in enumerate(v2):

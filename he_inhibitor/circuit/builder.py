@@ -24,6 +24,7 @@ class Builder:
         self.circuit = Circuit(n_slots)
         self.max_level = max_level
         self.stage = ""
+        self.lane = 0
         self._level: list[int] = []
         self._degree: list[int] = []
         self._const_ids: dict[int, int] = {}  # id(payload) -> CONST node
@@ -31,7 +32,8 @@ class Builder:
     # -- node creation --------------------------------------------------------------
     def _emit(self, op: OpKind, args: tuple[int, ...] = (), arg: int = 0,
               fn: PolyFn | None = None, name: str = "") -> int:
-        node = Node(op, args, arg, fn, name, self.stage)
+        pinned = op in (OpKind.INPUT, OpKind.REFRESH, OpKind.OUTPUT)  # the client's side: main process
+        node = Node(op, args, arg, fn, name, self.stage, 0 if pinned else self.lane)
         cts = [a for a in args if self.circuit.nodes[a].op is not OpKind.CONST]
         level, degree = infer(node, [self._level[a] for a in cts], [self._degree[a] for a in cts])
         if self.max_level is not None and level > self.max_level:
@@ -70,6 +72,9 @@ class Builder:
         return self._align(x, like)[0] if self._level[x] < self._level[like] else x
 
     # -- Ops --------------------------------------------------------------------------
+    def set_lane(self, lane: int) -> None:
+        self.lane = lane
+
     def input(self, name: str) -> int:
         return self._emit(OpKind.INPUT, name=name)
 

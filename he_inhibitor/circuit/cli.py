@@ -7,32 +7,45 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
+
+from he_inhibitor.circuit.bundle import BUCKETS
+
+SHIPPED_STUDENT = Path(__file__).resolve().parents[1] / "assets" / "student"
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("compile", help="compile a student into a CKKS circuit bundle")
-    p.add_argument("--model", required=True, help="student directory (config.json + model.safetensors)")
-    p.add_argument("--out", required=True, help="bundle directory, e.g. circuits/student-t32")
-    p.add_argument("--T", type=int, default=32, help="token bucket (power of two)")
+    p.add_argument("--model", type=Path, default=SHIPPED_STUDENT,
+                   help="student directory: config.json, model.safetensors, tokenizer.json "
+                        f"(default {SHIPPED_STUDENT})")
+    p.add_argument("--out", required=True, type=Path, help="bundle directory, e.g. circuits/sst2-inhibitor")
+    p.add_argument("--buckets", type=int, nargs="+", default=list(BUCKETS), help="token buckets T (powers of two)")
     p.add_argument("--n", type=int, default=16384, help="CKKS ring degree")
     p.add_argument("--scale-bits", type=int, default=30)
+    p.add_argument("--labels", nargs="+", default=["negative", "positive"])
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from he_inhibitor.circuit.bundle import report, save_bundle
+    from he_inhibitor.circuit.bundle import ClientAssets, save_bundle
     from he_inhibitor.circuit.params import Precision
     from he_inhibitor.circuit.weights import from_torch
     from he_inhibitor.model.student import load_student
+    from he_inhibitor.vocab import TOKENIZER_FILE
 
     model = load_student(args.model, dtype=torch.float64)
-    prec = Precision(scale_bits=args.scale_bits)
-    plan = save_bundle(from_torch(model), args.T, args.out, args.n, prec)
-    rep = report(plan)
-    print(json.dumps({k: v for k, v in rep.items() if k != "stages"}))
-    for stage, counts in rep["stages"].items():
-        print(f"{stage:12s} levels {counts['levels']:3d}  rotations {counts.get('rotate', 0):4d}  "
-              f"relins {counts.get('relinearize', 0):4d}  mul_plain {counts.get('mul_plain', 0):4d}")
+    if max(args.buckets) > model.cfg.max_len:
+        raise SystemExit(f"bucket {max(args.buckets)} exceeds the student's max_len {model.cfg.max_len}")
+    assets = ClientAssets((args.model / TOKENIZER_FILE).read_text(), model.word.weight.detach().numpy(),
+                          model.pos.weight.detach().numpy(), tuple(args.labels))
+    save_bundle(from_torch(model), args.buckets, args.out, args.n, Precision(scale_bits=args.scale_bits), assets)
+    rep = json.loads((args.out / "report.json").read_text())
+    for T, r in rep["buckets"].items():
+        print(json.dumps({"T": int(T), **{k: v for k, v in r.items() if k not in ("stages", "T")}}))
+        for stage, counts in r["stages"].items():
+            print(f"  {stage:12s} levels {counts['levels']:3d}  rotations {counts.get('rotate', 0):4d}  "
+                  f"relins {counts.get('relinearize', 0):4d}  mul_plain {counts.get('mul_plain', 0):4d}")
     return 0

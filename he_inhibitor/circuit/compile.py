@@ -7,6 +7,9 @@ of the attention ReLU, f = depth of the FFN ReLU):
     ffn:  W1 1, ReLU f, W2 1                             -> 2 + f
     head: pooling weights 1                              -> 1
 
+A dot-product student (layers read as DotLayerWeights) gets
+dot_attention.dot_attention_block instead: 4 + r levels per attention.
+
 The residual stream x is the only ciphertext that crosses stage boundaries,
 so when the chain left is too short for a stage, x is refreshed through the
 client before it (see builder.Builder.headroom); a stage deeper than the
@@ -25,6 +28,8 @@ import numpy as np
 
 from he_inhibitor.circuit.attention import AttentionSpec, inhibitor_attention
 from he_inhibitor.circuit.builder import Builder
+from he_inhibitor.circuit.dot_attention import DotSpec, dot_attention_block, mask_name
+from he_inhibitor.circuit.dot_weights import DotLayerWeights, fold_dot_layer
 from he_inhibitor.circuit.ir import Circuit
 from he_inhibitor.circuit.layout import Layout
 from he_inhibitor.circuit.linear import compile_group
@@ -40,6 +45,7 @@ class Compiled:
     pool_w: np.ndarray  # [d, n_labels]: sf o Wc
     n1: int
     max_level: int | None
+    main_shifts: int | None = None  # attention shifts on lane 0 (None: an even split)
 
     @property
     def T(self) -> int:
@@ -56,6 +62,7 @@ class Compiled:
             raise ValueError(f"mask must be {self.T} zeros/ones with at least one token")
         out = {f"mask{s}": self.layout.token_vector(np.roll(m, -s)) for s in range(self.T)}
         n = m.sum()
+        out.update({mask_name(s): out[f"mask{s}"] / n for s in range(self.T)})
         for c in range(self.pool_w.shape[1]):
             packed = self.layout.pack(np.outer(m / n, self.pool_w[:, c]))
             out.update({f"pool{c}_{i}": ct for i, ct in enumerate(packed)})
@@ -80,7 +87,8 @@ def choose_n1(bpc: int, groups: list[tuple[int, int]], free_steps: set[int], blo
 
 
 def compile_student(
-    sw: StudentWeights, T: int, n_slots: int, max_level: int | None = None, unit_pool_steps: bool = True
+    sw: StudentWeights, T: int, n_slots: int, max_level: int | None = None, unit_pool_steps: bool = True,
+    lanes: int = 2, main_shifts: int | None = None,
 ) -> Compiled:
     """The student as a circuit for sentences of at most T tokens on n_slots slots.
 
@@ -88,27 +96,37 @@ def compile_student(
     deeper circuits get client-aided refreshes of the residual stream.
     unit_pool_steps: sum the pooled tokens by T-1 rotations of 1 (no new keys)
     rather than log2(T) rotations by powers of two (log2(T)-1 more keys).
+    lanes: the attention shifts split into this many independent lanes (one
+    more Galois key per extra lane; see parallel.py); main_shifts of them on
+    lane 0, which also runs everything else (None: an even split).
     """
     if sw.wc.shape[1] > 2:
         raise ValueError("the pooled read-out places label c in half c of a block: at most 2 labels")
     H = sw.n_heads
     xl = Layout.heads(T, n_slots, sw.d, H)
     fl = Layout.natural(T, n_slots, sw.d_ff)
-    spec_steps = AttentionSpec(xl, H, sw.layers[0].abs_fn.fn, sw.layers[0].attn_relu.fn, 0.0).steps
+    lw0 = sw.layers[0]
+    spec_steps = (DotSpec(xl, H, lw0.attn_relu.fn, lanes, main_shifts).steps if isinstance(lw0, DotLayerWeights)
+                  else AttentionSpec(xl, H, lw0.abs_fn.fn, lw0.attn_relu.fn, 0.0,
+                                     lanes=lanes, main_shifts=main_shifts).steps)
     n1 = choose_n1(xl.blocks_per_ct, [(xl.n_cts, 3 * xl.n_cts), (xl.n_cts, xl.n_cts),
                                       (xl.n_cts, fl.n_cts), (fl.n_cts, xl.n_cts)],
                    spec_steps, xl.block_size)
     b = Builder(n_slots, max_level)
     x = [b.input(f"x{c}") for c in range(xl.n_cts)]
     for li, lw in enumerate(sw.layers):
-        fw = fold_layer(lw, H)
         b.stage = f"layer{li}.attn"
-        x = [b.headroom(xc, 2 + fw.abs_fn.depth + fw.attn_relu.depth) for xc in x]
-        q, k, v = compile_group([fw.wq, fw.wk, fw.wv], [fw.bq, fw.bk, fw.bv], xl, [xl] * 3, n1).apply(b, x)
-        spec = AttentionSpec(xl, H, fw.abs_fn, fw.attn_relu, fw.z_bias, sw.signed)
-        h = inhibitor_attention(b, spec, q, k, v, [f"mask{s}" for s in range(T)])
-        (o,) = compile_group([fw.wo], [fw.bo], xl, [xl], n1).apply(b, h)
-        x = [b.add(xc, oc) for xc, oc in zip(x, o)]
+        if isinstance(lw, DotLayerWeights):
+            fw = fold_dot_layer(lw, H)
+            x = dot_attention_block(b, fw, xl, H, n1, x, lanes, main_shifts)
+        else:
+            fw = fold_layer(lw, H)
+            x = [b.headroom(xc, 2 + fw.abs_fn.depth + fw.attn_relu.depth) for xc in x]
+            q, k, v = compile_group([fw.wq, fw.wk, fw.wv], [fw.bq, fw.bk, fw.bv], xl, [xl] * 3, n1).apply(b, x)
+            spec = AttentionSpec(xl, H, fw.abs_fn, fw.attn_relu, fw.z_bias, sw.signed, lanes, main_shifts)
+            h = inhibitor_attention(b, spec, q, k, v, [f"mask{s}" for s in range(T)])
+            (o,) = compile_group([fw.wo], [fw.bo], xl, [xl], n1).apply(b, h)
+            x = [b.add(xc, oc) for xc, oc in zip(x, o)]
         b.stage = f"layer{li}.ffn"
         x = [b.headroom(xc, 2 + fw.ffn_relu.depth) for xc in x]
         (a,) = compile_group([fw.w1], [fw.b1], xl, [fl], n1).apply(b, x)
@@ -132,7 +150,7 @@ def compile_student(
         bias[c * T] = bc
     b.output(b.add_plain(y, bias), "logits")
     pool_w = sw.sf[:, None] * sw.wc
-    return Compiled(b.circuit, xl, pool_w, n1, max_level)
+    return Compiled(b.circuit, xl, pool_w, n1, max_level, main_shifts)
 
 
 def _sum_blocks(b: Builder, y: int, lay: Layout, H: int) -> int:

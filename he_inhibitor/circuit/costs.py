@@ -4,7 +4,7 @@ A primitive's cost depends on the ring degree and on how many data primes the
 ciphertext still carries, not on which chain it came from, so one table per N
 (keyed by primes remaining) serves every chain length at that N. `measure`
 times each primitive with `tenseal.sealapi` on one core (its calls hold the
-GIL); `CostTable.seconds` is what the simulator sums.
+GIL), in CPU time; `CostTable.seconds` is what the simulator sums.
 """
 
 from __future__ import annotations
@@ -45,6 +45,12 @@ class CostTable:
     def load(cls, path: str | Path) -> CostTable:
         return cls.from_json(Path(path).read_text())
 
+    @classmethod
+    def shipped(cls, n: int) -> CostTable | None:
+        """The table measured on this machine for ring degree n (circuit/data), if there is one."""
+        path = Path(__file__).parent / "data" / f"costs_n{n}.json"
+        return cls.load(path) if path.is_file() else None
+
 
 def measure(n: int = 16384, levels: int = 11, scale_bits: int = 30, reps: int = 3) -> CostTable:
     """Time every primitive at every level of a [50, scale_bits x levels, 50] chain."""
@@ -61,12 +67,12 @@ def measure(n: int = 16384, levels: int = 11, scale_bits: int = 30, reps: int = 
     enc = seal.CKKSEncoder(ctx)
     vec = list(np.random.default_rng(0).uniform(-1, 1, n // 2))
 
-    def best(fn) -> float:
+    def best(fn) -> float:  # CPU time: on a loaded machine wall clock would time the load
         times = []
         for _ in range(reps):
-            t = time.perf_counter()
+            t = time.process_time()
             fn()
-            times.append(time.perf_counter() - t)
+            times.append(time.process_time() - t)
         return min(times)
 
     table: dict[str, dict[int, float]] = {op: {} for op in PRIMITIVES}
@@ -91,3 +97,4 @@ def measure(n: int = 16384, levels: int = 11, scale_bits: int = 30, reps: int = 
             table["rescale"][primes] = best(lambda: ev.rescale_to_next(ct, seal.Ciphertext()))
             table["mod_switch"][primes] = best(lambda: ev.mod_switch_to_next(ct, seal.Ciphertext()))
     return CostTable(n, table)
+

@@ -64,7 +64,9 @@ class Node:
     """One operation. `arg` is the rotation step, the levels a mod_switch drops,
     or the index of a CONST's payload; `fn` is a POLY's polynomial. A POLY with
     a second (CONST) argument computes mask * fn(x), the mask folded into the
-    polynomial's plan at no level (masked.py)."""
+    polynomial's plan at no level (masked.py). `lane` 0 is the main process; a
+    node on lane k > 0 belongs to independent work (half the attention shifts)
+    that a parallel executor may run in worker process k."""
 
     op: OpKind
     args: tuple[int, ...] = ()
@@ -72,6 +74,7 @@ class Node:
     fn: PolyFn | None = None
     name: str = ""
     stage: str = ""  # e.g. "layer0.attn", for per-stage reports
+    lane: int = 0
 
 
 @dataclass

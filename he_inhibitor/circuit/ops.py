@@ -37,6 +37,9 @@ class Ops(Protocol[V]):
     def align(self, x: V, like: V) -> V:
         """x at like's level, where the backend has levels: later ops on x run cheaper."""
 
+    def set_lane(self, lane: int) -> None:
+        """Later ops belong to lane `lane` (independent work; 0 = main), where the backend records lanes."""
+
 
 class SlotOps:
     """`Ops` on float64 slot vectors; counts every primitive (rotations by step)."""
@@ -83,3 +86,6 @@ class SlotOps:
 
     def align(self, x: np.ndarray, like: np.ndarray) -> np.ndarray:
         return x
+
+    def set_lane(self, lane: int) -> None:
+        pass

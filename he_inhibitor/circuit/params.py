@@ -63,3 +63,4 @@ def plan_student(sw: StudentWeights, T: int, n: int = 16384, precision: Precisio
     params = CkksParams.for_depth(levels, n, precision.scale_bits, precision.first_bits, precision.special_bits)
     return Plan(compiled, params, need, len(compiled.circuit.of_kind(OpKind.REFRESH)),
                 refresh_round_trips(compiled.circuit))
+

@@ -60,6 +60,7 @@ class SimResult:
     counts: dict[str, Counter] = field(default_factory=dict)
     ranges: list[PolyRange] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
+    parallel_seconds: float = 0.0  # predicted with each lane in its own process (parallel.py): the critical path
 
     def totals(self) -> Counter:
         out: Counter = Counter()
@@ -156,10 +157,15 @@ def simulate(
     ranges: list[PolyRange] = []
     chain = int(levels.max()) if chain is None else chain
 
+    node_seconds = np.zeros(len(circuit.nodes))
+    current = [0]  # the node being visited
+
     def charge(stage: str, op: str, level: int) -> None:
         counts[stage][op] += 1
         if costs is not None:
-            seconds[stage] += costs.seconds(op, chain + 1 - level)
+            cost = costs.seconds(op, chain + 1 - level)
+            seconds[stage] += cost
+            node_seconds[current[0]] += cost
 
     enc = Err.fresh(noise.encode, noise.k)
     fresh = Err.fresh(noise.fresh, noise.k)
@@ -170,6 +176,7 @@ def simulate(
     def visit(i: int, node: Node, args: list, value: np.ndarray) -> None:
         op, a = node.op, node.args
         lvl, st = int(levels[i]), node.stage
+        current[0] = i
         e0, a0 = err[a[0]], apx[a[0]]
         if op in (OpKind.ADD, OpKind.SUB):
             err[i], apx[i] = e0 + err[a[1]], a0 + apx[a[1]]
@@ -266,4 +273,22 @@ def simulate(
         counts=dict(counts),
         ranges=ranges,
         seconds=dict(seconds),
+        parallel_seconds=_makespan(circuit, node_seconds),
     )
+
+
+def _makespan(circuit, node_seconds: np.ndarray) -> float:
+    """When the output is ready if each lane runs its nodes in circuit order in its own process.
+
+    A node starts once its lane is free and its arguments are done, wherever
+    they ran: the serial stages of lane 0 leave lane 1 idle, so this is the
+    floor two processes can reach, not the larger lane's sum.
+    """
+    done = np.zeros(len(circuit.nodes))
+    free: dict[int, float] = defaultdict(float)
+    for i, node in enumerate(circuit.nodes):
+        start = max([free[node.lane]] + [done[a] for a in node.args])
+        done[i] = start + node_seconds[i]
+        if node_seconds[i]:
+            free[node.lane] = done[i]
+    return float(max(done[i] for i in circuit.of_kind(OpKind.OUTPUT)))

@@ -125,9 +125,11 @@ def from_torch(model) -> StudentWeights:
     """Read a `he_inhibitor.model.student.Student` (eval mode; its current form's fits)."""
     import torch
 
+    from he_inhibitor.circuit.dot_weights import DotLayerWeights  # it imports this module
+
     cfg = model.cfg
-    if cfg.attention != "inhibitor" or cfg.recursive or cfg.center:
-        raise ValueError("the compiler handles the inhibitor student without recursion adapters or centering")
+    if cfg.recursive or cfg.center:
+        raise ValueError("the compiler handles students without recursion adapters or centering")
 
     def a(t: torch.Tensor) -> np.ndarray:
         return t.detach().to(torch.float64).cpu().numpy()
@@ -152,6 +154,10 @@ def from_torch(model) -> StudentWeights:
         w2, b2 = lin(layer.ffn.lin2)
         s1, t1 = norm(model.norms1[i])
         s2, t2 = norm(model.norms2[i])
+        if cfg.attention == "dot":
+            layers.append(DotLayerWeights(s1, t1, wq, bq, wk, bk, wv, bv, wo, bo, s2, t2, w1, b1, w2, b2,
+                                          nl(att.relu_fn), nl(layer.ffn.relu_fn)))
+            continue
         layers.append(LayerWeights(
             s1, t1, wq, bq, wk, bk, wv, bv, wo, bo,
             float(att.gamma.detach()), float(att.alpha.detach()), float(att.beta.detach()), s2, t2, w1, b1, w2, b2,

@@ -126,6 +126,7 @@ class DotProductAttention(nn.Module):
         scores = q @ k.transpose(-1, -2) / math.sqrt(self.d_head)  # [B, H, T, T]
         m = mask[:, None, None, :].to(x.dtype)  # [B, 1, 1, T_k]
         if self.relu_fn.form == "exact":
+            self.relu_fn.observe(scores)  # calibrates the substitute's interval
             attn = torch.softmax(scores.masked_fill(m == 0, float("-inf")), dim=-1)
         else:
             attn = m * self.relu_fn(scores) / m.sum(-1, keepdim=True).clamp(min=1.0)

@@ -83,13 +83,23 @@ class Nonlinearity(nn.Module):
             raise ValueError(f"unknown form {form!r}; expected one of {FORMS}")
         self.form = form
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def observe(self, x: torch.Tensor) -> None:
+        """Record the range of ``x`` (and, while training, its range penalty) without evaluating.
+
+        Called by ``forward``, and directly where the exact form computes
+        something else (dot-product attention's softmax), so that calibration
+        still sees the inputs the polynomial will get.
+        """
         bound = self.bound.to(x.dtype)
         ratio = x.detach().abs().max() / bound if x.numel() else x.new_zeros(())
         self.max_ratio = torch.maximum(self.max_ratio, ratio.to(self.max_ratio.dtype))
         if self.training:
             excess = torch.relu(x.abs() / bound - (1.0 - self.margin))
             self.penalty = (excess * excess).mean()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.observe(x)
+        bound = self.bound.to(x.dtype)
         if self.form == "exact":
             return x.abs() if self.kind == "abs" else torch.relu(x)
         return bound * self.poly(x / bound)

@@ -1,10 +1,9 @@
 """Where the shipped artifacts live, and loading a compiled bundle for the server.
 
 The circuit bundle (`circuits/<name>/`, written by `he-inhibitor compile`) is
-the server's; the client bundle is the shipped student's directory, whose
-tokenizer.json and model.safetensors (word/position tables) are all the
-client reads. Both constants are defined here rather than imported because
-the modules that own them import torch, which the client must not.
+the server's; its `client/` directory (tokenizer.json, model.safetensors with
+only the word/position tables, signature.json) is all the client reads, so
+neither side opens the torch model at run time.
 """
 
 from __future__ import annotations
@@ -12,10 +11,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from he_inhibitor.ckks import CkksParams
+from he_inhibitor.circuit.bundle import CLIENT_DIR, SHIPPED_BUNDLE
 from he_inhibitor.circuit.compile import Compiled
 
-SHIPPED_CIRCUIT = Path(__file__).resolve().parents[2] / "circuits" / "student"
-SHIPPED_CLIENT = Path(__file__).resolve().parents[1] / "assets" / "student"
+SHIPPED_CIRCUIT = SHIPPED_BUNDLE
+SHIPPED_CLIENT = SHIPPED_BUNDLE / CLIENT_DIR
 
 
 def load_circuit(path: Path | None = None) -> tuple[Compiled, CkksParams]:

@@ -6,12 +6,12 @@ only the evaluation loop, with each client-aided refresh turned into a round
 trip: `CircuitEvaluator.run` is a generator that yields a masked ciphertext,
 receives the client's fresh re-encryption, unmasks it and goes on, and finally
 returns the output ciphertexts. The per-op semantics are the executor's own
-(`EncryptedExecutor._op`, weights encoded exactly as the encrypted executor
+(`EncryptedExecutor.op`, weights encoded exactly as the encrypted executor
 does), so server and in-process results are the same computation.
 
 Interface assumed from circuit/ (to be replaced when it exposes a keyless
 evaluation): EncryptedExecutor(compiled, params, keys, cache) reads only
-`keys.public_context()` at construction; `_op(node, args, public_plaintexts)`
+`keys.public_context()` at construction; `op(node, args, public_plaintexts)`
 evaluates one non-refresh, non-output op; CONST values are (const id, payload).
 """
 
@@ -98,7 +98,7 @@ class CircuitEvaluator:
                 elif node.op is OpKind.OUTPUT:
                     values[i] = outputs[node.name] = a[0]
                 else:
-                    values[i] = self._ex._op(node, a, public)
+                    values[i] = self._ex.op(node, a, public)
             for j in self._drops[i]:
                 del values[j]
         return outputs

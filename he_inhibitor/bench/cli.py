@@ -1,0 +1,89 @@
+"""`he-inhibitor bench`: benchmark a circuit (and optionally a second one side by side).
+
+(Registered in he_inhibitor/cli.py as "bench": "he_inhibitor.bench.cli".)
+
+The per-primitive cost table is measured once per ring degree in the same
+run, over the longest chain among the targets, so both circuits of a
+comparison are priced by the same table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="depth, op counts, latency vs floor, bytes, accuracy of a circuit")
+    p.add_argument("--circuit", type=Path, default=None,
+                   help="circuit bundle or student directory (default: the shipped bundle)")
+    p.add_argument("--compare", type=Path, default=None,
+                   help="a second bundle or student directory (e.g. the dot-product student), benched alongside")
+    p.add_argument("--client", type=Path, default=None, help="client bundle for circuit bundles (default: shipped)")
+    p.add_argument("--data", type=Path, default=None, help="sentence<TAB>label TSV (default: SST-2 dev)")
+    p.add_argument("--sentences", type=int, default=None, help="N sentences for accuracy (default: all)")
+    p.add_argument("--latency-sentences", type=int, default=5, help="K sentences run encrypted (>= 1)")
+    p.add_argument("--T", type=int, default=32, help="token bucket when compiling a student directory")
+    p.add_argument("--n", type=int, default=16384, help="ring degree when compiling a student directory")
+    p.add_argument("--scale-bits", type=int, default=30, help="scale when compiling a student directory")
+    p.add_argument("--workers", type=int, choices=(1, 2), default=1,
+                   help="processes per encrypted evaluation (2: half the attention shifts in a worker)")
+    p.add_argument("--reps", type=int, default=3, help="repetitions per primitive in the cost table")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", type=Path, default=None, help="write the results as JSON")
+    p.add_argument("--plot", type=Path, default=None, help="directory for latency_per_stage.png")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from he_inhibitor.bench.corpus import embed_corpus
+    from he_inhibitor.bench.measure import bench_target
+    from he_inhibitor.bench.report import plot_stages, stage_lines, summary_lines
+    from he_inhibitor.bench.target import load_target
+    from he_inhibitor.circuit.costs import measure
+    from he_inhibitor.circuit.params import Precision
+    from he_inhibitor.data import default_data_dir, load_sst2, load_sst2_tsv
+    from he_inhibitor.service.artifacts import SHIPPED_CIRCUIT
+    from he_inhibitor.service.console import Progress
+
+    if args.latency_sentences < 1:
+        raise SystemExit("error: --latency-sentences must be at least 1")
+    progress = Progress()
+    try:
+        sentences, labels = load_sst2_tsv(args.data) if args.data else load_sst2(default_data_dir(), "dev")
+        sentences, labels = sentences[:args.sentences], labels[:args.sentences]
+        paths = [args.circuit or SHIPPED_CIRCUIT] + ([args.compare] if args.compare else [])
+        progress("compiling / loading " + ", ".join(str(p) for p in paths))
+        targets = [load_target(p, args.client, args.T, args.n, Precision(scale_bits=args.scale_bits))
+                   for p in paths]
+    except (OSError, ValueError) as err:
+        raise SystemExit(f"error: {err}")
+    chains: dict[int, list] = {}
+    for t in targets:
+        chains.setdefault(t.plan.params.poly_modulus_degree, []).append(t.plan.params)
+    costs = {}
+    for n, ps in chains.items():
+        progress(f"measuring per-primitive costs at N = {n}")
+        costs[n] = measure(n, max(p.depth for p in ps), ps[0].scale_bits, args.reps)
+    results = []
+    for t in targets:
+        progress(f"{t.name}: plain accuracy on {len(sentences)} sentences, "
+                 f"encrypted latency on {args.latency_sentences}")
+        corpus = embed_corpus(t.embedder, sentences, labels, t.plan.compiled.T)
+        results.append(bench_target(t, corpus, costs[t.plan.params.poly_modulus_degree],
+                                    args.latency_sentences, args.seed, workers=args.workers))
+    progress.clear()
+    for r in results:
+        print(f"== {r['name']} (N = {r['poly_modulus_degree']}, T = {r['T']})")
+        print(stage_lines(r))
+        print()
+    print(summary_lines(results))
+    if args.json:
+        out = dict(results[0])
+        if len(results) > 1:
+            out["compare"] = results[1]
+        args.json.write_text(json.dumps(out, indent=1) + "\n")
+    if args.plot:
+        print(f"plot: {plot_stages(results, args.plot)}")
+    return 0

@@ -1,0 +1,88 @@
+"""Printing and plotting benchmark results (the dicts `measure.bench_target` returns)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from he_inhibitor.service.console import megabytes, table
+
+_STAGE_COLS = [("levels", "levels"), ("rotations", "rot"), ("relinearizations", "relin"),
+               ("plaintext_multiplications", "mul_pt"), ("rescales", "rescale"), ("refreshes", "refresh")]
+
+# (label, key, format) rows of the summary and of the side-by-side comparison
+SUMMARY = [
+    ("accuracy (plain, N)", "accuracy", "{:.4f}"),
+    ("accuracy, sentences <= T", "accuracy_fitting", "{:.4f}"),
+    ("truncated sentences", "truncated", "{}"),
+    ("encrypted accuracy (K)", "encrypted_accuracy", "{:.4f}"),
+    ("agreement enc/plain (K)", "agreement", "{:.4f}"),
+    ("depth (levels, one chain)", "depth", "{}"),
+    ("chain levels / refreshes", None, None),
+    ("median latency s", "median_seconds", "{:.2f}"),
+    ("p95 latency s", "p95_seconds", "{:.2f}"),
+    ("server median s", "server_median_seconds", "{:.2f}"),
+    ("CPU median s (all processes)", "cpu_median_seconds", "{:.2f}"),
+    ("processes", "workers", "{}"),
+    ("floor s (op counts x costs)", "floor_seconds", "{:.2f}"),
+    ("measured / floor", "measured_over_floor", "{:.2f}"),
+    ("keygen s", "keygen_seconds", "{:.2f}"),
+    ("evaluation keys", "eval_key_bytes", "bytes"),
+    ("query (inputs)", "query_bytes", "bytes"),
+    ("reply", "reply_bytes", "bytes"),
+    ("refresh traffic / query", "refresh_bytes", "bytes"),
+    ("max |enc - plain| logit", "max_abs_error", "{:.2e}"),
+    ("predicted error bound", "predicted_error_bound", "{:.2e}"),
+]
+
+
+def _cell(r: dict, key: str | None, fmt: str | None) -> str:
+    if key is None:
+        return f"{r['chain_levels']} / {r['refreshes']} ({r['refresh_round_trips']} trips)"
+    v = r.get(key)
+    if v is None:
+        return "-"
+    if fmt == "bytes":
+        return megabytes(v)
+    return fmt.format(v)
+
+
+def stage_lines(r: dict) -> str:
+    """Per stage and in total: levels, op counts, predicted (floor) and measured seconds."""
+    header = ["stage"] + [h for _, h in _STAGE_COLS] + ["floor s", "measured s"]
+    rows = [[st] + [str(row[k]) for k, _ in _STAGE_COLS]
+            + [f"{row['predicted_seconds']:.3f}", f"{row['measured_seconds']:.3f}"]
+            for st, row in list(r["stages"].items()) + [("total", r["totals"])]]
+    return table(header, rows)
+
+
+def summary_lines(results: list[dict]) -> str:
+    """One column per result: the summary rows side by side."""
+    return table([""] + [r["name"] for r in results],
+                 [[label] + [_cell(r, key, fmt) for r in results] for label, key, fmt in SUMMARY])
+
+
+def plot_stages(results: list[dict], out_dir: str | Path) -> Path:
+    """Per stage, predicted (floor) against measured seconds, one panel per result; returns the PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    fig, axes = plt.subplots(1, len(results), figsize=(6 * len(results), 4), squeeze=False, sharey=True)
+    for ax, r in zip(axes[0], results):
+        stages = list(r["stages"])
+        x = np.arange(len(stages))
+        ax.bar(x - 0.2, [r["stages"][s]["predicted_seconds"] for s in stages], 0.4, label="floor (predicted)")
+        ax.bar(x + 0.2, [r["stages"][s]["measured_seconds"] for s in stages], 0.4, label="measured")
+        ax.set_xticks(x, stages, rotation=30, ha="right")
+        ax.set_title(f"{r['name']}: depth {r['depth']}, median {r['median_seconds']:.1f} s")
+        ax.set_ylabel("seconds per sentence (server)")
+        ax.legend()
+    fig.tight_layout()
+    path = out / "latency_per_stage.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -1,0 +1,221 @@
+"""`he-inhibitor predict`: one sentence through a bundle, in plain, simulate or encrypted mode.
+
+The client part of the bundle tokenizes and embeds (no torch); the server part
+is recompiled for the sentence's bucket. Every mode also runs the plain
+executor (the reference the encrypted logits are held against); `simulate`
+and `encrypted` run the simulator for the predicted error bound, the op
+counts and the op-count floor (the cost table's seconds for exactly the
+primitives that run; per process when two run). Key generation, encoding
+the weights and starting the worker are set-up, timed apart: the bar is
+encryption to decryption. CPU seconds are reported beside wall clock because
+on a loaded machine wall clock measures the load as much as the circuit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from he_inhibitor.circuit.bundle import SHIPPED_BUNDLE
+
+MODES = ("plain", "simulate", "encrypted")
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("predict", help="classify a sentence (or a TSV of them) with a compiled circuit bundle")
+    p.add_argument("text", nargs="?", help="the sentence")
+    p.add_argument("--data", type=Path, help="instead of TEXT: a TSV (sentence<TAB>label); prints a summary")
+    p.add_argument("--limit", type=int, default=None, help="with --data: the first N sentences")
+    p.add_argument("--circuit", type=Path, default=SHIPPED_BUNDLE, help=f"bundle directory (default {SHIPPED_BUNDLE})")
+    p.add_argument("--mode", choices=MODES, default="encrypted")
+    p.add_argument("--workers", type=int, choices=(1, 2), default=2,
+                   help="processes for the encrypted run (2: part of the attention shifts in a worker)")
+    p.add_argument("--json", action="store_true", help="print one JSON object (per sentence with --data)")
+    p.set_defaults(func=run)
+
+
+class Predictor:
+    """A bundle's client and server halves; per bucket the recompiled circuit and, for encrypted
+    mode, keys and executor (with its worker process) made once and reused. Close it when done."""
+
+    def __init__(self, bundle: Path, mode: str = "encrypted", workers: int = 2) -> None:
+        from he_inhibitor.circuit.client_bundle import ClientBundle
+
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}: expected one of {MODES}")
+        self.bundle, self.mode, self.workers = Path(bundle), mode, workers
+        self.client = ClientBundle.load(bundle)
+        self._plans: dict[int, object] = {}
+        self._runners: dict[int, tuple] = {}
+
+    def _plan(self, T: int):
+        from he_inhibitor.circuit.bundle import load_bundle
+
+        if T not in self._plans:
+            self._plans[T] = load_bundle(self.bundle, T)
+        return self._plans[T]
+
+    def _runner(self, T: int) -> tuple:
+        """(runner, key bytes, seconds to make the keys, seconds to encode the weights and start the worker)."""
+        from he_inhibitor.circuit.encrypted import EncryptedExecutor
+        from he_inhibitor.circuit.parallel import ParallelExecutor, lanes_of
+        from he_inhibitor.ckks import keygen
+
+        if T not in self._runners:
+            plan = self._plan(T)
+            t = time.perf_counter()
+            keys = keygen(plan.params, sorted(plan.compiled.circuit.rotation_steps()))
+            ex = EncryptedExecutor(plan.compiled, plan.params, keys)
+            key_seconds = time.perf_counter() - t
+            t = time.perf_counter()
+            ex.prepare()
+            parallel = self.workers == 2 and lanes_of(plan.compiled.circuit) == [0, 1]
+            runner = ParallelExecutor(ex) if parallel else ex
+            self._runners[T] = (runner, len(keys.public_blob), key_seconds, time.perf_counter() - t)
+        return self._runners[T]
+
+    def predict(self, text: str) -> dict:
+        """The prediction and its accounting as one JSON-ready dict."""
+        from he_inhibitor.circuit.costs import CostTable
+        from he_inhibitor.circuit.executors import PlainExecutor
+        from he_inhibitor.circuit.noise import NoiseModel
+        from he_inhibitor.circuit.simulate import simulate
+
+        prep = self.client.prepare(text)
+        t = time.perf_counter()
+        plan = self._plan(prep.T)
+        compile_seconds = time.perf_counter() - t
+        comp, params = plan.compiled, plan.params
+        t = time.perf_counter()
+        plain = PlainExecutor(comp).run(prep.x0, prep.m).logits
+        out: dict = {"mode": self.mode, "T": prep.T, "n_tokens": prep.n_tokens, "plain_logits": plain.tolist(),
+                     "depth": plan.depth, "refreshes": plan.refreshes, "compile_seconds": compile_seconds,
+                     "seconds": time.perf_counter() - t, "max_abs_error": 0.0, "predicted_error_bound": None}
+        logits = plain
+        if self.mode != "plain":
+            t = time.perf_counter()
+            sim = simulate(comp, NoiseModel.of(params), prep.x0, prep.m,
+                           CostTable.shipped(params.poly_modulus_degree), chain=params.depth, strict=False)
+            one = float(sum(sim.seconds.values()))
+            out.update(predicted_error_bound=sim.noise_bound, approx_error=sim.approx_error,
+                       counts=dict(sim.totals()), floor_seconds=sim.parallel_seconds if self.workers == 2 else one,
+                       floor_seconds_one_process=one,
+                       worst_range=max(max(r.ratio, r.garbage_ratio) for r in sim.ranges),
+                       seconds=time.perf_counter() - t, max_abs_error=None)
+            logits = sim.logits
+        if self.mode == "encrypted":
+            logits = self._encrypted(prep, out)
+            out["max_abs_error"] = float(np.abs(logits - plain).max())
+        out["logits"] = [float(v) for v in logits]
+        out["label"] = self.client.labels[int(np.argmax(logits))]
+        return out
+
+    def _encrypted(self, prep, out: dict) -> np.ndarray:
+        from he_inhibitor.circuit.encrypted import measured_depth
+        from he_inhibitor.circuit.parallel import ParallelExecutor
+
+        runner, key_bytes, key_seconds, setup_seconds = self._runner(prep.T)
+        parallel = isinstance(runner, ParallelExecutor)
+        t = time.perf_counter()
+        res = runner.run(prep.x0, prep.m)
+        out.update(seconds=time.perf_counter() - t, stage_seconds=res.seconds, client_seconds=res.client_seconds,
+                   key_seconds=key_seconds, setup_seconds=setup_seconds, key_bytes=key_bytes,
+                   workers=2 if parallel else 1,
+                   levels_used=measured_depth(runner.compiled.circuit, res.chain_index),
+                   refresh_round_trips=res.refreshes, cpu_seconds=res.cpu_seconds,
+                   worker_cpu_seconds=runner.worker_cpu_seconds if parallel else None,
+                   transfer_seconds=runner.transfer_seconds if parallel else None)
+        return res.logits
+
+    def close(self) -> None:
+        from he_inhibitor.circuit.parallel import ParallelExecutor
+
+        for runner, *_ in self._runners.values():
+            if isinstance(runner, ParallelExecutor):
+                runner.close()
+        self._runners.clear()
+
+    def __enter__(self) -> Predictor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def predict(bundle: Path, text: str, mode: str = "encrypted", workers: int = 2) -> dict:
+    """One sentence, keys made for it alone (see Predictor to reuse them)."""
+    with Predictor(bundle, mode, workers) as p:
+        return p.predict(text)
+
+
+def summarize(rows: list[dict], labels: list[int], names: list[str]) -> dict:
+    """Over a data set: agreement with plain labels and with the data, errors against their bounds."""
+    agree = sum(r["label"] == names[int(np.argmax(r["plain_logits"]))] for r in rows)
+    within = [r for r in rows if r["max_abs_error"] is not None and r["predicted_error_bound"] is not None]
+    return {"sentences": len(rows), "agree_with_plain": agree,
+            "correct": sum(r["label"] == names[y] for r, y in zip(rows, labels)),
+            "errors_within_bound": sum(r["max_abs_error"] <= r["predicted_error_bound"] for r in within),
+            "max_abs_error": max((r["max_abs_error"] for r in within), default=None),
+            "max_error_over_bound": max((r["max_abs_error"] / r["predicted_error_bound"] for r in within),
+                                        default=None),
+            "median_seconds": float(np.median([r["seconds"] for r in rows])) if rows else None}
+
+
+def _text(r: dict) -> str:
+    lines = [f"label {r['label']}   logits {np.round(r['logits'], 4).tolist()}   "
+             f"(T={r['T']}, {r['n_tokens']} tokens, mode {r['mode']})"]
+    if r["mode"] != "plain":
+        lines.append(f"plain logits {np.round(r['plain_logits'], 4).tolist()}; predicted error bound "
+                     f"{r['predicted_error_bound']:.3g}; polynomial inputs reach {r['worst_range']:.0%} "
+                     "of their interval")
+        c = r["counts"]
+        lines.append("op counts: " + ", ".join(f"{k} {c[k]}" for k in ("rotate", "mul", "relinearize", "mul_plain",
+                                                                     "rescale", "add", "refresh") if k in c))
+    if r["mode"] == "encrypted":
+        lines.append(f"max |logit - plain logit| {r['max_abs_error']:.3g} (bound {r['predicted_error_bound']:.3g}); "
+                     f"levels used {r['levels_used']} (simulator: {r['depth']}); "
+                     f"{r['refresh_round_trips']} client refreshes")
+        cpu = f"CPU {r['cpu_seconds']:.2f} s"
+        if r["workers"] == 2:
+            cpu += f" + worker {r['worker_cpu_seconds']:.2f} s"
+        floor = ("no cost table for this N" if r["floor_seconds_one_process"] == 0 else
+                 f"{r['floor_seconds']:.2f} s ({r['floor_seconds_one_process']:.2f} s on one process)")
+        lines.append(f"encryption to decryption {r['seconds']:.2f} s on {r['workers']} process(es) ({cpu}); "
+                     f"op-count floor {floor}")
+        lines.append(f"set-up (not timed above): keys {r['key_seconds']:.1f} s, {r['key_bytes'] / 1e6:.1f} MB; "
+                     f"weights encoded and worker started {r['setup_seconds']:.1f} s")
+        stages = {**r["stage_seconds"], "client (encrypt, refresh, decrypt)": r["client_seconds"]}
+        lines += [f"  {k:36s} {v:7.2f} s" for k, v in stages.items() if k]
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    if (args.text is None) == (args.data is None):
+        raise SystemExit("predict takes either TEXT or --data FILE.tsv")
+    with Predictor(args.circuit, args.mode, args.workers) as p:
+        if args.text is not None:
+            r = p.predict(args.text)
+            print(json.dumps(r) if args.json else _text(r))
+            return 0
+        from he_inhibitor.data import load_sst2_tsv
+        from he_inhibitor.vocab import SentenceTooLongError
+
+        sentences, labels = load_sst2_tsv(args.data)
+        rows, kept = [], []
+        for text, y in list(zip(sentences, labels))[:args.limit]:
+            try:
+                rows.append(p.predict(text))
+            except SentenceTooLongError:
+                continue
+            kept.append(y)
+            r = rows[-1]
+            print(json.dumps(r) if args.json else f"{r['label']:10s} err {r['max_abs_error'] or 0:.3g} / bound "
+                  f"{r['predicted_error_bound'] or 0:.3g}  {r['seconds']:6.2f} s  {text[:60]}", flush=True)
+        summary = summarize(rows, kept, p.client.labels)
+        print(json.dumps(summary))
+        ok = summary["agree_with_plain"] == len(rows) and summary["errors_within_bound"] == len(rows)
+        return 0 if ok or args.mode != "encrypted" else 1
