@@ -114,6 +114,124 @@ for name, m in student.nonlinearities():
 ]
 
 
+NOTEBOOKS["02_distillation.ipynb"] = [
+    ("md", """# 2. Distilling the teacher into the inhibitor student
+
+The teacher is all-MiniLM-L6-v2 fine-tuned on SST-2 (0.8899 dev). The student
+(d = 128, 4 heads, d_ff = 256, 2 layers, inhibitor attention, frozen norms)
+is distilled in two phases: exact |x| and ReLU first; then the intervals are
+calibrated, the norms frozen, and a short phase trains with the circuit's own
+polynomials. This notebook shows the results table (every row names the
+command that produced it) and the loss curves of the shipped student.
+
+Numbers come from `docs/distillation/`, written by
+`scripts/results_table.py` from the run directories."""),
+    ("code", """import json
+from pathlib import Path
+import matplotlib.pyplot as plt
+
+DOCS = Path("..") / "docs" / "distillation"
+rows = json.loads((DOCS / "results.json").read_text())
+cols = ["run", "attention", "losses", "layer_map", "embedding_init", "poly_degree", "train_rows", "epochs", "dev_exact", "dev_poly"]
+print(" | ".join(cols))
+for r in rows:
+    print(" | ".join(f"{r[c]:.4f}" if isinstance(r[c], float) else str(r[c]) for c in cols))
+print()
+for r in rows:
+    print(f"{r['run']}: {r['command']}")"""),
+    ("md", """## Loss curves of the shipped student
+
+Each point is one logged training batch (every 50 steps); the vertical line
+marks the switch from the exact to the poly phase, after calibration."""),
+    ("code", """log = [json.loads(l) for l in (DOCS / "main_log.jsonl").read_text().splitlines() if l.strip()]
+steps = [r for r in log if "loss" in r]
+n_exact = max(r["step"] for r in steps if r["phase"] == "exact")
+x = [r["step"] + (n_exact if r["phase"] == "poly" else 0) for r in steps]
+fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+for key in ["loss", "kd", "ce", "hidden", "range"]:
+    ys = [r.get(key) for r in steps]
+    if any(y is not None for y in ys):
+        axes[0].plot(x, [y if y is not None else float("nan") for y in ys], label=key, lw=1)
+axes[0].axvline(n_exact, color="k", ls=":")
+axes[0].set(xlabel="step", ylabel="loss", yscale="log", title="training losses")
+axes[0].legend()
+evals = [r for r in log if "dev_accuracy" in r]
+axes[1].plot(range(1, len(evals) + 1), [r["dev_accuracy"] for r in evals], "o-")
+axes[1].set_xticks(range(1, len(evals) + 1), [f"{r['phase']} {r['epoch']}" for r in evals], rotation=30)
+axes[1].set(ylabel="SST-2 dev accuracy", title="dev accuracy after each epoch")
+plt.tight_layout()"""),
+]
+
+
+NOTEBOOKS["03_encrypted_demo.ipynb"] = [
+    ("md", """# 3. The encrypted demo: client, server, depth and latency
+
+A real HTTP server (FastAPI + uvicorn on 127.0.0.1) holds the compiled circuit
+and no secret key. The client tokenizes and embeds a sentence in the clear,
+encrypts it, registers its public context (relinearization and the few Galois
+keys the circuit uses) and asks for an evaluation; where the circuit is deeper
+than the modulus chain, the server sends masked ciphertexts back for a
+client-aided refresh. The client decrypts two logits.
+
+With `HE_INHIBITOR_SMALL=1` (the test suite) a random toy student compiled at
+N = 8192 stands in for the shipped circuit, so the notebook runs in seconds."""),
+    ("code", """import os, tempfile
+from pathlib import Path
+import matplotlib.pyplot as plt
+import numpy as np
+
+from he_inhibitor.bench.target import load_target
+from he_inhibitor.model.toy import toy_student
+from he_inhibitor.service.artifacts import SHIPPED_CIRCUIT
+from he_inhibitor.service.client import Client
+from he_inhibitor.service.local import LocalServer
+from he_inhibitor.service.server import create_app
+
+SMALL = os.environ.get("HE_INHIBITOR_SMALL") == "1"
+if SMALL:
+    target = load_target(toy_student(Path(tempfile.mkdtemp()) / "toy"), T=8, n=8192)
+    sentences = ["a very good film", "not fun", "a dull plot"]
+else:
+    target = load_target(SHIPPED_CIRCUIT, T=32)
+    sentences = ["a charming and often affecting journey", "unflinchingly bleak and desperate"]
+plan = target.plan
+print(f"N = {plan.params.poly_modulus_degree}, chain = {plan.params.coeff_bits}, T = {plan.compiled.T}")
+print(f"depth {plan.depth}, refreshes {plan.refreshes}, rotation steps {sorted(plan.compiled.circuit.rotation_steps())}")"""),
+    ("md", """## Client and server over HTTP"""),
+    ("code", """with LocalServer(create_app(plan.compiled, plan.params)) as server, Client(server.url) as client:
+    client.generate_keys()
+    client.register_keys()
+    for s in sentences:
+        p = client.classify(s, target.embedder)
+        print(s, "->", p.to_json())"""),
+    ("md", """## Depth and latency per stage, predicted against measured
+
+`bench_target` counts every primitive through the simulator, prices it with
+per-primitive costs measured now on this machine (the floor), and runs the
+encrypted circuit to measure each stage."""),
+    ("code", """from he_inhibitor.bench.corpus import embed_corpus
+from he_inhibitor.bench.measure import bench_target
+from he_inhibitor.circuit.costs import measure
+
+costs = measure(plan.params.poly_modulus_degree, plan.params.depth, plan.params.scale_bits, 1)
+corpus = embed_corpus(target.embedder, sentences, [1] * len(sentences), plan.compiled.T)
+r = bench_target(target, corpus, costs, k=1)
+stages = list(r["stages"])
+fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+x = np.arange(len(stages))
+axes[0].bar(x - 0.2, [r["stages"][s]["predicted_seconds"] for s in stages], 0.4, label="predicted (floor)")
+axes[0].bar(x + 0.2, [r["stages"][s]["measured_seconds"] for s in stages], 0.4, label="measured")
+axes[0].set_xticks(x, stages, rotation=30)
+axes[0].set(ylabel="seconds", title="latency per stage")
+axes[0].legend()
+axes[1].bar(x, [r["stages"][s]["levels"] for s in stages])
+axes[1].set_xticks(x, stages, rotation=30)
+axes[1].set(ylabel="levels", title=f"depth per stage (total {r['depth']})")
+plt.tight_layout()
+print({k: r[k] for k in ["depth", "floor_seconds", "median_seconds", "eval_key_bytes", "query_bytes", "agreement"]})"""),
+]
+
+
 def main() -> None:
     out = Path(__file__).resolve().parents[1] / "notebooks"
     out.mkdir(exist_ok=True)
