@@ -4,7 +4,7 @@ import numpy as np
 from hypothesis import given, settings, strategies as st
 
 from he_inhibitor.approx import fit
-from he_inhibitor.circuit.attention import AttentionSpec, inhibitor_attention
+from he_inhibitor.circuit.attention import AttentionSpec, inhibitor_attention, shift_lanes
 from he_inhibitor.circuit.layout import Layout
 from he_inhibitor.circuit.ops import SlotOps
 from he_inhibitor.circuit.poly import EXACT_ABS, EXACT_RELU, FitPoly, Scaled
@@ -35,7 +35,10 @@ def cases(draw):
     # blocks per ciphertext: a multiple of H, possibly fewer than d (several ciphertexts)
     bpc = H * 2 ** draw(st.integers(0, 4))
     n_valid = draw(st.integers(1, T))
-    return T, H, d, bpc, n_valid, draw(st.booleans()), draw(st.booleans()), draw(st.integers(0, 2**31 - 1))
+    lanes = draw(st.integers(1, 3))  # shifts split over lanes, lane 0 taking `main` of them
+    main = draw(st.one_of(st.none(), st.integers(1, T)))
+    return (T, H, d, bpc, n_valid, draw(st.booleans()), draw(st.booleans()), draw(st.integers(0, 2**31 - 1)),
+            lanes, main)
 
 
 ABS16, RELU16 = FitPoly(fit("abs", 16)), FitPoly(fit("relu", 16))
@@ -44,7 +47,7 @@ ABS16, RELU16 = FitPoly(fit("abs", 16)), FitPoly(fit("relu", 16))
 @settings(max_examples=50, deadline=None)
 @given(cases())
 def test_layout_attention_equals_direct(case):
-    T, H, d, bpc, n_valid, signed, poly, seed = case
+    T, H, d, bpc, n_valid, signed, poly, seed, lanes, main = case
     rng = np.random.default_rng(seed)
     lay = Layout.heads(T, 2 * T * bpc, d, H)
     d_h = d // H
@@ -54,7 +57,7 @@ def test_layout_attention_equals_direct(case):
     abs_fn = Scaled(ABS16 if poly else EXACT_ABS, c_z)
     relu_fn = RELU16 if poly else EXACT_RELU
     z_bias = rng.uniform(0.0, 0.3)
-    spec = AttentionSpec(lay, H, abs_fn, relu_fn, z_bias, signed)
+    spec = AttentionSpec(lay, H, abs_fn, relu_fn, z_bias, signed, lanes, main)
     ops = SlotOps()
     hs = inhibitor_attention(ops, spec, list(lay.pack(q)), list(lay.pack(k)), list(lay.pack(v)), spec.key_masks(m))
     got = np.stack(hs)
@@ -81,3 +84,13 @@ def test_padded_keys_contribute_nothing_even_with_poly():
     k2, v2 = k.copy(), v.copy()
     k2[3:], v2[3:] = rng.normal(size=(5, d)), rng.normal(size=(5, d))
     np.testing.assert_array_equal(run(k, v), run(k2, v2))
+
+
+@given(st.integers(0, 6), st.integers(1, 4), st.one_of(st.none(), st.integers(0, 80)))
+def test_lanes_partition_the_shifts(log_t, lanes, main):
+    T = 2**log_t
+    ranges = shift_lanes(T, lanes, main)
+    assert [s for r in ranges for s in r] == list(range(T)) and all(len(r) for r in ranges)
+    assert len(ranges) == min(lanes, T)
+    if main is not None and len(ranges) > 1:
+        assert len(ranges[0]) == max(1, min(main, T - len(ranges) + 1))

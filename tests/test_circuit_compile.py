@@ -61,5 +61,5 @@ def test_depth_and_key_steps():
     steps = comp.circuit.rotation_steps()
     bs, bpc = 2 * T, 256 // (2 * T)
     head_sums = {H * bs * 2**i for i in range(int(np.log2(bpc // H)))}
-    assert steps == {-T, 1, bs, comp.n1 * bs} | head_sums
-    assert len(steps) <= 2 + len(head_sums) + 1
+    assert steps == {-T, 1, T // 2, bs, comp.n1 * bs} | head_sums  # T // 2: the second lane's first shift
+    assert len(steps) <= 3 + len(head_sums) + 1

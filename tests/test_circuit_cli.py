@@ -1,0 +1,111 @@
+"""compile / predict / simulate on a tiny saved student: bundle contents, buckets, the client
+without torch, encrypted error within the simulator's bound, loud range failures, weak
+parameters refused."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from he_inhibitor.circuit.bundle import load_bundle  # noqa: E402
+from he_inhibitor.circuit.predict import predict  # noqa: E402
+from he_inhibitor.ckks import InsecureParametersError  # noqa: E402
+from he_inhibitor.cli import main  # noqa: E402
+from he_inhibitor.model.nonlinear import PolySpec  # noqa: E402
+from he_inhibitor.model.student import Student, StudentConfig, save_student  # noqa: E402
+from he_inhibitor.vocab import SPECIALS, make_tokenizer  # noqa: E402
+
+WORDS = "the movie was good bad great awful not very fun dull film a an and it".split()
+SHORT, LONG = "a great film", "the movie was not very good and it was a dull film"  # 5 and 14 tokens
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    """A one-layer student saved as the lead ships it, compiled for buckets 8 and 16 at N = 8192."""
+    d = tmp_path_factory.mktemp("cli")
+    torch.manual_seed(0)
+    cfg = StudentConfig(vocab_size=len(SPECIALS) + len(WORDS), max_len=16, d_model=16, n_heads=4, d_ff=32,
+                        n_layers=1, dropout=0.0, abs_poly=PolySpec(6), relu_poly=PolySpec(6))
+    save_student(Student(cfg).eval(), d / "student")
+    make_tokenizer(list(SPECIALS) + WORDS).save(str(d / "student" / "tokenizer.json"))
+    assert main(["compile", "--model", str(d / "student"), "--out", str(d / "b"), "--buckets", "8", "16",
+                 "--n", "8192"]) == 0
+    return d / "b"
+
+
+def test_bundle_holds_what_the_client_needs(bundle):
+    rep = json.loads((bundle / "report.json").read_text())
+    assert set(rep["buckets"]) == {"8", "16"}
+    for T, r in rep["buckets"].items():
+        assert r["key_bytes"] > 0 and r["depth"] == load_bundle(bundle, int(T)).depth
+        assert int(T) // 2 in r["rotation_steps"]  # the second lane's first shift
+    sig = json.loads((bundle / "client" / "signature.json").read_text())
+    assert sig["labels"] == ["negative", "positive"] and sig["max_len"] == 16
+    from safetensors.numpy import load_file
+
+    tables = load_file(str(bundle / "client" / "model.safetensors"))
+    assert set(tables) == {"word.weight", "pos.weight"} and tables["word.weight"].dtype == np.float16
+
+
+def test_client_side_does_not_import_torch(bundle):
+    code = ("import sys; from he_inhibitor.circuit.predict import predict; "
+            f"r = predict({str(bundle)!r}, {SHORT!r}, 'plain'); sys.exit(('torch' in sys.modules) or r['T'] != 8)")
+    assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0
+
+
+def test_predict_modes_and_buckets(bundle, capsys):
+    plain = predict(bundle, SHORT, "plain")
+    sim = predict(bundle, SHORT, "simulate")
+    assert plain["T"] == 8 and predict(bundle, LONG, "plain")["T"] == 16
+    assert sim["logits"] == plain["logits"] == plain["plain_logits"] and sim["predicted_error_bound"] > 0
+    assert main(["predict", "--circuit", str(bundle), "--mode", "encrypted", "--json", LONG]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert {"label", "logits", "plain_logits", "max_abs_error", "predicted_error_bound", "depth", "seconds"} <= set(r)
+    assert r["workers"] == 2 and r["levels_used"] == r["depth"]  # SEAL consumed what the simulator predicted
+    assert 0 < r["max_abs_error"] <= r["predicted_error_bound"]
+    assert r["label"] == ["negative", "positive"][int(np.argmax(r["plain_logits"]))]
+
+
+def test_simulate_reports_ranges_and_fails_loudly(bundle, tmp_path, capsys):
+    data = tmp_path / "dev.tsv"
+    data.write_text(f"sentence\tlabel\n{SHORT}\t1\n{LONG}\t0\n")
+    assert main(["simulate", "--circuit", str(bundle), "--data", str(data), "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["sentences"] == 2 and all(p["inside"] for p in rep["polynomials"].values())
+    assert all(p["ratio"] > 0 for p in rep["polynomials"].values())
+    # shrink the FFN ReLU's bound: the same circuit (hash unchanged), inputs far outside [-1, 1]
+    student = json.loads((bundle / "student.json").read_text())
+    tight = tmp_path / "tight"
+    tight.mkdir()
+    for f in bundle.iterdir():
+        if f.is_file():
+            (tight / f.name).write_bytes(f.read_bytes())
+    (tight / "client").symlink_to(bundle / "client")
+    student["layers"][0]["ffn_relu"]["bound"] = 1e-3
+    (tight / "student.json").write_text(json.dumps(student))
+    assert main(["simulate", "--circuit", str(tight), "--data", str(data), "--limit", "1"]) == 1
+    out = capsys.readouterr().out
+    assert "OUT OF RANGE: layer0.ffn relu" in out and "sentence 0" in out
+
+
+def test_weak_parameters_in_a_bundle_are_refused(bundle, tmp_path):
+    for f in bundle.iterdir():
+        if f.is_file():
+            (tmp_path / f.name).write_bytes(f.read_bytes())
+    meta = json.loads((tmp_path / "circuit-t8.json").read_text())
+    meta["coeff_bits"] = [60] * 4  # 240 bits > 218 at N = 8192
+    (tmp_path / "circuit-t8.json").write_text(json.dumps(meta))
+    with pytest.raises(InsecureParametersError):
+        load_bundle(tmp_path, 8)
+
+
+def test_predict_over_a_data_file(bundle, tmp_path, capsys):
+    data = tmp_path / "dev.tsv"
+    data.write_text(f"sentence\tlabel\n{SHORT}\t1\n{LONG}\t0\n{SHORT} and it was fun\t1\n")
+    assert main(["predict", "--circuit", str(bundle), "--data", str(data), "--limit", "2"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["sentences"] == 2 and summary["agree_with_plain"] == 2 and summary["errors_within_bound"] == 2
