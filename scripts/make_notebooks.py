@@ -90,8 +90,9 @@ ax.legend(fontsize=8);"""),
 Each non-linearity's bound B was set to 1.1 x the largest input seen on
 training batches (exact form), then the poly phase trained with a range
 penalty that keeps inputs inside [-0.95 B, 0.95 B]. `max_ratio` is the largest
-|input| / B seen since loading; the cell below runs SST-2 dev sentences through
-the student to show how close real inputs come to the edge."""),
+|input| / B seen since loading; the cell below runs SST-2 dev sentences (or,
+without a local copy of SST-2, a few sentences of its own) through the student
+to show how close real inputs come to the edge."""),
     ("code", """import torch
 from he_inhibitor.data import default_data_dir, load_sst2
 from he_inhibitor.evaluate import SHIPPED_STUDENT
@@ -100,8 +101,12 @@ from he_inhibitor.vocab import encode, load_tokenizer
 
 student = load_student(SHIPPED_STUDENT).set_form("poly")
 tok = load_tokenizer(SHIPPED_STUDENT)
-sentences, labels = load_sst2(default_data_dir(), "dev")
-sentences = sentences[: 64 if SMALL else len(sentences)]
+if default_data_dir() is not None:
+    sentences, labels = load_sst2(default_data_dir(), "dev")
+    sentences = sentences[: 64 if SMALL else len(sentences)]
+else:  # no local SST-2 copy: a few sentences of our own show the same report
+    sentences = ["a charming and often affecting journey .", "unflinchingly bleak and desperate",
+                 "it 's slow -- very , very slow .", "a gorgeous , witty , seductive movie ."]
 for _, m in student.nonlinearities():
     m.max_ratio.zero_()
 with torch.no_grad():
