@@ -78,19 +78,28 @@ class AttentionSpec:
 
     @property
     def head_sum_steps(self) -> list[int]:
-        """H*2T*2^i for i = 0..log2(blocks_per_ct/H)-1: cyclic over one head's blocks."""
-        out, step = [], self.n_heads * self.layout.block_size
-        while step < self.layout.n_slots:
-            out.append(step)
-            step *= 2
-        return out
+        return head_sum_steps(self.layout, self.n_heads)
 
     @property
     def steps(self) -> set[int]:
-        """Galois steps used: -T (half copy), 1 (shifts), each lane's first shift, the head sums."""
-        T = self.layout.T
-        starts = {r.start for r in shift_lanes(T, self.lanes, self.main_shifts)} - {0}
-        return {-T} | ({1} if T > 1 else set()) | starts | set(self.head_sum_steps)
+        return shift_steps(self.layout, self.n_heads, self.lanes, self.main_shifts)
+
+
+def head_sum_steps(layout: Layout, n_heads: int) -> list[int]:
+    """H*2T*2^i for i = 0..log2(blocks_per_ct/H)-1: cyclic over one head's blocks."""
+    out, step = [], n_heads * layout.block_size
+    while step < layout.n_slots:
+        out.append(step)
+        step *= 2
+    return out
+
+
+def shift_steps(layout: Layout, n_heads: int, lanes: int, main_shifts: int | None) -> set[int]:
+    """Galois steps of an all-pairs attention (inhibitor or dot product): -T (half copies),
+    1 (shifts), each lane's first shift, the head sums."""
+    T = layout.T
+    starts = {r.start for r in shift_lanes(T, lanes, main_shifts)} - {0}
+    return {-T} | ({1} if T > 1 else set()) | starts | set(head_sum_steps(layout, n_heads))
 
 
 def shift_lanes(T: int, lanes: int, main_shifts: int | None = None) -> list[range]:

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from he_inhibitor.circuit.attention import shift_lanes
+from he_inhibitor.circuit.attention import head_sum_steps, shift_lanes, shift_steps
 from he_inhibitor.circuit.builder import Builder
 from he_inhibitor.circuit.dot_weights import DotFolded
 from he_inhibitor.circuit.layout import Layout
@@ -58,22 +58,12 @@ class DotSpec:
 
     @property
     def head_sum_steps(self) -> list[int]:
-        """H*2T*2^i for i = 0..log2(blocks_per_ct/H)-1: cyclic over one head's blocks."""
-        out, step = [], self.n_heads * self.layout.block_size
-        while step < self.layout.n_slots:
-            out.append(step)
-            step *= 2
-        return out
+        return head_sum_steps(self.layout, self.n_heads)
 
     @property
     def steps(self) -> set[int]:
-        """Galois steps used: -T (half copies), 1 (shifts), each lane's first shift, the head sums.
-
-        The inhibitor's set for the same layout and lanes.
-        """
-        T = self.layout.T
-        starts = {r.start for r in shift_lanes(T, self.lanes, self.main_shifts)} - {0}
-        return {-T} | ({1} if T > 1 else set()) | starts | set(self.head_sum_steps)
+        """The inhibitor's set for the same layout and lanes."""
+        return shift_steps(self.layout, self.n_heads, self.lanes, self.main_shifts)
 
     @property
     def depth(self) -> int:
