@@ -292,6 +292,10 @@ def run_phase(
             for g in opt.param_groups:
                 g["lr"] = lr * _schedule(step, total, cfg.warmup)
             parts = dist.losses(batches.collate(rows), cfg)
+            if not torch.isfinite(parts["loss"]):
+                raise FloatingPointError(
+                    f"phase {name}, step {step}: loss is {parts['loss'].item()} (a polynomial input far outside "
+                    f"its interval?); the last checkpoint {ckpt} is kept")
             opt.zero_grad(set_to_none=True)
             parts["loss"].backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
