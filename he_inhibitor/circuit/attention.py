@@ -124,13 +124,21 @@ def inhibitor_attention(
     parallel executor runs in separate processes.
     """
     T = spec.layout.T
-    q2 = [ops.add(qc, ops.rotate(qc, -T)) for qc in q]
-    k2 = [ops.add(kc, ops.rotate(kc, -T)) for kc in k]
-    v2 = [ops.add(vc, ops.rotate(vc, -T)) for vc in v]
+    q2, k2, v2 = half_copy(ops, q, T), half_copy(ops, k, T), half_copy(ops, v, T)
+    return over_lanes(ops, T, spec.lanes, spec.main_shifts, lambda shifts: _shifts(ops, spec, q2, k2, v2, masks, shifts))
+
+
+def half_copy(ops: Ops[V], cts: list[V], T: int) -> list[V]:
+    """Copy each block's first half into its (zero) second half: one rotation per ciphertext."""
+    return [ops.add(c, ops.rotate(c, -T)) for c in cts]
+
+
+def over_lanes(ops: Ops[V], T: int, lanes: int, main_shifts: int | None, body) -> list[V]:
+    """Run ``body(shifts)`` once per lane of shifts, each on its own lane, and sum the results on lane 0."""
     parts = []
-    for lane, shifts in enumerate(shift_lanes(T, spec.lanes, spec.main_shifts)):
+    for lane, shifts in enumerate(shift_lanes(T, lanes, main_shifts)):
         ops.set_lane(lane)
-        parts.append(_shifts(ops, spec, q2, k2, v2, masks, shifts))
+        parts.append(body(shifts))
     ops.set_lane(0)
     acc = parts[0]
     for part in parts[1:]:

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from he_inhibitor.circuit.attention import head_sum_steps, shift_lanes, shift_steps
+from he_inhibitor.circuit.attention import half_copy, head_sum_steps, over_lanes, shift_steps
 from he_inhibitor.circuit.builder import Builder
 from he_inhibitor.circuit.dot_weights import DotFolded
 from he_inhibitor.circuit.layout import Layout
@@ -74,17 +74,8 @@ class DotSpec:
 def dot_attention(ops: Ops[V], spec: DotSpec, q: list[V], k: list[V], v: list[V], masks: list) -> list[V]:
     """H' = (A V) / B as ciphertexts in spec.layout (zero second halves); masks[s] = mask_s / n."""
     T = spec.layout.T
-    k2 = [ops.add(kc, ops.rotate(kc, -T)) for kc in k]
-    v2 = [ops.add(vc, ops.rotate(vc, -T)) for vc in v]
-    parts = []
-    for lane, shifts in enumerate(shift_lanes(T, spec.lanes, spec.main_shifts)):
-        ops.set_lane(lane)
-        parts.append(_shifts(ops, spec, q, k2, v2, masks, shifts))
-    ops.set_lane(0)
-    acc = parts[0]
-    for part in parts[1:]:
-        acc = [ops.add(a, b) for a, b in zip(acc, part)]
-    return acc
+    k2, v2 = half_copy(ops, k, T), half_copy(ops, v, T)
+    return over_lanes(ops, T, spec.lanes, spec.main_shifts, lambda shifts: _shifts(ops, spec, q, k2, v2, masks, shifts))
 
 
 def _shifts(ops: Ops[V], spec: DotSpec, q: list[V], k2: list[V], v2: list[V], masks: list,
