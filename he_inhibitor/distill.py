@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from he_inhibitor.augment import AugmentConfig, TeacherLabeller
 from he_inhibitor.data import default_data_dir, load_sst2
 from he_inhibitor.model.student import Student, StudentConfig, load_student, save_student
 from he_inhibitor.teacher_cache import TeacherCache, build_cache
@@ -48,6 +49,7 @@ class LossWeights:
 class DistillConfig:
     student: StudentConfig = field(default_factory=StudentConfig)
     loss: LossWeights = field(default_factory=LossWeights)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     temperature: float = 2.0
     # "table": PCA of the teacher's input embedding table; "contextual": PCA of the
     # teacher's hidden states (mean over layers) of each token alone, "[CLS] tok [SEP]".
@@ -77,6 +79,8 @@ class DistillConfig:
             data["student"] = StudentConfig.from_dict(data["student"])
         if isinstance(data.get("loss"), dict):
             data["loss"] = LossWeights(**data["loss"])
+        if isinstance(data.get("augment"), dict):
+            data["augment"] = AugmentConfig(**data["augment"])
         return cls(**data)
 
 
@@ -202,19 +206,19 @@ class Batches:
     def collate(self, rows: np.ndarray) -> dict[str, torch.Tensor]:
         c, lens = self.cache, self.lengths[rows]
         t, b = int(lens.max()), len(rows)
-        ids = np.zeros((b, t), np.int64)
+        t_ids = np.zeros((b, t), np.int64)
         mask = np.zeros((b, t), bool)
         hid = np.zeros((b, t) + c.hidden.shape[1:], np.float32)
         att = np.zeros((b, t, t, c.attn.shape[1]), np.float32) if self.need_attn else None
         for r, i in enumerate(rows):
             n, o = lens[r], c.offsets[i]
-            ids[r, :n] = self.id_map[c.ids[o : o + n]]
+            t_ids[r, :n] = c.ids[o : o + n]
             mask[r, :n] = True
             hid[r, :n] = c.hidden[o : o + n]
             if att is not None:
                 att[r, :n, :n] = c.attn[c.attn_offsets[i] : c.attn_offsets[i + 1]].reshape(n, n, -1)
         batch = {
-            "ids": torch.from_numpy(ids), "mask": torch.from_numpy(mask),
+            "ids": torch.from_numpy(self.id_map[t_ids]), "t_ids": torch.from_numpy(t_ids), "mask": torch.from_numpy(mask),
             "labels": torch.from_numpy(c.labels[rows]), "t_logits": torch.from_numpy(c.logits[rows]),
             "t_hidden": torch.from_numpy(hid),
         }
@@ -268,9 +272,14 @@ def _schedule(step: int, total: int, warmup: float) -> float:
 
 def run_phase(
     name: str, dist: Distiller, batches: Batches, cfg: DistillConfig, epochs: float, lr: float,
-    out: Path, log, state: dict, evaluate_fn,
+    out: Path, log, state: dict, evaluate_fn, labeller: TeacherLabeller | None = None,
 ) -> None:
-    """One training phase with warm-up/decay, a progress bar and resumable checkpoints."""
+    """One training phase with warm-up/decay, a progress bar and resumable checkpoints.
+
+    With a ``labeller``, every step also trains on ``cfg.augment.copies``
+    teacher-labelled perturbed copies of its batch (seeded by step, so a
+    resumed run draws the same copies).
+    """
     if epochs <= 0:
         return
     params = [p for p in dist.parameters() if p.requires_grad]
@@ -291,7 +300,13 @@ def run_phase(
             dist.train()
             for g in opt.param_groups:
                 g["lr"] = lr * _schedule(step, total, cfg.warmup)
-            parts = dist.losses(batches.collate(rows), cfg)
+            batch = batches.collate(rows)
+            parts = dist.losses(batch, cfg)
+            if labeller is not None:
+                rng = np.random.default_rng((cfg.seed, step, len(name)))
+                aug = [dist.losses(labeller.label(batch, rng), cfg)["loss"] for _ in range(cfg.augment.copies)]
+                parts["aug"] = sum(aug) / len(aug)
+                parts["loss"] = parts["loss"] + parts["aug"]
             if not torch.isfinite(parts["loss"]):
                 raise FloatingPointError(
                     f"phase {name}, step {step}: loss is {parts['loss'].item()} (a polynomial input far outside "
@@ -353,6 +368,14 @@ def distill(cfg: DistillConfig, teacher_dir: Path, data_dir: Path, out: Path, ca
     n_teacher = cache.hidden.shape[1] - 1
     dist = Distiller(student, cache.hidden.shape[2], teacher_layers(cfg.layer_map, cfg.student.n_layers, n_teacher))
     batches = Batches(cache, id_map, cfg.batch_size, cfg.seed, need_attn=cfg.loss.attn > 0)
+    labeller = None
+    if cfg.augment.copies > 0:
+        from he_inhibitor.teacher import load_teacher
+
+        teacher = load_teacher(teacher_dir)
+        if cfg.loss.attn > 0:
+            teacher.set_attn_implementation("eager")  # the fused kernels return no attention maps
+        labeller = TeacherLabeller(teacher, teacher_tok, cfg.augment, np.asarray(cache.ids), id_map, need_attn=cfg.loss.attn > 0)
     state: dict = {"teacher_train_agreement": float((cache.logits.argmax(1) == cache.labels).mean())}
     # Dev sentences too long for the positions are truncated while training, and counted:
     # the shipped student must have none (tiny test vocabularies split words into many pieces).
@@ -362,12 +385,12 @@ def distill(cfg: DistillConfig, teacher_dir: Path, data_dir: Path, out: Path, ca
     with open(out / "log.jsonl", "a") as log:
         exact_weights = LossWeights(**{**asdict(cfg.loss), "range": 0.0})  # no bounds yet to respect
         run_phase("exact", dist, batches, DistillConfig.from_dict({**asdict(cfg), "loss": asdict(exact_weights)}),
-                  cfg.epochs_exact, cfg.lr, out, log, state, evaluate_fn)
+                  cfg.epochs_exact, cfg.lr, out, log, state, evaluate_fn, labeller)
         state["bounds"] = calibrate(student, batches, cfg.calibration_batches, cfg.calibration_margin)
         student.freeze_norms()
         student.set_form("poly")
         state["dev_poly_before_finetune"] = evaluate_fn()
-        run_phase("poly", dist, batches, cfg, cfg.epochs_poly, cfg.lr_poly, out, log, state, evaluate_fn)
+        run_phase("poly", dist, batches, cfg, cfg.epochs_poly, cfg.lr_poly, out, log, state, evaluate_fn, labeller)
 
     save_student(student, out)
     shipped = load_student(out).set_form("poly")  # what ships is float16: measure that

@@ -194,10 +194,10 @@ from he_inhibitor.service.server import create_app
 
 SMALL = os.environ.get("HE_INHIBITOR_SMALL") == "1"
 if SMALL:
-    target = load_target(toy_student(Path(tempfile.mkdtemp()) / "toy"), T=8, n=8192)
+    target = load_target(toy_student(Path(tempfile.mkdtemp()) / "toy"), buckets=[8], n=8192)
     sentences = ["a very good film", "not fun", "a dull plot"]
 else:
-    target = load_target(SHIPPED_CIRCUIT, T=32)
+    target = load_target(SHIPPED_CIRCUIT, buckets=[32])
     sentences = ["a charming and often affecting journey", "unflinchingly bleak and desperate"]
 plan = target.plan
 print(f"N = {plan.params.poly_modulus_degree}, chain = {plan.params.coeff_bits}, T = {plan.compiled.T}")
@@ -219,7 +219,7 @@ from he_inhibitor.bench.measure import bench_target
 from he_inhibitor.circuit.costs import measure
 
 costs = measure(plan.params.poly_modulus_degree, plan.params.depth, plan.params.scale_bits, 1)
-corpus = embed_corpus(target.embedder, sentences, [1] * len(sentences), plan.compiled.T)
+corpus = embed_corpus(target, sentences, [1] * len(sentences))
 r = bench_target(target, corpus, costs, k=1)
 stages = list(r["stages"])
 fig, axes = plt.subplots(1, 2, figsize=(12, 4))
@@ -241,7 +241,8 @@ def main() -> None:
     out = Path(__file__).resolve().parents[1] / "notebooks"
     out.mkdir(exist_ok=True)
     for name, cells in NOTEBOOKS.items():
-        nb = new_notebook(cells=[new_markdown_cell(src) if kind == "md" else new_code_cell(src) for kind, src in cells])
+        nb = new_notebook(cells=[new_markdown_cell(src, id=f"c{i:02d}") if kind == "md" else new_code_cell(src, id=f"c{i:02d}")
+                                 for i, (kind, src) in enumerate(cells)])  # fixed ids: regenerating changes nothing
         nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
         nbformat.write(nb, out / name)
         print(f"wrote {out / name}")

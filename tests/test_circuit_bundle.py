@@ -34,3 +34,14 @@ def test_bundle_round_trip(tmp_path):
     (tmp_path / "b" / f"circuit-t{T}.json").write_text(json.dumps(meta))
     with pytest.raises(ValueError, match="differs"):
         load_bundle(tmp_path / "b")
+
+
+def test_changed_weights_are_detected(tmp_path):
+    """The hash covers the constants: new weights in the same structure are not the bundled circuit."""
+    save_bundle(from_torch(random_student(False)), T, tmp_path / "b", n=8192, precision=Precision(28, 40, 60))
+    with np.load(tmp_path / "b" / "weights.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["wc"] = arrays["wc"] * 1.5
+    np.savez_compressed(tmp_path / "b" / "weights.npz", **arrays)
+    with pytest.raises(ValueError, match="differs"):
+        load_bundle(tmp_path / "b")

@@ -4,6 +4,7 @@ parameters refused."""
 
 import json
 import subprocess
+from dataclasses import replace
 import sys
 
 import numpy as np
@@ -11,7 +12,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from he_inhibitor.circuit.bundle import load_bundle  # noqa: E402
+from he_inhibitor.circuit.bundle import load_bundle, load_weights, save_bundle  # noqa: E402
 from he_inhibitor.circuit.predict import predict  # noqa: E402
 from he_inhibitor.ckks import InsecureParametersError  # noqa: E402
 from he_inhibitor.cli import main  # noqa: E402
@@ -77,16 +78,13 @@ def test_simulate_reports_ranges_and_fails_loudly(bundle, tmp_path, capsys):
     rep = json.loads(capsys.readouterr().out)
     assert rep["sentences"] == 2 and all(p["inside"] for p in rep["polynomials"].values())
     assert all(p["ratio"] > 0 for p in rep["polynomials"].values())
-    # shrink the FFN ReLU's bound: the same circuit (hash unchanged), inputs far outside [-1, 1]
-    student = json.loads((bundle / "student.json").read_text())
+    # the same student compiled with the FFN ReLU's bound shrunk: inputs far outside [-1, 1]
+    sw = load_weights(bundle)
+    l0 = sw.layers[0]
     tight = tmp_path / "tight"
-    tight.mkdir()
-    for f in bundle.iterdir():
-        if f.is_file():
-            (tight / f.name).write_bytes(f.read_bytes())
+    save_bundle(replace(sw, layers=(replace(l0, ffn_relu=replace(l0.ffn_relu, bound=1e-3)),) + sw.layers[1:]),
+                [8, 16], tight, n=8192)
     (tight / "client").symlink_to(bundle / "client")
-    student["layers"][0]["ffn_relu"]["bound"] = 1e-3
-    (tight / "student.json").write_text(json.dumps(student))
     assert main(["simulate", "--circuit", str(tight), "--data", str(data), "--limit", "1"]) == 1
     out = capsys.readouterr().out
     assert "OUT OF RANGE: layer0.ffn relu" in out and "sentence 0" in out

@@ -90,3 +90,26 @@ def test_distillation_steps_lower_the_loss(tiny_setup, variant) -> None:
         opt.step()
         losses.append(parts["loss"].item())
     assert losses[-1] < 0.8 * losses[0]
+
+
+@needs_teacher
+def test_teacher_labels_perturbed_copies(tiny_setup) -> None:
+    """Unperturbed, the live teacher reproduces the cache; perturbed, it labels what it sees."""
+    from he_inhibitor.augment import AugmentConfig, TeacherLabeller
+    from he_inhibitor.teacher import load_teacher
+
+    cache, teacher_tok, tok, _ = tiny_setup
+    id_map = teacher_to_student_ids(teacher_tok, tok)
+    batches = Batches(cache, id_map, 16, 0, need_attn=False)
+    batch = batches.collate(batches.order(0)[0])
+    teacher = load_teacher(TEACHER)
+    same = TeacherLabeller(teacher, teacher_tok, AugmentConfig(1, 0.0, 0.0), np.asarray(cache.ids), id_map, False)
+    out = same.label(batch, np.random.default_rng(0))
+    assert torch.equal(out["ids"], batch["ids"]) and torch.equal(out["mask"], batch["mask"])
+    torch.testing.assert_close(out["t_logits"], batch["t_logits"], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(out["t_hidden"] * batch["mask"][..., None, None], batch["t_hidden"], atol=2e-2, rtol=1e-2)
+    noisy = TeacherLabeller(teacher, teacher_tok, AugmentConfig(1, 0.3, 0.3), np.asarray(cache.ids), id_map, False)
+    out = noisy.label(batch, np.random.default_rng(0))
+    assert (out["t_ids"] != batch["t_ids"]).any() and out["t_hidden"].shape == batch["t_hidden"].shape
+    assert torch.equal(out["labels"], out["t_logits"].argmax(-1))
+    assert (out["ids"] == id_map[teacher_tok.token_to_id("[MASK]")]).any()  # [MASK] is [UNK] to the student

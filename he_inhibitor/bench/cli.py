@@ -22,9 +22,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="a second bundle or student directory (e.g. the dot-product student), benched alongside")
     p.add_argument("--client", type=Path, default=None, help="client bundle for circuit bundles (default: shipped)")
     p.add_argument("--data", type=Path, default=None, help="sentence<TAB>label TSV (default: SST-2 dev)")
-    p.add_argument("--sentences", type=int, default=None, help="N sentences for accuracy (default: all)")
-    p.add_argument("--latency-sentences", type=int, default=5, help="K sentences run encrypted (>= 1)")
-    p.add_argument("--T", type=int, default=32, help="token bucket when compiling a student directory")
+    p.add_argument("--sentences", type=int, default=None, help="N sentences for plain accuracy (default: all)")
+    p.add_argument("--encrypted-sentences", type=int, default=None,
+                   help="K of the N, in a seeded random order, run encrypted: latency, encrypted accuracy, "
+                        "agreement (default: all N; about 30 s each at N = 16384)")
+    p.add_argument("--log", type=Path, default=None,
+                   help="directory for per-sentence run logs (<name>.jsonl); a rerun resumes from them")
+    p.add_argument("--buckets", type=int, nargs="+", default=None,
+                   help="token buckets (default: a bundle's own; 32 64 for a student directory)")
     p.add_argument("--n", type=int, default=16384, help="ring degree when compiling a student directory")
     p.add_argument("--scale-bits", type=int, default=30, help="scale when compiling a student directory")
     p.add_argument("--workers", type=int, choices=(1, 2), default=1,
@@ -47,15 +52,15 @@ def run(args: argparse.Namespace) -> int:
     from he_inhibitor.service.artifacts import SHIPPED_CIRCUIT
     from he_inhibitor.service.console import Progress
 
-    if args.latency_sentences < 1:
-        raise SystemExit("error: --latency-sentences must be at least 1")
+    if args.encrypted_sentences is not None and args.encrypted_sentences < 1:
+        raise SystemExit("error: --encrypted-sentences must be at least 1")
     progress = Progress()
     try:
         sentences, labels = load_sst2_tsv(args.data) if args.data else load_sst2(default_data_dir(), "dev")
         sentences, labels = sentences[:args.sentences], labels[:args.sentences]
         paths = [args.circuit or SHIPPED_CIRCUIT] + ([args.compare] if args.compare else [])
         progress("compiling / loading " + ", ".join(str(p) for p in paths))
-        targets = [load_target(p, args.client, args.T, args.n, Precision(scale_bits=args.scale_bits))
+        targets = [load_target(p, args.client, args.buckets, args.n, Precision(scale_bits=args.scale_bits))
                    for p in paths]
     except (OSError, ValueError) as err:
         raise SystemExit(f"error: {err}")
@@ -66,18 +71,28 @@ def run(args: argparse.Namespace) -> int:
     for n, ps in chains.items():
         progress(f"measuring per-primitive costs at N = {n}")
         costs[n] = measure(n, max(p.depth for p in ps), ps[0].scale_bits, args.reps)
+    if len({t.name for t in targets}) < len(targets) and args.log:
+        raise SystemExit("error: the two targets share a name; their run logs would collide")
+    if args.log:
+        args.log.mkdir(parents=True, exist_ok=True)
     results = []
     for t in targets:
         progress(f"{t.name}: plain accuracy on {len(sentences)} sentences, "
-                 f"encrypted latency on {args.latency_sentences}")
-        corpus = embed_corpus(t.embedder, sentences, labels, t.plan.compiled.T)
-        results.append(bench_target(t, corpus, costs[t.plan.params.poly_modulus_degree],
-                                    args.latency_sentences, args.seed, workers=args.workers))
-    progress.clear()
+                 f"encrypted runs on {args.encrypted_sentences or len(sentences)}")
+        corpus = embed_corpus(t, sentences, labels)
+        progress.clear()
+        try:
+            results.append(bench_target(t, corpus, costs[t.plan.params.poly_modulus_degree],
+                                        args.encrypted_sentences, args.seed, workers=args.workers,
+                                        log=args.log / f"{t.name}.jsonl" if args.log else None))
+        except ValueError as err:  # a run log that does not belong to this circuit
+            raise SystemExit(f"error: {err}")
     for r in results:
-        print(f"== {r['name']} (N = {r['poly_modulus_degree']}, T = {r['T']})")
-        print(stage_lines(r))
-        print()
+        for T, b in r["buckets"].items():
+            print(f"== {r['name']} (N = {r['poly_modulus_degree']}, T = {T}: {b['sentences']} sentences, "
+                  f"{b['encrypted_sentences']} run encrypted)")
+            print(stage_lines(b))
+            print()
     print(summary_lines(results))
     if args.json:
         out = dict(results[0])

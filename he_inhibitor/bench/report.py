@@ -14,24 +14,26 @@ SUMMARY = [
     ("accuracy (plain, N)", "accuracy", "{:.4f}"),
     ("accuracy, sentences <= T", "accuracy_fitting", "{:.4f}"),
     ("truncated sentences", "truncated", "{}"),
+    ("sentences run encrypted (K)", "encrypted_sentences", "{}"),
     ("encrypted accuracy (K)", "encrypted_accuracy", "{:.4f}"),
     ("agreement enc/plain (K)", "agreement", "{:.4f}"),
     ("depth (levels, one chain)", "depth", "{}"),
-    ("chain levels / refreshes", None, None),
-    ("median latency s", "median_seconds", "{:.2f}"),
+    ("chain levels / refreshes (T min)", None, None),
+    ("median latency s (all K)", "median_seconds", "{:.2f}"),
     ("p95 latency s", "p95_seconds", "{:.2f}"),
     ("server median s", "server_median_seconds", "{:.2f}"),
     ("CPU median s (all processes)", "cpu_median_seconds", "{:.2f}"),
     ("processes", "workers", "{}"),
-    ("floor s (op counts x costs)", "floor_seconds", "{:.2f}"),
-    ("measured / floor", "measured_over_floor", "{:.2f}"),
+    ("floor s (op counts x costs, T min)", "floor_seconds", "{:.2f}"),
+    ("measured / floor (T min)", "measured_over_floor", "{:.2f}"),
     ("keygen s", "keygen_seconds", "{:.2f}"),
     ("evaluation keys", "eval_key_bytes", "bytes"),
     ("query (inputs)", "query_bytes", "bytes"),
     ("reply", "reply_bytes", "bytes"),
     ("refresh traffic / query", "refresh_bytes", "bytes"),
     ("max |enc - plain| logit", "max_abs_error", "{:.2e}"),
-    ("predicted error bound", "predicted_error_bound", "{:.2e}"),
+    ("predicted error bound (max)", "predicted_error_bound", "{:.2e}"),
+    ("max error / its own bound", "max_error_over_bound", "{:.2f}"),
 ]
 
 
@@ -47,7 +49,7 @@ def _cell(r: dict, key: str | None, fmt: str | None) -> str:
 
 
 def stage_lines(r: dict) -> str:
-    """Per stage and in total: levels, op counts, predicted (floor) and measured seconds."""
+    """Per stage and in total (one bucket): levels, op counts, predicted (floor) and measured seconds."""
     header = ["stage"] + [h for _, h in _STAGE_COLS] + ["floor s", "measured s"]
     rows = [[st] + [str(row[k]) for k, _ in _STAGE_COLS]
             + [f"{row['predicted_seconds']:.3f}", f"{row['measured_seconds']:.3f}"]
@@ -56,9 +58,24 @@ def stage_lines(r: dict) -> str:
 
 
 def summary_lines(results: list[dict]) -> str:
-    """One column per result: the summary rows side by side."""
-    return table([""] + [r["name"] for r in results],
-                 [[label] + [_cell(r, key, fmt) for r in results] for label, key, fmt in SUMMARY])
+    """One column per result: the summary rows side by side, then each bucket's latency."""
+    rows = [[label] + [_cell(r, key, fmt) for r in results] for label, key, fmt in SUMMARY]
+    for T in sorted({T for r in results for T in r["buckets"]}, key=int):
+        for label, key, fmt in [(f"T={T}: sentences / run encrypted", None, None),
+                                (f"T={T}: median latency s", "median_seconds", "{:.2f}"),
+                                (f"T={T}: floor s", "floor_seconds", "{:.2f}"),
+                                (f"T={T}: measured / floor", "measured_over_floor", "{:.2f}")]:
+            rows.append([label] + [_bucket_cell(r, T, key, fmt) for r in results])
+    return table([""] + [r["name"] for r in results], rows)
+
+
+def _bucket_cell(r: dict, T: str, key: str | None, fmt: str | None) -> str:
+    b = r["buckets"].get(T)
+    if b is None:
+        return "-"
+    if key is None:
+        return f"{b['sentences']} / {b['encrypted_sentences']}"
+    return "-" if b[key] is None else fmt.format(b[key])
 
 
 def plot_stages(results: list[dict], out_dir: str | Path) -> Path:
@@ -78,7 +95,8 @@ def plot_stages(results: list[dict], out_dir: str | Path) -> Path:
         ax.bar(x - 0.2, [r["stages"][s]["predicted_seconds"] for s in stages], 0.4, label="floor (predicted)")
         ax.bar(x + 0.2, [r["stages"][s]["measured_seconds"] for s in stages], 0.4, label="measured")
         ax.set_xticks(x, stages, rotation=30, ha="right")
-        ax.set_title(f"{r['name']}: depth {r['depth']}, median {r['median_seconds']:.1f} s")
+        ax.set_title(f"{r['name']} (T = {r['T']}): depth {r['totals']['levels']}, "
+                     f"floor {r['floor_seconds']:.1f} s")
         ax.set_ylabel("seconds per sentence (server)")
         ax.legend()
     fig.tight_layout()

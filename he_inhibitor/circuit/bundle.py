@@ -63,7 +63,16 @@ def node_list(circuit: Circuit) -> list[list]:
 
 
 def circuit_hash(circuit: Circuit) -> str:
-    return hashlib.sha256(json.dumps(node_list(circuit)).encode()).hexdigest()
+    """SHA-256 of the node list and every constant (the weights), so new weights give a new hash.
+
+    Constants are hashed as float32: a last-bit difference in a float64
+    product on another machine's BLAS must not change the identity.
+    """
+    h = hashlib.sha256(json.dumps(node_list(circuit)).encode())
+    for c in circuit.consts:
+        h.update(c.encode() if isinstance(c, str) else np.asarray(c, dtype=np.float32).tobytes())
+        h.update(b"\0")
+    return h.hexdigest()
 
 
 def _nonlin_json(nl: Nonlin) -> dict:

@@ -14,9 +14,9 @@ class Progress:
     user sees which step runs (and the refresh round trips tick by).
     """
 
-    def __init__(self, stream: TextIO = sys.stderr) -> None:
-        self.stream = stream
-        self.tty = stream.isatty()
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self.stream = stream or sys.stderr  # looked up now: sys.stderr may be replaced after import
+        self.tty = self.stream.isatty()
         self.t0 = time.perf_counter()
         self._open = False
 

@@ -39,11 +39,15 @@ class Embedder:
     def d(self) -> int:
         return self.word.shape[1]
 
-    def embed(self, text: str, T: int) -> tuple[np.ndarray, int]:
-        """x0 [T, d] (zero at padding) and the number of tokens; SentenceTooLongError beyond T."""
+    def embed(self, text: str, T: int, truncate: bool = False) -> tuple[np.ndarray, int]:
+        """x0 [T, d] (zero at padding) and the number of tokens.
+
+        Beyond T tokens: SentenceTooLongError, or with ``truncate`` (benchmarks
+        only, and counted there) the first T-1 tokens and the final [SEP].
+        """
         if T > self.pos.shape[0]:
             raise ValueError(f"the circuit takes {T} tokens, the position table only {self.pos.shape[0]}")
-        ids, mask = encode(self.tokenizer, [text], max_len=T)
+        ids, mask = encode(self.tokenizer, [text], max_len=T, truncate=truncate)
         n = int(mask[0].sum())
         x0 = np.zeros((T, self.d))
         x0[:n] = self.word[ids[0, :n]] + self.pos[:n]
