@@ -30,7 +30,7 @@ def test_bench_compares_inhibitor_and_dot(tmp_path, capsys):
         assert r["sentences"] == 5 and r["truncated"] == 1 and r["encrypted_sentences"] == 3
         assert {T: b["sentences"] for T, b in r["buckets"].items()} == {"8": 3, "16": 2}
         assert sum(b["encrypted_sentences"] for b in r["buckets"].values()) == 3
-        assert r["agreement"] == 1.0 and r["max_error_over_bound"] <= 1.0
+        assert r["agreement"] == 1.0 and r["max_error_over_bound"] <= 1.0 and r["levels_as_predicted"] is True
         assert r["totals"]["levels"] == r["buckets"]["8"]["depth"] and r["floor_seconds"] > 0
         assert sum(s["rotations"] for s in r["stages"].values()) == r["totals"]["rotations"] > 0
         # one key set for both buckets (same parameters), holding both circuits' steps

@@ -43,7 +43,7 @@ from he_inhibitor.circuit import plain
 from he_inhibitor.circuit.bundle import circuit_hash
 from he_inhibitor.circuit.compile import Compiled
 from he_inhibitor.circuit.costs import CostTable
-from he_inhibitor.circuit.encrypted import EncryptedExecutor
+from he_inhibitor.circuit.encrypted import EncryptedExecutor, measured_depth
 from he_inhibitor.circuit.noise import NoiseModel
 from he_inhibitor.circuit.params import Plan
 from he_inhibitor.circuit.simulate import simulate
@@ -189,6 +189,7 @@ def _encrypted_runs(target: Target, keys: dict[int, ClientKeys], corpus: Corpus,
                 "label": int(np.argmax(res.logits)), "plain_label": int(np.argmax(plain_out[i])),
                 "gold": int(corpus.labels[i]), "max_abs_error": float(np.abs(res.logits - plain_out[i]).max()),
                 "predicted_error_bound": float(sim.noise_bound), "stages": res.seconds,
+                "levels_used": measured_depth(plan.compiled.circuit, res.chain_index),
             })
     return setup
 
@@ -259,6 +260,8 @@ def bench_target(target: Target, corpus: Corpus, costs: CostTable, k: int | None
         "max_abs_error": max(r["max_abs_error"] for r in runs),
         "predicted_error_bound": max(r["predicted_error_bound"] for r in runs),
         "max_error_over_bound": max(r["max_abs_error"] / r["predicted_error_bound"] for r in runs),
+        # every run consumed exactly the levels the simulator predicts for its bucket
+        "levels_as_predicted": all(r["levels_used"] == target.plans[r["T"]].depth for r in runs),
         "max_poly_input_ratio": max(b["max_poly_input_ratio"] for b in buckets.values()),
         "buckets": {str(T): b for T, b in buckets.items()},
     }

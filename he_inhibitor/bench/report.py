@@ -34,6 +34,7 @@ SUMMARY = [
     ("max |enc - plain| logit", "max_abs_error", "{:.2e}"),
     ("predicted error bound (max)", "predicted_error_bound", "{:.2e}"),
     ("max error / its own bound", "max_error_over_bound", "{:.2f}"),
+    ("levels used = predicted depth", "levels_as_predicted", "{}"),
 ]
 
 
