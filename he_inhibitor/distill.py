@@ -64,6 +64,9 @@ class DistillConfig:
     lr_poly: float = 5e-4
     calibration_batches: int = 200
     calibration_margin: float = 0.1
+    # then per non-linearity, in evaluation order, its bound widened to cover what the
+    # poly form (earlier polynomials already in place) feeds it; 0 turns this off
+    poly_calibration_batches: int = 25
     limit: int | None = None
     seed: int = 0
     threads: int = 2
@@ -244,25 +247,63 @@ def evaluate(
 
 
 @torch.no_grad()
-def calibrate(student: Student, batches: Batches, n_batches: int, margin: float) -> dict[str, float]:
-    """Set each bound B to (1 + margin) x the largest input seen on training data (exact form)."""
-    student.eval()
-    student.set_form("exact")
-    nl = student.nonlinearities()
-    for _, m in nl:
+def _observe(student: Student, batches: Batches, n_batches: int) -> None:
+    """Forward ``n_batches`` fixed training batches with every max_ratio reset first."""
+    for _, m in student.nonlinearities():
         m.max_ratio.zero_()
     for rows in batches.order(epoch=10_000)[:n_batches]:
         b = batches.collate(rows)
         student(b["ids"], b["mask"])
-    bounds = {}
-    for name, m in nl:
-        new = float(m.max_ratio * m.bound) * (1 + margin)
+
+
+@torch.no_grad()
+def calibrate(student: Student, batches: Batches, n_batches: int, margin: float, poly_batches: int = 0) -> dict[str, float]:
+    """Set each bound B to (1 + margin) x the largest input seen on training data; returns the bounds.
+
+    First in exact form. Then, with ``poly_batches``, in poly form one
+    non-linearity at a time in evaluation order: the polynomials before it
+    are final, so what it sees is what the poly phase (and the circuit) will
+    feed it; its bound only widens. Low-degree fits change activations
+    enough that exact-form bounds alone let later inputs leave their
+    intervals, where the polynomials explode. A recursive student calls its
+    shared modules once per application, so it repeats the sweep until no
+    bound moves (at most twice per application; the last sweep's widening is
+    then a small fraction of the margin).
+    """
+    student.eval()
+    student.set_form("exact")
+    order: list = []  # modules in the order of their first call
+    hooks = [m.register_forward_pre_hook(lambda mod, _: order.append(mod) if mod not in order else None)
+             for _, m in student.nonlinearities()]
+    try:
+        _observe(student, batches, n_batches)
+    finally:
+        for h in hooks:
+            h.remove()
+    names = {m: n for n, m in student.nonlinearities()}
+    nl = [(names[m], m) for m in order]
+
+    def widen(name: str, m, floor: float) -> None:
+        new = max(floor, float(m.max_ratio * m.bound) * (1 + margin))
         if not math.isfinite(new) or new <= 0:
             raise RuntimeError(f"calibration: {name} saw no finite non-zero input (largest |x| = {new})")
         m.bound.fill_(new)
+
+    for name, m in nl:
+        widen(name, m, 0.0)
+    if poly_batches > 0:
+        student.set_form("poly")
+        for _ in range(2 * student.cfg.n_layers if student.cfg.recursive else 1):
+            before = [float(m.bound) for _, m in nl]
+            for name, m in nl:
+                _observe(student, batches, poly_batches)
+                widen(name, m, float(m.bound))
+            if before == [float(m.bound) for _, m in nl]:
+                break
+        student.set_form("exact")
+    for _, m in nl:
         m.max_ratio.zero_()
-        bounds[name] = round(new, 4)
-    return bounds
+    return {name: round(float(m.bound), 4) for name, m in nl}
 
 
 def _schedule(step: int, total: int, warmup: float) -> float:
@@ -386,7 +427,8 @@ def distill(cfg: DistillConfig, teacher_dir: Path, data_dir: Path, out: Path, ca
         exact_weights = LossWeights(**{**asdict(cfg.loss), "range": 0.0})  # no bounds yet to respect
         run_phase("exact", dist, batches, DistillConfig.from_dict({**asdict(cfg), "loss": asdict(exact_weights)}),
                   cfg.epochs_exact, cfg.lr, out, log, state, evaluate_fn, labeller)
-        state["bounds"] = calibrate(student, batches, cfg.calibration_batches, cfg.calibration_margin)
+        state["bounds"] = calibrate(student, batches, cfg.calibration_batches, cfg.calibration_margin,
+                                    cfg.poly_calibration_batches)
         student.freeze_norms()
         student.set_form("poly")
         state["dev_poly_before_finetune"] = evaluate_fn()

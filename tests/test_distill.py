@@ -113,3 +113,27 @@ def test_teacher_labels_perturbed_copies(tiny_setup) -> None:
     assert (out["t_ids"] != batch["t_ids"]).any() and out["t_hidden"].shape == batch["t_hidden"].shape
     assert torch.equal(out["labels"], out["t_logits"].argmax(-1))
     assert (out["ids"] == id_map[teacher_tok.token_to_id("[MASK]")]).any()  # [MASK] is [UNK] to the student
+
+
+@needs_teacher
+@pytest.mark.parametrize("recursive", [False, True])
+def test_poly_calibration_covers_what_the_polynomials_see(tiny_setup, recursive) -> None:
+    """After calibration in poly form, every input the poly student feeds a fit lies inside its interval."""
+    from he_inhibitor.distill import calibrate
+
+    cache, teacher_tok, tok, _ = tiny_setup
+    torch.manual_seed(1)
+    scfg = StudentConfig(vocab_size=tok.get_vocab_size(), d_model=32, n_heads=2, d_ff=48, dropout=0.0,
+                         n_layers=2, abs_poly=PolySpec(4), relu_poly=PolySpec(4), recursive=recursive)
+    student = Student(scfg)
+    with torch.no_grad():  # large embeddings: activations far from the exact-form ones after a crude fit
+        student.word.weight.mul_(4.0)
+    batches = Batches(cache, teacher_to_student_ids(teacher_tok, tok), 16, 0, need_attn=False)
+    bounds = calibrate(student, batches, 4, 0.1, poly_batches=4)
+    student.set_form("poly")
+    for rows in batches.order(epoch=10_000)[:4]:
+        b = batches.collate(rows)
+        student(b["ids"], b["mask"])
+    ratios = {n: float(m.max_ratio) for n, m in student.nonlinearities()}
+    assert max(ratios.values()) <= (1 + 1e-3) / 1.1, ratios  # the margin, up to float32 and the last sweep
+    assert set(bounds) == set(ratios)
