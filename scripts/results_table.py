@@ -11,8 +11,12 @@ from pathlib import Path
 
 
 def command(run: Path) -> str:
-    """The command that produced a run (ablations come from configs/ablations/, the shipped student from configs/student.json)."""
-    cfg = f"configs/ablations/{run.name}.json" if run.parent.name == "ablations" else "configs/student.json"
+    """The command that produced a run: runs/ablations/NAME from configs/ablations/NAME.json,
+    runs/NAME from configs/student_NAME.json where that exists, else from configs/student.json."""
+    if run.parent.name == "ablations":
+        cfg = f"configs/ablations/{run.name}.json"
+    else:
+        cfg = f"configs/student_{run.name}.json" if Path(f"configs/student_{run.name}.json").is_file() else "configs/student.json"
     return (f"he-inhibitor distill --teacher ../shared/models/minilm-l6-sst2 --data-dir ../shared/data/sst2 "
             f"--out {run.parent.name}/{run.name} --config {cfg}")
 
@@ -27,6 +31,7 @@ def summarize(run: Path) -> dict:
         "losses": "+".join(k for k in ("kd", "ce", "hidden", "emb", "attn", "range") if loss[k] > 0),
         "layer_map": cfg["layer_map"],
         "embedding_init": cfg.get("embedding_init", "table"),
+        "augment": augment(cfg.get("augment", {})),
         "poly_degree": f"{s['abs_poly']['degree']}/{s['relu_poly']['degree']}",
         "train_rows": cfg["limit"] or 67349,
         "epochs": f"{cfg['epochs_exact']}+{cfg['epochs_poly']}",
@@ -37,8 +42,15 @@ def summarize(run: Path) -> dict:
     }
 
 
+def augment(a: dict) -> str:
+    """Teacher-labelled copies per batch and their mask/replace rates, or "-"."""
+    if not a.get("copies"):
+        return "-"
+    return f"{a['copies']}x, mask {a['p_mask']:g} / replace {a['p_replace']:g}"
+
+
 def markdown(rows: list[dict]) -> str:
-    cols = ["run", "attention", "losses", "layer_map", "embedding_init", "poly_degree", "train_rows", "epochs", "dev_exact", "dev_poly", "parameters"]
+    cols = ["run", "attention", "losses", "layer_map", "embedding_init", "augment", "poly_degree", "train_rows", "epochs", "dev_exact", "dev_poly", "parameters"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         lines.append("| " + " | ".join(f"{r[c]:.4f}" if isinstance(r[c], float) else str(r[c]) for c in cols) + " |")

@@ -10,8 +10,7 @@ import json
 from pathlib import Path
 
 from he_inhibitor.circuit.bundle import BUCKETS
-
-SHIPPED_STUDENT = Path(__file__).resolve().parents[1] / "assets" / "student"
+from he_inhibitor.evaluate import SHIPPED_STUDENT
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
