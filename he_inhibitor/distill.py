@@ -349,9 +349,10 @@ def run_phase(
                 parts["aug"] = sum(aug) / len(aug)
                 parts["loss"] = parts["loss"] + parts["aug"]
             if not torch.isfinite(parts["loss"]):
+                kept = f"the last checkpoint {ckpt} is kept" if ckpt.is_file() else "no checkpoint of this phase yet"
                 raise FloatingPointError(
                     f"phase {name}, step {step}: loss is {parts['loss'].item()} (a polynomial input far outside "
-                    f"its interval?); the last checkpoint {ckpt} is kept")
+                    f"its interval?); {kept}")
             opt.zero_grad(set_to_none=True)
             parts["loss"].backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)

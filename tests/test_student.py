@@ -83,6 +83,22 @@ def test_poly_form_within_fit_bound(kind: str, degree: int, bound: float, seed: 
     assert err <= bound * nl.fit.max_error * (1 + 1e-6) + 1e-12  # B is stored in float32
 
 
+@settings(max_examples=30, deadline=None)
+@given(kind=st.sampled_from(["abs", "relu"]), degree=st.sampled_from([6, 14]), ratio=st.floats(1.05, 4.0))
+def test_poly_form_holds_stray_inputs_at_the_edge_only_while_training(kind: str, degree: int, ratio: float) -> None:
+    """Training: an input beyond B is evaluated at the edge (finite, and the penalty sees it);
+    inference: the bare polynomial, as the circuit evaluates it."""
+    nl = Nonlinearity(kind, 2.0, PolySpec(degree)).double()
+    nl.set_form("poly")
+    x = torch.tensor([2.0 * ratio, -2.0 * ratio], dtype=torch.float64)
+    nl.train()
+    held = nl(x)
+    torch.testing.assert_close(held, 2.0 * torch.from_numpy(nl.fit(np.array([1.0, -1.0]))))
+    assert nl.penalty.item() > 0
+    nl.eval()
+    torch.testing.assert_close(nl(x), 2.0 * torch.from_numpy(nl.fit(np.array([ratio, -ratio]))))
+
+
 def test_range_penalty_only_outside_margin() -> None:
     nl = Nonlinearity("relu", 2.0, PolySpec(8), margin=0.05).train()
     nl(torch.tensor([0.5, -1.8]))

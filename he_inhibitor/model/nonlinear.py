@@ -102,7 +102,14 @@ class Nonlinearity(nn.Module):
         bound = self.bound.to(x.dtype)
         if self.form == "exact":
             return x.abs() if self.kind == "abs" else torch.relu(x)
-        return bound * self.poly(x / bound)
+        t = x / bound
+        if self.training:
+            # Outside [-1, 1] a degree-14 fit grows like T_14(t): one stray input at 1.2 B gives
+            # ~3000 B and the next layers overflow. While training, such inputs are held at the
+            # edge (the range penalty pulls them back in); at inference the polynomial runs
+            # bare, exactly as the circuit evaluates it.
+            t = t.clamp(-1.0, 1.0)
+        return bound * self.poly(t)
 
     def extra_repr(self) -> str:
         return (
