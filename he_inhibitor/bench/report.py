@@ -35,6 +35,7 @@ SUMMARY = [
     ("predicted error bound (max)", "predicted_error_bound", "{:.2e}"),
     ("max error / its own bound", "max_error_over_bound", "{:.2f}"),
     ("levels used = predicted depth", "levels_as_predicted", "{}"),
+    ("max poly input / B (K)", "max_poly_input_ratio", "{:.2f}"),
 ]
 
 
