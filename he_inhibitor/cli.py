@@ -17,6 +17,7 @@ COMMANDS: dict[str, str] = {
     "approx": "he_inhibitor.approx.cli",
     "teacher": "he_inhibitor.teacher",
     "distill": "he_inhibitor.distill",
+    "calibrate": "he_inhibitor.recalibrate",
     "eval": "he_inhibitor.evaluate",
     "compile": "he_inhibitor.circuit.cli",
     "predict": "he_inhibitor.circuit.predict",

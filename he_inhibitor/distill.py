@@ -206,6 +206,11 @@ class Batches:
     def __len__(self) -> int:
         return math.ceil(len(self.lengths) / self.batch_size)
 
+    def longest(self, n_batches: int) -> list[np.ndarray]:
+        """The ``n_batches`` batches of the longest rows, longest first."""
+        idx = np.argsort(-self.lengths, kind="stable")[: n_batches * self.batch_size]
+        return [idx[b : b + self.batch_size] for b in range(0, len(idx), self.batch_size)]
+
     def collate(self, rows: np.ndarray) -> dict[str, torch.Tensor]:
         c, lens = self.cache, self.lengths[rows]
         t, b = int(lens.max()), len(rows)
@@ -247,18 +252,22 @@ def evaluate(
 
 
 @torch.no_grad()
-def _observe(student: Student, batches: Batches, n_batches: int) -> None:
-    """Forward ``n_batches`` fixed training batches with every max_ratio reset first."""
+def _observe(student: Student, batches: Batches, n_batches: int, longest: bool) -> None:
+    """Forward ``n_batches`` fixed training batches (random, or the longest rows) with every max_ratio reset first."""
     for _, m in student.nonlinearities():
         m.max_ratio.zero_()
-    for rows in batches.order(epoch=10_000)[:n_batches]:
+    for rows in batches.longest(n_batches) if longest else batches.order(epoch=10_000)[:n_batches]:
         b = batches.collate(rows)
         student(b["ids"], b["mask"])
 
 
 @torch.no_grad()
-def calibrate(student: Student, batches: Batches, n_batches: int, margin: float, poly_batches: int = 0) -> dict[str, float]:
+def calibrate(student: Student, batches: Batches, n_batches: int, margin: float, poly_batches: int = 0,
+              longest: bool = False) -> dict[str, float]:
     """Set each bound B to (1 + margin) x the largest input seen on training data; returns the bounds.
+
+    ``longest``: observe the longest training rows instead of random batches
+    (the inhibitor sums over keys, so ranges grow with sentence length).
 
     First in exact form. Then, with ``poly_batches``, in poly form one
     non-linearity at a time in evaluation order: the polynomials before it
@@ -276,7 +285,7 @@ def calibrate(student: Student, batches: Batches, n_batches: int, margin: float,
     hooks = [m.register_forward_pre_hook(lambda mod, _: order.append(mod) if mod not in order else None)
              for _, m in student.nonlinearities()]
     try:
-        _observe(student, batches, n_batches)
+        _observe(student, batches, n_batches, longest)
     finally:
         for h in hooks:
             h.remove()
@@ -296,7 +305,7 @@ def calibrate(student: Student, batches: Batches, n_batches: int, margin: float,
         for _ in range(2 * student.cfg.n_layers if student.cfg.recursive else 1):
             before = [float(m.bound) for _, m in nl]
             for name, m in nl:
-                _observe(student, batches, poly_batches)
+                _observe(student, batches, poly_batches, longest)
                 widen(name, m, float(m.bound))
             if before == [float(m.bound) for _, m in nl]:
                 break

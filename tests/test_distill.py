@@ -137,3 +137,24 @@ def test_poly_calibration_covers_what_the_polynomials_see(tiny_setup, recursive)
     ratios = {n: float(m.max_ratio) for n, m in student.nonlinearities()}
     assert max(ratios.values()) <= (1 + 1e-3) / 1.1, ratios  # the margin, up to float32 and the last sweep
     assert set(bounds) == set(ratios)
+
+
+@needs_teacher
+def test_longest_batches_and_calibration_on_them(tiny_setup) -> None:
+    """`longest` batches hold the longest rows, longest first; bounds calibrated there cover them."""
+    from he_inhibitor.distill import calibrate
+
+    cache, teacher_tok, tok, _ = tiny_setup
+    batches = Batches(cache, teacher_to_student_ids(teacher_tok, tok), 8, 0, need_attn=False)
+    rows = np.concatenate(batches.longest(2))
+    lengths = batches.lengths
+    assert len(rows) == 16 and (np.diff(lengths[rows]) <= 0).all() and lengths[rows].min() >= np.sort(lengths)[-16]
+    torch.manual_seed(0)
+    student = Student(StudentConfig(vocab_size=tok.get_vocab_size(), d_model=32, n_heads=2, d_ff=48, dropout=0.0,
+                                    abs_poly=PolySpec(6), relu_poly=PolySpec(6)))
+    calibrate(student, batches, 2, 0.1, poly_batches=2, longest=True)
+    student.set_form("poly").eval()
+    for part in batches.longest(2):
+        b = batches.collate(part)
+        student(b["ids"], b["mask"])
+    assert max(float(m.max_ratio) for _, m in student.nonlinearities()) <= (1 + 1e-3) / 1.1

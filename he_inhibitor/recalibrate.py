@@ -1,0 +1,76 @@
+"""``he-inhibitor calibrate``: widen a trained student's intervals to cover the longest training phrases.
+
+``distill`` calibrates each bound B on random training batches. SST-2's
+training phrases are short (median 10 tokens) while dev sentences run to 55,
+and the inhibitor sums over keys, so later layers see larger inputs on long
+sentences: the first shipped augmented student put 11 of 872 dev sentences
+beyond a bound, where the polynomial explodes. This command observes the
+longest training rows, in exact and then poly form (as ``distill.calibrate``
+does), and keeps for each bound the wider of the old and the new. Weights are
+unchanged; only training data is looked at.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from he_inhibitor.data import default_data_dir, load_sst2
+from he_inhibitor.distill import Batches, calibrate
+from he_inhibitor.model.student import load_student, save_student
+from he_inhibitor.teacher_cache import build_cache
+from he_inhibitor.vocab import TOKENIZER_FILE, load_tokenizer, teacher_to_student_ids
+
+
+def recalibrate(model_dir: Path, teacher_dir: Path, data_dir: Path, out: Path, n_batches: int = 25,
+                margin: float = 0.1, cache_dir: Path = Path("runs/cache")) -> dict[str, list[float]]:
+    """Save into ``out`` the student of ``model_dir`` with widened bounds; returns {name: [old, new]}."""
+    student = load_student(model_dir)
+    sentences, labels = load_sst2(data_dir, "train")
+    cache = build_cache(teacher_dir, sentences, labels, cache_dir, max_len=student.cfg.max_len)
+    teacher_tok = load_tokenizer(teacher_dir)
+    teacher_tok.no_padding()
+    teacher_tok.no_truncation()
+    id_map = teacher_to_student_ids(teacher_tok, load_tokenizer(model_dir))
+    batches = Batches(cache, id_map, 64, 0, need_attn=False)
+    old = {name: float(m.bound) for name, m in student.nonlinearities()}
+    new = calibrate(student, batches, n_batches, margin, poly_batches=n_batches, longest=True)
+    for name, m in student.nonlinearities():
+        m.bound.fill_(max(old[name], new[name]))
+    save_student(student, out)
+    if Path(out).resolve() != Path(model_dir).resolve():
+        shutil.copy(Path(model_dir) / TOKENIZER_FILE, Path(out) / TOKENIZER_FILE)
+    return {name: [round(old[name], 4), round(float(m.bound), 4)] for name, m in student.nonlinearities()}
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("calibrate", help="widen a student's polynomial intervals to cover the longest training phrases")
+    p.add_argument("--model", type=Path, required=True, help="trained student directory (distill --out)")
+    p.add_argument("--teacher", type=Path, required=True, help="teacher directory (for the training cache)")
+    p.add_argument("--data-dir", type=Path, default=None, help="directory with SST-2 train.tsv")
+    p.add_argument("--out", type=Path, required=True, help="where to save the recalibrated student")
+    p.add_argument("--batches", type=int, default=25, help="batches of 64 of the longest rows")
+    p.add_argument("--margin", type=float, default=0.1, help="B = (1 + margin) x the largest input")
+    p.add_argument("--cache-dir", type=Path, default=Path("runs/cache"))
+    p.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    data_dir = args.data_dir or default_data_dir()
+    if data_dir is None:
+        raise SystemExit("error: no --data-dir given and no default SST-2 directory found")
+    if args.batches < 1 or args.margin < 0:
+        raise SystemExit("error: --batches must be >= 1 and --margin >= 0")
+    torch.set_num_threads(2)
+    try:
+        bounds = recalibrate(args.model, args.teacher, Path(data_dir), args.out, args.batches, args.margin,
+                             args.cache_dir)
+    except (OSError, ValueError) as err:
+        raise SystemExit(f"error: {err}")
+    print(json.dumps({"bounds_old_new": bounds, "widened": int(np.sum([o < n for o, n in bounds.values()]))}, indent=2))
+    return 0
