@@ -12,6 +12,8 @@ from he_inhibitor.ckks import (
 from he_inhibitor.ckks.keys import ClientKeys
 
 SMALL = CkksParams(8192, (60, 40, 40, 60), 40)  # 200 bits <= 218: fast but secure
+# encryption + key-switching noise at scale 2^40: about 1e-6 in the worst of 4096 slots now and then
+NOISE = 1e-5
 
 
 @pytest.fixture(scope="module")
@@ -57,8 +59,8 @@ def test_galois_keys_only_for_requested_steps(keys, ev):
     assert not any(gk.has_key(e) for e in galois_elements(ev.context, [2, 4, -1]))
     x = np.arange(SMALL.slots, dtype=float) / SMALL.slots
     ct = keys.encrypt(x)
-    np.testing.assert_allclose(keys.decrypt(ev.rotate(ct, 1)), np.roll(x, -1), atol=1e-6)
-    np.testing.assert_allclose(keys.decrypt(ev.rotate(ct, -2)), np.roll(x, 2), atol=1e-6)
+    np.testing.assert_allclose(keys.decrypt(ev.rotate(ct, 1)), np.roll(x, -1), atol=NOISE)
+    np.testing.assert_allclose(keys.decrypt(ev.rotate(ct, -2)), np.roll(x, 2), atol=NOISE)
     with pytest.raises(KeyError):
         ev.rotate(ct, 2)
 
@@ -69,11 +71,11 @@ def test_ciphertext_and_key_serialization_round_trip(keys, ev):
     full = serial.to_bytes(keys.encrypt(x))
     assert serial.compression(seeded) == "zstd" and len(seeded) < 0.6 * len(full)
     ct = serial.ciphertext_from_bytes(seeded, ev.context)
-    np.testing.assert_allclose(keys.decrypt(ct), x, atol=1e-6)
+    np.testing.assert_allclose(keys.decrypt(ct), x, atol=NOISE)
     again = serial.ciphertext_from_bytes(serial.to_bytes(ct), ev.context)
-    np.testing.assert_allclose(keys.decrypt(again), x, atol=1e-6)
+    np.testing.assert_allclose(keys.decrypt(again), x, atol=NOISE)
     restored = ClientKeys(SMALL, SecretKey.from_bytes(keys.secret.to_bytes(), keys.context), keys.public_blob)
-    np.testing.assert_allclose(restored.decrypt(ct), x, atol=1e-6)
+    np.testing.assert_allclose(restored.decrypt(ct), x, atol=NOISE)
     with pytest.raises(ValueError):
         serial.ciphertext_from_bytes(b"garbage" * 10, ev.context)
 
@@ -84,7 +86,7 @@ def test_low_level_encryption_is_smaller_and_lands_at_that_level(keys, ev):
     assert len(low) < 0.6 * len(top)
     ct = serial.ciphertext_from_bytes(low, ev.context)
     assert ev.level(ct) == 0 and ct.scale == ev.scales[0]
-    np.testing.assert_allclose(keys.decrypt(ct)[:100], x, atol=1e-6)
+    np.testing.assert_allclose(keys.decrypt(ct)[:100], x, atol=NOISE)
 
 
 def test_levels_and_scales_are_managed(keys, ev):
@@ -99,6 +101,6 @@ def test_levels_and_scales_are_managed(keys, ev):
     expect = (x * x + x + w) * w
     np.testing.assert_allclose(keys.decrypt(prod), expect, atol=1e-5)
     np.testing.assert_allclose(keys.decrypt(ev.sub(ev.mul_const(a, -0.75), ev.add_const(a, 0.5))),
-                               -1.75 * x - 0.5, atol=1e-6)
+                               -1.75 * x - 0.5, atol=NOISE)
     with pytest.raises(ValueError):
         ev.drop_to(prod, 1)
