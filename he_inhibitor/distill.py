@@ -32,7 +32,7 @@ from he_inhibitor.augment import AugmentConfig, TeacherLabeller
 from he_inhibitor.data import default_data_dir, load_sst2
 from he_inhibitor.model.student import Student, StudentConfig, load_student, save_student
 from he_inhibitor.teacher_cache import TeacherCache, build_cache
-from he_inhibitor.vocab import TOKENIZER_FILE, encode, load_tokenizer, make_tokenizer, teacher_to_student_ids, trimmed_vocab
+from he_inhibitor.vocab import TOKENIZER_FILE, encode, load_tokenizer, load_unpadded, make_tokenizer, teacher_to_student_ids, trimmed_vocab
 
 
 @dataclass
@@ -396,9 +396,7 @@ def distill(cfg: DistillConfig, teacher_dir: Path, data_dir: Path, out: Path, ca
     dev_s, dev_y = load_sst2(data_dir, "dev")
     cache = build_cache(teacher_dir, sentences, labels, cache_dir, max_len=cfg.student.max_len)
 
-    teacher_tok = load_tokenizer(teacher_dir)
-    teacher_tok.no_padding()
-    teacher_tok.no_truncation()
+    teacher_tok = load_unpadded(teacher_dir)
     tokenizer = make_tokenizer(trimmed_vocab(teacher_tok, sentences))
     tokenizer.save(str(out / TOKENIZER_FILE))
     id_map = teacher_to_student_ids(teacher_tok, tokenizer)

@@ -24,7 +24,7 @@ from he_inhibitor.data import default_data_dir, load_sst2
 from he_inhibitor.distill import Batches, calibrate
 from he_inhibitor.model.student import load_student, save_student
 from he_inhibitor.teacher_cache import build_cache
-from he_inhibitor.vocab import TOKENIZER_FILE, load_tokenizer, teacher_to_student_ids
+from he_inhibitor.vocab import TOKENIZER_FILE, load_tokenizer, load_unpadded, teacher_to_student_ids
 
 
 def recalibrate(model_dir: Path, teacher_dir: Path, data_dir: Path, out: Path, n_batches: int = 25,
@@ -33,9 +33,7 @@ def recalibrate(model_dir: Path, teacher_dir: Path, data_dir: Path, out: Path, n
     student = load_student(model_dir)
     sentences, labels = load_sst2(data_dir, "train")
     cache = build_cache(teacher_dir, sentences, labels, cache_dir, max_len=student.cfg.max_len)
-    teacher_tok = load_tokenizer(teacher_dir)
-    teacher_tok.no_padding()
-    teacher_tok.no_truncation()
+    teacher_tok = load_unpadded(teacher_dir)
     id_map = teacher_to_student_ids(teacher_tok, load_tokenizer(model_dir))
     batches = Batches(cache, id_map, 64, 0, need_attn=False)
     old = {name: float(m.bound) for name, m in student.nonlinearities()}

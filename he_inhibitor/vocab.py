@@ -38,6 +38,14 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
     return Tokenizer.from_file(str(p))
 
 
+def load_unpadded(path: str | Path) -> Tokenizer:
+    """A tokenizer with padding and truncation off: the teacher's ids, matched one to one with the student's."""
+    tok = load_tokenizer(path)
+    tok.no_padding()
+    tok.no_truncation()
+    return tok
+
+
 def trimmed_vocab(teacher: Tokenizer, sentences: Iterable[str]) -> list[str]:
     """Specials first, then every teacher token the sentences use, in the teacher's id order."""
     used: set[int] = set()
