@@ -32,7 +32,7 @@ from he_inhibitor.augment import AugmentConfig, TeacherLabeller
 from he_inhibitor.data import default_data_dir, load_sst2
 from he_inhibitor.model.student import Student, StudentConfig, load_student, save_student
 from he_inhibitor.teacher_cache import TeacherCache, build_cache
-from he_inhibitor.vocab import TOKENIZER_FILE, encode, load_tokenizer, load_unpadded, make_tokenizer, teacher_to_student_ids, trimmed_vocab
+from he_inhibitor.vocab import TOKENIZER_FILE, encode, load_unpadded, make_tokenizer, teacher_to_student_ids, trimmed_vocab
 
 
 @dataclass
