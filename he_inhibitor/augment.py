@@ -8,6 +8,12 @@ teacher labels them: its logits and hidden states on the perturbed input
 are computed on the fly and the student imitates those. Every perturbed
 sentence is a new point of the teacher's function, so the student sees far
 more of it than the training phrases show.
+
+Joining phrases (``concat``) targets length. Training phrases have a median
+of 10 word pieces, dev sentences of 25; the student's dev accuracy fell
+from 0.92 on sentences under 12 pieces to 0.78 on those over 36, where the
+teacher's stayed at 0.84-0.96. A joined pair of phrases, labelled by the
+teacher, is a long input with the mixed sentiment long sentences carry.
 """
 
 from __future__ import annotations
@@ -25,10 +31,13 @@ class AugmentConfig:
     copies: int = 0
     p_mask: float = 0.1  # a word piece becomes [MASK]
     p_replace: float = 0.1  # a word piece becomes a corpus word
+    concat: float = 0.0  # a row is joined to another row of its batch before perturbing
 
     def __post_init__(self) -> None:
         if self.copies < 0:
             raise ValueError(f"augment.copies must be >= 0, not {self.copies}")
+        if not 0 <= self.concat <= 1:
+            raise ValueError(f"augment.concat is a fraction of rows in [0, 1], not {self.concat}")
         if not (0 <= self.p_mask and 0 <= self.p_replace and self.p_mask + self.p_replace <= 1):
             raise ValueError(f"augment probabilities must be >= 0 and sum to <= 1, not {self.p_mask}, {self.p_replace}")
 
@@ -53,17 +62,44 @@ def perturb(
     return out
 
 
+def concatenate(
+    ids: np.ndarray, lengths: np.ndarray, fraction: float, max_len: int, rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Join a ``fraction`` of the rows of teacher ids [B, T] to a random partner row; returns (ids, lengths).
+
+    A joined row is "[CLS] a b [SEP]": row a without its [SEP], then partner b
+    without its [CLS], cut to ``max_len`` with [SEP] kept last. Other rows
+    are unchanged; the width is the longest new row.
+    """
+    b = len(ids)
+    partner = rng.permutation(b)
+    joined = rng.random(b) < fraction
+    sep = ids[np.arange(b), lengths - 1]
+    new_len = np.where(joined, np.minimum(lengths + lengths[partner] - 2, max_len), lengths)
+    out = np.zeros((b, int(new_len.max())), ids.dtype)
+    for r in range(b):
+        if joined[r]:
+            row = np.concatenate([ids[r, : lengths[r] - 1], ids[partner[r], 1 : lengths[partner[r]]]])
+            out[r, : new_len[r] - 1] = row[: new_len[r] - 1]
+            out[r, new_len[r] - 1] = sep[r]
+        else:
+            out[r, : lengths[r]] = ids[r, : lengths[r]]
+    return out, new_len
+
+
 class TeacherLabeller:
     """Runs the teacher on perturbed batches and returns them in ``Batches.collate``'s format."""
 
     def __init__(self, teacher, tokenizer, cfg: AugmentConfig, corpus_ids: np.ndarray, id_map: np.ndarray,
-                 need_attn: bool) -> None:
+                 need_attn: bool, max_len: int = 64) -> None:
         """``corpus_ids``: every teacher id of the training set; replacements follow their frequencies.
+
+        ``max_len``: joined rows are cut to the student's positions.
 
         ``tokenizer`` is the teacher's. Never a special token is drawn, nor a piece
         the student's vocabulary lacks (``id_map`` sends those to its [UNK]).
         """
-        self.teacher, self.cfg, self.id_map, self.need_attn = teacher, cfg, id_map, need_attn
+        self.teacher, self.cfg, self.id_map, self.need_attn, self.max_len = teacher, cfg, id_map, need_attn, max_len
         self.mask_id = tokenizer.token_to_id("[MASK]")
         counts = np.bincount(corpus_ids, minlength=len(id_map)).astype(np.float64)
         counts[[tokenizer.token_to_id(t) for t in ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")]] = 0
@@ -76,8 +112,10 @@ class TeacherLabeller:
     @torch.no_grad()
     def label(self, batch: dict[str, torch.Tensor], rng: np.random.Generator) -> dict[str, torch.Tensor]:
         t_ids = batch["t_ids"].numpy()
-        mask = batch["mask"]
-        lengths = mask.sum(1).numpy()
+        lengths = batch["mask"].sum(1).numpy()
+        if self.cfg.concat > 0:
+            t_ids, lengths = concatenate(t_ids, lengths, self.cfg.concat, self.max_len, rng)
+        mask = torch.from_numpy(np.arange(t_ids.shape[1])[None, :] < lengths[:, None])  # [B, T]
         new = perturb(t_ids, lengths, self.cfg, self.mask_id, self.vocab, self.weights, rng)
         self.teacher.eval()
         res = self.teacher(input_ids=torch.from_numpy(new), attention_mask=mask.long(),

@@ -32,7 +32,9 @@ from he_inhibitor.augment import AugmentConfig, TeacherLabeller
 from he_inhibitor.data import default_data_dir, load_sst2
 from he_inhibitor.model.student import Student, StudentConfig, load_student, save_student
 from he_inhibitor.teacher_cache import TeacherCache, build_cache
-from he_inhibitor.vocab import TOKENIZER_FILE, encode, load_unpadded, make_tokenizer, teacher_to_student_ids, trimmed_vocab
+from he_inhibitor.vocab import (
+    TOKENIZER_FILE, encode, load_tokenizer, load_unpadded, make_tokenizer, teacher_to_student_ids, trimmed_vocab,
+)
 
 
 @dataclass
@@ -383,28 +385,12 @@ def run_phase(
     state[f"dev_{name}"] = evaluate_fn()
 
 
-def distill(cfg: DistillConfig, teacher_dir: Path, data_dir: Path, out: Path, cache_dir: Path = Path("runs/cache")) -> dict:
-    """Run both phases, save the float16 student with its tokenizer into ``out``, return metrics."""
-    torch.manual_seed(cfg.seed)
-    torch.set_num_threads(cfg.threads)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "distill_config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
-
-    sentences, labels = load_sst2(data_dir, "train")
-    if cfg.limit:
-        sentences, labels = sentences[: cfg.limit], labels[: cfg.limit]
-    dev_s, dev_y = load_sst2(data_dir, "dev")
-    cache = build_cache(teacher_dir, sentences, labels, cache_dir, max_len=cfg.student.max_len)
-
-    teacher_tok = load_unpadded(teacher_dir)
-    tokenizer = make_tokenizer(trimmed_vocab(teacher_tok, sentences))
-    tokenizer.save(str(out / TOKENIZER_FILE))
-    id_map = teacher_to_student_ids(teacher_tok, tokenizer)
+def new_student(cfg: DistillConfig, teacher_dir: Path, teacher_tok, tokenizer) -> Student:
+    """A fresh student for ``tokenizer``'s vocabulary, its embeddings initialised from the teacher's."""
+    from safetensors.numpy import load_file
 
     cfg.student.vocab_size = tokenizer.get_vocab_size()
     student = Student(cfg.student)
-    from safetensors.numpy import load_file
-
     tw = load_file(str(teacher_dir / "model.safetensors"))
     vocab_ids = np.array([teacher_tok.token_to_id(tokenizer.id_to_token(i)) for i in range(tokenizer.get_vocab_size())])
     if cfg.embedding_init == "contextual":
@@ -414,6 +400,37 @@ def distill(cfg: DistillConfig, teacher_dir: Path, data_dir: Path, out: Path, ca
     else:
         raise ValueError(f"embedding_init must be 'table' or 'contextual', not {cfg.embedding_init!r}")
     init_embeddings_from_teacher(student, word_rows, tw["bert.embeddings.position_embeddings.weight"].astype(np.float32))
+    return student
+
+
+def distill(cfg: DistillConfig, teacher_dir: Path, data_dir: Path, out: Path, cache_dir: Path = Path("runs/cache"),
+            init: Path | None = None) -> dict:
+    """Run both phases, save the float16 student with its tokenizer into ``out``, return metrics.
+
+    ``init``: a trained student (its weights, vocabulary, bounds and frozen
+    norms) to fine-tune instead: only the poly phase runs, with its bounds
+    as they are (``he-inhibitor calibrate`` widens them afterwards).
+    """
+    torch.manual_seed(cfg.seed)
+    torch.set_num_threads(cfg.threads)
+    out.mkdir(parents=True, exist_ok=True)
+    if init is not None:
+        tokenizer, student = load_tokenizer(init), load_student(init)
+        cfg.student = student.cfg
+    (out / "distill_config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+
+    sentences, labels = load_sst2(data_dir, "train")
+    if cfg.limit:
+        sentences, labels = sentences[: cfg.limit], labels[: cfg.limit]
+    dev_s, dev_y = load_sst2(data_dir, "dev")
+    cache = build_cache(teacher_dir, sentences, labels, cache_dir, max_len=cfg.student.max_len)
+
+    teacher_tok = load_unpadded(teacher_dir)
+    if init is None:
+        tokenizer = make_tokenizer(trimmed_vocab(teacher_tok, sentences))
+        student = new_student(cfg, teacher_dir, teacher_tok, tokenizer)
+    tokenizer.save(str(out / TOKENIZER_FILE))
+    id_map = teacher_to_student_ids(teacher_tok, tokenizer)
     n_teacher = cache.hidden.shape[1] - 1
     dist = Distiller(student, cache.hidden.shape[2], teacher_layers(cfg.layer_map, cfg.student.n_layers, n_teacher))
     batches = Batches(cache, id_map, cfg.batch_size, cfg.seed, need_attn=cfg.loss.attn > 0)
@@ -424,19 +441,23 @@ def distill(cfg: DistillConfig, teacher_dir: Path, data_dir: Path, out: Path, ca
         teacher = load_teacher(teacher_dir)
         if cfg.loss.attn > 0:
             teacher.set_attn_implementation("eager")  # the fused kernels return no attention maps
-        labeller = TeacherLabeller(teacher, teacher_tok, cfg.augment, np.asarray(cache.ids), id_map, need_attn=cfg.loss.attn > 0)
+        labeller = TeacherLabeller(teacher, teacher_tok, cfg.augment, np.asarray(cache.ids), id_map,
+                                   need_attn=cfg.loss.attn > 0, max_len=cfg.student.max_len)
     state: dict = {"teacher_train_agreement": float((cache.logits.argmax(1) == cache.labels).mean())}
+    if init is not None:
+        state["init"] = str(init)
     # Dev sentences too long for the positions are truncated while training, and counted:
     # the shipped student must have none (tiny test vocabularies split words into many pieces).
     state["dev_truncated"] = sum(len(e.ids) > cfg.student.max_len for e in tokenizer.encode_batch(dev_s))
     evaluate_fn = lambda: evaluate(student, tokenizer, dev_s, dev_y, truncate=True)  # noqa: E731
 
     with open(out / "log.jsonl", "a") as log:
-        exact_weights = LossWeights(**{**asdict(cfg.loss), "range": 0.0})  # no bounds yet to respect
-        run_phase("exact", dist, batches, DistillConfig.from_dict({**asdict(cfg), "loss": asdict(exact_weights)}),
-                  cfg.epochs_exact, cfg.lr, out, log, state, evaluate_fn, labeller)
-        state["bounds"] = calibrate(student, batches, cfg.calibration_batches, cfg.calibration_margin,
-                                    cfg.poly_calibration_batches)
+        if init is None:
+            exact_weights = LossWeights(**{**asdict(cfg.loss), "range": 0.0})  # no bounds yet to respect
+            run_phase("exact", dist, batches, DistillConfig.from_dict({**asdict(cfg), "loss": asdict(exact_weights)}),
+                      cfg.epochs_exact, cfg.lr, out, log, state, evaluate_fn, labeller)
+            state["bounds"] = calibrate(student, batches, cfg.calibration_batches, cfg.calibration_margin,
+                                        cfg.poly_calibration_batches)
         student.freeze_norms()
         student.set_form("poly")
         state["dev_poly_before_finetune"] = evaluate_fn()
@@ -458,6 +479,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True, help="output directory (checkpoints, log, student)")
     p.add_argument("--config", type=Path, default=None, help="JSON DistillConfig (any subset of keys)")
     p.add_argument("--cache-dir", type=Path, default=Path("runs/cache"), help="where teacher outputs are cached")
+    p.add_argument("--init", type=Path, default=None,
+                   help="fine-tune this trained student (poly phase only) instead of distilling a new one")
     p.set_defaults(func=_run)
 
 
@@ -472,6 +495,11 @@ def _run(args: argparse.Namespace) -> int:
     if data_dir is None:
         raise SystemExit("error: no --data-dir given and no default SST-2 directory found")
     t0 = time.time()
-    state = distill(cfg, args.teacher, Path(data_dir), args.out, args.cache_dir)
+    try:
+        state = distill(cfg, args.teacher, Path(data_dir), args.out, args.cache_dir, args.init)
+    except (FileNotFoundError, ValueError) as err:
+        if args.init is None:
+            raise
+        raise SystemExit(f"error: --init {args.init}: {err}")
     print(json.dumps({**state, "seconds": round(time.time() - t0, 1)}, indent=2))
     return 0

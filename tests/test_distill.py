@@ -158,3 +158,30 @@ def test_longest_batches_and_calibration_on_them(tiny_setup) -> None:
         b = batches.collate(part)
         student(b["ids"], b["mask"])
     assert max(float(m.max_ratio) for _, m in student.nonlinearities()) <= (1 + 1e-3) / 1.1
+
+
+@needs_teacher
+def test_distill_then_finetune_a_trained_student(tmp_path) -> None:
+    """`distill` end to end on a tiny config; `init` then runs only the poly phase and keeps vocabulary and bounds."""
+    import json
+
+    from he_inhibitor.distill import distill
+    from he_inhibitor.model.student import load_student
+
+    common = {"limit": 64, "batch_size": 32, "threads": 1}
+    cfg = DistillConfig.from_dict({
+        **common, "student": {"d_model": 32, "n_heads": 2, "d_ff": 48, "abs_poly": {"degree": 6}, "relu_poly": {"degree": 6}},
+        "embedding_init": "table", "epochs_exact": 1, "epochs_poly": 0.5, "calibration_batches": 2,
+        "poly_calibration_batches": 1})
+    first = distill(cfg, TEACHER, default_data_dir(), tmp_path / "a", tmp_path / "cache")
+    ft = DistillConfig.from_dict({**common, "epochs_poly": 1, "augment": {"copies": 1, "concat": 1.0}})
+    second = distill(ft, TEACHER, default_data_dir(), tmp_path / "b", tmp_path / "cache", init=tmp_path / "a")
+
+    phases = {json.loads(line)["phase"] for line in (tmp_path / "b" / "log.jsonl").read_text().splitlines()}
+    assert phases == {"poly"} and second["init"] == str(tmp_path / "a") and "bounds" not in second
+    assert second["dev_poly_before_finetune"] == first["dev_poly_float16"]  # it started from the saved student
+    a, b = load_student(tmp_path / "a"), load_student(tmp_path / "b")
+    assert (tmp_path / "a" / "tokenizer.json").read_text() == (tmp_path / "b" / "tokenizer.json").read_text()
+    assert a.cfg == b.cfg
+    assert [float(m.bound) for _, m in a.nonlinearities()] == [float(m.bound) for _, m in b.nonlinearities()]
+    assert not torch.equal(a.layers[0].ffn.lin1.weight, b.layers[0].ffn.lin1.weight)
