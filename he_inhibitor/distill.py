@@ -238,19 +238,23 @@ class Batches:
 
 
 @torch.no_grad()
-def evaluate(
-    student: Student, tokenizer, sentences: list[str], labels: list[int], batch_size: int = 128, truncate: bool = False
-) -> float:
-    """Accuracy through the real inference path: the student's own tokenizer (no truncation unless asked)."""
+def predict(student: Student, tokenizer, sentences: list[str], batch_size: int = 128, truncate: bool = False) -> np.ndarray:
+    """Predicted labels through the real inference path: the student's own tokenizer (no truncation unless asked)."""
     student.eval()
     order = np.argsort([len(x) for x in sentences], kind="stable")  # similar lengths together: little padding
-    correct = 0
+    out = np.zeros(len(sentences), np.int64)
     for b in range(0, len(order), batch_size):
         rows = order[b : b + batch_size]
         ids, mask = encode(tokenizer, [sentences[i] for i in rows], student.cfg.max_len, truncate)
-        logits = student(torch.from_numpy(ids), torch.from_numpy(mask))
-        correct += int((logits.argmax(-1).numpy() == np.asarray(labels)[rows]).sum())
-    return correct / len(sentences)
+        out[rows] = student(torch.from_numpy(ids), torch.from_numpy(mask)).argmax(-1).numpy()
+    return out
+
+
+def evaluate(
+    student: Student, tokenizer, sentences: list[str], labels: list[int], batch_size: int = 128, truncate: bool = False
+) -> float:
+    """Accuracy of ``predict``."""
+    return float((predict(student, tokenizer, sentences, batch_size, truncate) == np.asarray(labels)).mean())
 
 
 @torch.no_grad()

@@ -1,10 +1,12 @@
-"""``he-inhibitor eval``: accuracy of a student on any ``sentence<TAB>label`` file."""
+"""``he-inhibitor eval``: accuracy of a student (or the teacher) on any ``sentence<TAB>label`` file."""
 
 from __future__ import annotations
 
 import argparse
 import json
 from pathlib import Path
+
+import numpy as np
 
 from he_inhibitor.data import load_sst2_tsv
 from he_inhibitor.model.nonlinear import FORMS
@@ -14,13 +16,62 @@ SHIPPED_STUDENT = Path(__file__).parent / "assets" / "student"
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="accuracy of a student on a TSV file")
-    p.add_argument("--model", type=Path, default=SHIPPED_STUDENT, help="student directory (default: the shipped one)")
+    p.add_argument("--model", type=Path, default=SHIPPED_STUDENT,
+                   help="student directory (default: the shipped one), or a teacher directory for reference")
     p.add_argument("--data", type=Path, required=True, help="TSV with header sentence<TAB>label")
     p.add_argument("--form", choices=FORMS, default="poly", help="exact non-linearities or the circuit's polynomials")
     p.add_argument("--ranges", action="store_true",
                    help="also count sentences that push a polynomial input beyond its bound B (one pass each)")
+    p.add_argument("--by-length", type=_edges, default=None, metavar="EDGES",
+                   help="also accuracy per sentence length in word pieces, [CLS]/[SEP] included, "
+                        "split at comma-separated EDGES (e.g. 12,20,28,36)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_run)
+
+
+def _edges(text: str) -> list[int]:
+    try:
+        edges = [int(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"EDGES must be comma-separated integers, not {text!r}") from None
+    if not edges or edges != sorted(set(edges)) or edges[0] < 1:
+        raise argparse.ArgumentTypeError(f"EDGES must be positive and strictly increasing, not {text!r}")
+    return edges
+
+
+def is_teacher(model_dir: Path) -> bool:
+    """A ``he-inhibitor teacher`` output (a BERT classifier), not a student."""
+    try:
+        return json.loads((model_dir / "config.json").read_text()).get("model_type") == "bert"
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return False
+
+
+def predictions(model_dir: Path, form: str, sentences: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Predicted labels and lengths in word pieces ([CLS], [SEP] included) of a student or the teacher."""
+    if is_teacher(model_dir):
+        from he_inhibitor.teacher import load_teacher, load_tokenizer, logits
+
+        tok = load_tokenizer(model_dir)
+        labels = logits(load_teacher(model_dir), tok, sentences).argmax(-1).numpy()
+        return labels, np.array([len(ids) for ids in tok(sentences)["input_ids"]])
+    from he_inhibitor.distill import predict
+    from he_inhibitor.model.student import load_student
+    from he_inhibitor.vocab import load_tokenizer
+
+    student, tok = load_student(model_dir).set_form(form), load_tokenizer(model_dir)
+    return predict(student, tok, sentences), np.array([len(e.ids) for e in tok.encode_batch(sentences)])
+
+
+def by_length(correct: np.ndarray, lengths: np.ndarray, edges: list[int]) -> list[dict]:
+    """Accuracy in each length bin [lo, hi) cut at ``edges``; empty bins are kept with n = 0."""
+    bounds = [0, *edges, None]
+    rows = []
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        k = (lengths >= lo) & (lengths < hi if hi is not None else True)
+        rows.append({"tokens": f"{lo}-{hi - 1}" if hi is not None else f">={lo}", "n": int(k.sum()),
+                     "accuracy": float(correct[k].mean()) if k.any() else None})
+    return rows
 
 
 def range_report(student, tokenizer, sentences: list[str]) -> dict:
@@ -47,25 +98,32 @@ def range_report(student, tokenizer, sentences: list[str]) -> dict:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from he_inhibitor.distill import evaluate
-    from he_inhibitor.model.student import load_student
-    from he_inhibitor.vocab import load_tokenizer
-
+    teacher = is_teacher(args.model)
+    if teacher and args.ranges:
+        raise SystemExit("error: --ranges needs a student: the teacher has no polynomial inputs")
     try:
         sentences, labels = load_sst2_tsv(args.data)
-        student = load_student(args.model).set_form(args.form)
-        tokenizer = load_tokenizer(args.model)
+        preds, lengths = predictions(args.model, args.form, sentences)
     except (OSError, ValueError) as err:
         raise SystemExit(f"error: {err}")
-    acc = evaluate(student, tokenizer, sentences, labels)
-    out = {"accuracy": acc, "n": len(sentences), "form": args.form}
+    correct = preds == np.asarray(labels)
+    form = "teacher" if teacher else args.form
+    out = {"accuracy": float(correct.mean()), "n": len(sentences), "form": form}
+    if args.by_length:
+        out["by_length"] = by_length(correct, lengths, args.by_length)
     if args.ranges:
-        out.update(range_report(student, tokenizer, sentences))
+        from he_inhibitor.model.student import load_student
+        from he_inhibitor.vocab import load_tokenizer
+
+        out.update(range_report(load_student(args.model).set_form(args.form), load_tokenizer(args.model), sentences))
     if args.json:
         print(json.dumps(out))
-    else:
-        print(f"accuracy {acc:.4f} on {len(sentences)} sentences ({args.form} form, model {args.model})")
-        if args.ranges:
-            print(f"{out['beyond_bound']} sentences push a polynomial input beyond its bound; "
-                  f"largest |x| / B = {out['max_input_ratio']:.3g} (sentences {out['worst_sentences']})")
+        return 0
+    print(f"accuracy {out['accuracy']:.4f} on {len(sentences)} sentences ({form} form, model {args.model})")
+    for row in out.get("by_length", []):
+        acc = "-" if row["accuracy"] is None else f"{row['accuracy']:.4f}"
+        print(f"  {row['tokens']:>7} word pieces: {acc} on {row['n']}")
+    if args.ranges:
+        print(f"{out['beyond_bound']} sentences push a polynomial input beyond its bound; "
+              f"largest |x| / B = {out['max_input_ratio']:.3g} (sentences {out['worst_sentences']})")
     return 0

@@ -1,14 +1,21 @@
 """`he-inhibitor eval`: accuracy of a saved student, and the sentences that leave an interval."""
 
 import json
+from pathlib import Path
 
+import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 torch = pytest.importorskip("torch")
 
 from he_inhibitor.cli import main  # noqa: E402
+from he_inhibitor.evaluate import by_length  # noqa: E402
 from he_inhibitor.model.student import load_student, save_student  # noqa: E402
 from he_inhibitor.model.toy import toy_student  # noqa: E402
+
+TEACHER = Path(__file__).resolve().parents[2] / "shared" / "models" / "minilm-l6-sst2"
 
 
 def test_eval_counts_sentences_beyond_a_bound(tmp_path, capsys):
@@ -28,3 +35,38 @@ def test_eval_counts_sentences_beyond_a_bound(tmp_path, capsys):
     tight = json.loads(capsys.readouterr().out)
     assert tight["beyond_bound"] == 3 and tight["max_input_ratio"] > 1
     assert (wide["beyond_bound"] > 0) == (wide["max_input_ratio"] > 1)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.integers(1, 80)), min_size=1, max_size=60),
+       st.lists(st.integers(1, 90), min_size=1, max_size=5, unique=True))
+def test_length_bins_partition_the_sentences(rows, edges):
+    correct, lengths = np.array([c for c, _ in rows]), np.array([n for _, n in rows])
+    bins = by_length(correct, lengths, sorted(edges))
+    assert len(bins) == len(edges) + 1 and sum(b["n"] for b in bins) == len(rows)
+    hits = sum(b["accuracy"] * b["n"] for b in bins if b["n"])
+    assert hits == pytest.approx(correct.sum())
+    assert all((b["accuracy"] is None) == (b["n"] == 0) for b in bins)
+
+
+def test_eval_by_length_and_bad_edges(tmp_path, capsys):
+    model_dir = toy_student(tmp_path / "toy")
+    data = tmp_path / "dev.tsv"
+    data.write_text("sentence\tlabel\na good movie\t1\nnot fun\t0\nvery dull plot , and far too long\t0\n")
+    assert main(["eval", "--model", str(model_dir), "--data", str(data), "--by-length", "4,6", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [b["tokens"] for b in out["by_length"]] == ["0-3", "4-5", ">=6"] and sum(b["n"] for b in out["by_length"]) == 3
+    for bad in ("6,4", "a,b", "0,3"):
+        with pytest.raises(SystemExit):
+            main(["eval", "--model", str(model_dir), "--data", str(data), "--by-length", bad])
+
+
+@pytest.mark.skipif(not TEACHER.is_dir(), reason="shared teacher absent")
+def test_eval_the_teacher_for_reference(tmp_path, capsys):
+    data = tmp_path / "dev.tsv"
+    data.write_text("sentence\tlabel\na gorgeous , witty , seductive movie .\t1\na dull , lifeless mess .\t0\n")
+    assert main(["eval", "--model", str(TEACHER), "--data", str(data), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out == {"accuracy": 1.0, "n": 2, "form": "teacher"}
+    with pytest.raises(SystemExit, match="needs a student"):
+        main(["eval", "--model", str(TEACHER), "--data", str(data), "--ranges"])
