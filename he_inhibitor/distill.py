@@ -18,8 +18,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shlex
+import sys
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +54,9 @@ class DistillConfig:
     student: StudentConfig = field(default_factory=StudentConfig)
     loss: LossWeights = field(default_factory=LossWeights)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    # the poly phase's augmentation; None: the same as ``augment``. Joined copies cost ~4x
+    # there (the attention's |q - k| polynomial runs on every pair of their doubled length).
+    augment_poly: AugmentConfig | None = None
     temperature: float = 2.0
     # "table": PCA of the teacher's input embedding table; "contextual": PCA of the
     # teacher's hidden states (mean over layers) of each token alone, "[CLS] tok [SEP]".
@@ -84,8 +89,9 @@ class DistillConfig:
             data["student"] = StudentConfig.from_dict(data["student"])
         if isinstance(data.get("loss"), dict):
             data["loss"] = LossWeights(**data["loss"])
-        if isinstance(data.get("augment"), dict):
-            data["augment"] = AugmentConfig(**data["augment"])
+        for key in ("augment", "augment_poly"):
+            if isinstance(data.get(key), dict):
+                data[key] = AugmentConfig(**data[key])
         return cls(**data)
 
 
@@ -438,15 +444,22 @@ def distill(cfg: DistillConfig, teacher_dir: Path, data_dir: Path, out: Path, ca
     n_teacher = cache.hidden.shape[1] - 1
     dist = Distiller(student, cache.hidden.shape[2], teacher_layers(cfg.layer_map, cfg.student.n_layers, n_teacher))
     batches = Batches(cache, id_map, cfg.batch_size, cfg.seed, need_attn=cfg.loss.attn > 0)
-    labeller = None
-    if cfg.augment.copies > 0:
-        from he_inhibitor.teacher import load_teacher
+    teacher = None
 
-        teacher = load_teacher(teacher_dir)
-        if cfg.loss.attn > 0:
-            teacher.set_attn_implementation("eager")  # the fused kernels return no attention maps
-        labeller = TeacherLabeller(teacher, teacher_tok, cfg.augment, np.asarray(cache.ids), id_map,
-                                   need_attn=cfg.loss.attn > 0, max_len=cfg.student.max_len)
+    def labeller_for(aug: AugmentConfig) -> TeacherLabeller | None:
+        """The teacher (loaded once) labelling ``aug``'s copies, or None without augmentation."""
+        nonlocal teacher
+        if aug.copies == 0:
+            return None
+        if teacher is None:
+            from he_inhibitor.teacher import load_teacher
+
+            teacher = load_teacher(teacher_dir)
+            if cfg.loss.attn > 0:
+                teacher.set_attn_implementation("eager")  # the fused kernels return no attention maps
+        return TeacherLabeller(teacher, teacher_tok, aug, np.asarray(cache.ids), id_map,
+                               need_attn=cfg.loss.attn > 0, max_len=cfg.student.max_len)
+
     state: dict = {"teacher_train_agreement": float((cache.logits.argmax(1) == cache.labels).mean())}
     if init is not None:
         state["init"] = str(init)
@@ -459,13 +472,15 @@ def distill(cfg: DistillConfig, teacher_dir: Path, data_dir: Path, out: Path, ca
         if init is None:
             exact_weights = LossWeights(**{**asdict(cfg.loss), "range": 0.0})  # no bounds yet to respect
             run_phase("exact", dist, batches, DistillConfig.from_dict({**asdict(cfg), "loss": asdict(exact_weights)}),
-                      cfg.epochs_exact, cfg.lr, out, log, state, evaluate_fn, labeller)
+                      cfg.epochs_exact, cfg.lr, out, log, state, evaluate_fn, labeller_for(cfg.augment))
             state["bounds"] = calibrate(student, batches, cfg.calibration_batches, cfg.calibration_margin,
                                         cfg.poly_calibration_batches)
         student.freeze_norms()
         student.set_form("poly")
         state["dev_poly_before_finetune"] = evaluate_fn()
-        run_phase("poly", dist, batches, cfg, cfg.epochs_poly, cfg.lr_poly, out, log, state, evaluate_fn, labeller)
+        poly_cfg = cfg if cfg.augment_poly is None else replace(cfg, augment=cfg.augment_poly)
+        run_phase("poly", dist, batches, poly_cfg, cfg.epochs_poly, cfg.lr_poly, out, log, state, evaluate_fn,
+                  labeller_for(poly_cfg.augment))
 
     save_student(student, out)
     shipped = load_student(out).set_form("poly")  # what ships is float16: measure that
@@ -505,5 +520,7 @@ def _run(args: argparse.Namespace) -> int:
         if args.init is None:
             raise
         raise SystemExit(f"error: --init {args.init}: {err}")
+    state["command"] = shlex.join(["he-inhibitor", *sys.argv[1:]])  # provenance for the results table
+    (args.out / "metrics.json").write_text(json.dumps(state, indent=2) + "\n")
     print(json.dumps({**state, "seconds": round(time.time() - t0, 1)}, indent=2))
     return 0

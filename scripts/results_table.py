@@ -10,9 +10,12 @@ import json
 from pathlib import Path
 
 
-def command(run: Path) -> str:
-    """The command that produced a run: runs/ablations/NAME from configs/ablations/NAME.json,
-    runs/NAME from configs/student_NAME.json where that exists, else from configs/student.json."""
+def command(run: Path, metrics: dict) -> str:
+    """The command that produced a run, as distill recorded it; for runs older than that record,
+    runs/ablations/NAME from configs/ablations/NAME.json, runs/NAME from configs/student_NAME.json
+    where that exists, else from configs/student.json."""
+    if "command" in metrics:
+        return metrics["command"]
     if run.parent.name == "ablations":
         cfg = f"configs/ablations/{run.name}.json"
     else:
@@ -30,15 +33,15 @@ def summarize(run: Path) -> dict:
         "attention": s["attention"] + (" signed" if s["signed"] else "") + (" recursive" if s["recursive"] else ""),
         "losses": "+".join(k for k in ("kd", "ce", "hidden", "emb", "attn", "range") if loss[k] > 0),
         "layer_map": cfg["layer_map"],
-        "embedding_init": cfg.get("embedding_init", "table"),
+        "embedding_init": "(init)" if "init" in m else cfg.get("embedding_init", "table"),
         "augment": augment(cfg.get("augment", {})),
         "poly_degree": f"{s['abs_poly']['degree']}/{s['relu_poly']['degree']}",
         "train_rows": cfg["limit"] or 67349,
-        "epochs": f"{cfg['epochs_exact']}+{cfg['epochs_poly']}",
+        "epochs": f"{m['init']} + {cfg['epochs_poly']}" if "init" in m else f"{cfg['epochs_exact']}+{cfg['epochs_poly']}",
         "dev_exact": m["dev_exact_float16"],
         "dev_poly": m["dev_poly_float16"],
         "parameters": m["parameters"],
-        "command": command(run),
+        "command": command(run, m),
     }
 
 
@@ -46,7 +49,8 @@ def augment(a: dict) -> str:
     """Teacher-labelled copies per batch and their mask/replace rates, or "-"."""
     if not a.get("copies"):
         return "-"
-    return f"{a['copies']}x, mask {a['p_mask']:g} / replace {a['p_replace']:g}"
+    joined = f", {a['concat']:g} joined" if a.get("concat") else ""
+    return f"{a['copies']}x, mask {a['p_mask']:g} / replace {a['p_replace']:g}{joined}"
 
 
 def markdown(rows: list[dict]) -> str:
