@@ -34,7 +34,7 @@ def summarize(run: Path) -> dict:
         "losses": "+".join(k for k in ("kd", "ce", "hidden", "emb", "attn", "range") if loss[k] > 0),
         "layer_map": cfg["layer_map"],
         "embedding_init": "(init)" if "init" in m else cfg.get("embedding_init", "table"),
-        "augment": augment(cfg.get("augment", {})),
+        "augment": augment(cfg.get("augment", {})) + (f"; poly phase {augment(cfg['augment_poly'])}" if cfg.get("augment_poly") else ""),
         "poly_degree": f"{s['abs_poly']['degree']}/{s['relu_poly']['degree']}",
         "train_rows": cfg["limit"] or 67349,
         "epochs": f"{m['init']} + {cfg['epochs_poly']}" if "init" in m else f"{cfg['epochs_exact']}+{cfg['epochs_poly']}",

@@ -37,7 +37,11 @@ def test_config_rejects_unknown_keys() -> None:
     with pytest.raises(ValueError, match="bogus"):
         DistillConfig.from_dict({"bogus": 1})
     cfg = DistillConfig.from_dict({"student": {"d_model": 32, "n_heads": 2}, "loss": {"attn": 0.5}})
-    assert cfg.student.d_model == 32 and cfg.loss.attn == 0.5
+    assert cfg.student.d_model == 32 and cfg.loss.attn == 0.5 and cfg.augment_poly is None
+    cfg = DistillConfig.from_dict({"augment": {"copies": 2, "concat": 0.5}, "augment_poly": {"copies": 1}})
+    assert cfg.augment.concat == 0.5 and cfg.augment_poly.copies == 1 and cfg.augment_poly.concat == 0.0
+    with pytest.raises(ValueError, match="concat"):
+        DistillConfig.from_dict({"augment_poly": {"concat": 2.0}})
 
 
 @pytest.fixture(scope="module")
@@ -172,7 +176,7 @@ def test_distill_then_finetune_a_trained_student(tmp_path) -> None:
     cfg = DistillConfig.from_dict({
         **common, "student": {"d_model": 32, "n_heads": 2, "d_ff": 48, "abs_poly": {"degree": 6}, "relu_poly": {"degree": 6}},
         "embedding_init": "table", "epochs_exact": 1, "epochs_poly": 0.5, "calibration_batches": 2,
-        "poly_calibration_batches": 1})
+        "poly_calibration_batches": 1, "augment_poly": {"copies": 1, "p_mask": 0.2, "p_replace": 0.0}})
     first = distill(cfg, TEACHER, default_data_dir(), tmp_path / "a", tmp_path / "cache")
     ft = DistillConfig.from_dict({**common, "epochs_poly": 1, "augment": {"copies": 1, "concat": 1.0}})
     second = distill(ft, TEACHER, default_data_dir(), tmp_path / "b", tmp_path / "cache", init=tmp_path / "a")
