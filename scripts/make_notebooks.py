@@ -137,7 +137,7 @@ import matplotlib.pyplot as plt
 
 DOCS = Path("..") / "docs" / "distillation"
 rows = json.loads((DOCS / "results.json").read_text())
-cols = ["run", "attention", "losses", "layer_map", "embedding_init", "poly_degree", "train_rows", "epochs", "dev_exact", "dev_poly"]
+cols = ["run", "attention", "losses", "layer_map", "embedding_init", "augment", "poly_degree", "train_rows", "epochs", "dev_exact", "dev_poly"]
 print(" | ".join(cols))
 for r in rows:
     print(" | ".join(f"{r[c]:.4f}" if isinstance(r[c], float) else str(r[c]) for c in cols))
@@ -146,24 +146,36 @@ for r in rows:
     print(f"{r['run']}: {r['command']}")"""),
     ("md", """## Loss curves of the shipped student
 
-Each point is one logged training batch (every 50 steps); the vertical line
-marks the switch from the exact to the poly phase, after calibration."""),
-    ("code", """log = [json.loads(l) for l in (DOCS / "main_log.jsonl").read_text().splitlines() if l.strip()]
+The shipped student is `runs/main` (exact phase, then poly phase), recalibrated,
+then fine-tuned in poly form on teacher-labelled joined phrases
+(`runs/ft_concat`) and recalibrated again. Each point is one logged training
+batch (every 50 steps); dotted lines mark the phase switches."""),
+    ("code", """def read(name, rename=None):
+    rows = [json.loads(l) for l in (DOCS / name).read_text().splitlines() if l.strip()]
+    return [{**r, "phase": rename or r["phase"]} for r in rows]
+
+log = read("main_log.jsonl") + read("ft_concat_log.jsonl", rename="joined fine-tune")
+x, offset, switches, last = [], 0, [], None
+for r in (r for r in log if "loss" in r):
+    if r["phase"] != last and last is not None:
+        offset = x[-1]
+        switches.append(offset)
+    last = r["phase"]
+    x.append(offset + r["step"])
 steps = [r for r in log if "loss" in r]
-n_exact = max(r["step"] for r in steps if r["phase"] == "exact")
-x = [r["step"] + (n_exact if r["phase"] == "poly" else 0) for r in steps]
 fig, axes = plt.subplots(1, 2, figsize=(12, 4))
-for key in ["loss", "kd", "ce", "hidden", "range"]:
+for key in ["loss", "kd", "ce", "hidden", "range", "aug"]:
     ys = [r.get(key) for r in steps]
     if any(y is not None for y in ys):
         axes[0].plot(x, [y if y is not None else float("nan") for y in ys], label=key, lw=1)
-axes[0].axvline(n_exact, color="k", ls=":")
+for sw in switches:
+    axes[0].axvline(sw, color="k", ls=":")
 axes[0].set(xlabel="step", ylabel="loss", yscale="log", title="training losses")
 axes[0].legend()
 evals = [r for r in log if "dev_accuracy" in r]
 axes[1].plot(range(1, len(evals) + 1), [r["dev_accuracy"] for r in evals], "o-")
-axes[1].set_xticks(range(1, len(evals) + 1), [f"{r['phase']} {r['epoch']}" for r in evals], rotation=30)
-axes[1].set(ylabel="SST-2 dev accuracy", title="dev accuracy after each epoch")
+axes[1].set_xticks(range(1, len(evals) + 1), [r["phase"] for r in evals], rotation=30)
+axes[1].set(ylabel="SST-2 dev accuracy", title="dev accuracy after each phase")
 plt.tight_layout()"""),
 ]
 
