@@ -12,7 +12,7 @@ more of it than the training phrases show.
 Joining phrases (``concat``) targets length. Training phrases have a median
 of 10 word pieces, dev sentences of 25; the student's dev accuracy fell
 from 0.92 on sentences under 12 pieces to 0.78 on those over 36, where the
-teacher's stayed at 0.84-0.96. A joined pair of phrases, labelled by the
+teacher's stayed at 0.84-0.93. A joined pair of phrases, labelled by the
 teacher, is a long input with the mixed sentiment long sentences carry.
 """
 
