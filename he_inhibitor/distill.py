@@ -414,12 +414,13 @@ def new_student(cfg: DistillConfig, teacher_dir: Path, teacher_tok, tokenizer) -
 
 
 def distill(cfg: DistillConfig, teacher_dir: Path, data_dir: Path, out: Path, cache_dir: Path = Path("runs/cache"),
-            init: Path | None = None) -> dict:
+            init: Path | None = None, command: str | None = None) -> dict:
     """Run both phases, save the float16 student with its tokenizer into ``out``, return metrics.
 
     ``init``: a trained student (its weights, vocabulary, bounds and frozen
     norms) to fine-tune instead: only the poly phase runs, with its bounds
     as they are (``he-inhibitor calibrate`` widens them afterwards).
+    ``command``: the command line, recorded in metrics.json for the results table.
     """
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
@@ -463,6 +464,8 @@ def distill(cfg: DistillConfig, teacher_dir: Path, data_dir: Path, out: Path, ca
     state: dict = {"teacher_train_agreement": float((cache.logits.argmax(1) == cache.labels).mean())}
     if init is not None:
         state["init"] = str(init)
+    if command is not None:
+        state["command"] = command
     # Dev sentences too long for the positions are truncated while training, and counted:
     # the shipped student must have none (tiny test vocabularies split words into many pieces).
     state["dev_truncated"] = sum(len(e.ids) > cfg.student.max_len for e in tokenizer.encode_batch(dev_s))
@@ -515,12 +518,11 @@ def _run(args: argparse.Namespace) -> int:
         raise SystemExit("error: no --data-dir given and no default SST-2 directory found")
     t0 = time.time()
     try:
-        state = distill(cfg, args.teacher, Path(data_dir), args.out, args.cache_dir, args.init)
+        state = distill(cfg, args.teacher, Path(data_dir), args.out, args.cache_dir, args.init,
+                        command=shlex.join(["he-inhibitor", *sys.argv[1:]]))
     except (FileNotFoundError, ValueError) as err:
         if args.init is None:
             raise
         raise SystemExit(f"error: --init {args.init}: {err}")
-    state["command"] = shlex.join(["he-inhibitor", *sys.argv[1:]])  # provenance for the results table
-    (args.out / "metrics.json").write_text(json.dumps(state, indent=2) + "\n")
     print(json.dumps({**state, "seconds": round(time.time() - t0, 1)}, indent=2))
     return 0
