@@ -38,6 +38,10 @@ def summarize(run: Path) -> dict:
         "poly_degree": f"{s['abs_poly']['degree']}/{s['relu_poly']['degree']}",
         "train_rows": cfg["limit"] or 67349,
         "epochs": f"{m['init']} + {cfg['epochs_poly']}" if "init" in m else f"{cfg['epochs_exact']}+{cfg['epochs_poly']}",
+        # dev after the exact phase, then in poly form before the poly phase trains (after calibration):
+        # the second against the first is what the fits alone cost
+        "exact_phase": m.get("dev_exact", "-") if "init" not in m else "-",
+        "poly_start": m.get("dev_poly_before_finetune", "-"),
         "dev_exact": m["dev_exact_float16"],
         "dev_poly": m["dev_poly_float16"],
         "parameters": m["parameters"],
@@ -54,7 +58,7 @@ def augment(a: dict) -> str:
 
 
 def markdown(rows: list[dict]) -> str:
-    cols = ["run", "attention", "losses", "layer_map", "embedding_init", "augment", "poly_degree", "train_rows", "epochs", "dev_exact", "dev_poly", "parameters"]
+    cols = ["run", "attention", "losses", "layer_map", "embedding_init", "augment", "poly_degree", "train_rows", "epochs", "exact_phase", "poly_start", "dev_exact", "dev_poly", "parameters"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         lines.append("| " + " | ".join(f"{r[c]:.4f}" if isinstance(r[c], float) else str(r[c]) for c in cols) + " |")

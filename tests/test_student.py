@@ -71,7 +71,7 @@ def test_signed_equals_soft_threshold() -> None:
 
 
 @settings(max_examples=40, deadline=None)
-@given(kind=st.sampled_from(["abs", "relu"]), degree=st.sampled_from([4, 6, 8, 14]),
+@given(kind=st.sampled_from(["abs", "relu"]), degree=st.sampled_from([4, 6, 8, 14, 30]),
        bound=st.floats(0.1, 50.0), seed=st.integers(0, 10_000))
 def test_poly_form_within_fit_bound(kind: str, degree: int, bound: float, seed: int) -> None:
     """On in-range inputs the poly form differs from exact by at most B * fit.max_error."""
@@ -81,6 +81,22 @@ def test_poly_form_within_fit_bound(kind: str, degree: int, bound: float, seed: 
     nl.set_form("poly")
     err = (nl(x) - exact).abs().max().item()
     assert err <= bound * nl.fit.max_error * (1 + 1e-6) + 1e-12  # B is stored in float32
+
+
+@settings(max_examples=20, deadline=None)
+@given(kind=st.sampled_from(["abs", "relu"]), first=st.sampled_from([6, 14]), second=st.sampled_from([8, 30]),
+       seed=st.integers(0, 10_000))
+def test_set_spec_switches_the_polynomial(kind: str, first: int, second: int, seed: int) -> None:
+    """After set_spec the poly form is the new fit's, not the cached old one."""
+    nl = Nonlinearity(kind, 3.0, PolySpec(first)).double()
+    nl.set_form("poly")
+    x = (torch.rand(500, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) * 2 - 1) * 3.0
+    nl(x)  # builds and caches the first fit
+    nl.set_spec(PolySpec(second))
+    fresh = Nonlinearity(kind, 3.0, PolySpec(second)).double()
+    fresh.set_form("poly")
+    torch.testing.assert_close(nl(x), fresh(x))
+    assert nl.fit.degree == second
 
 
 @settings(max_examples=30, deadline=None)

@@ -78,6 +78,10 @@ class Nonlinearity(nn.Module):
             return self.fit(t)
         return ParityPoly.apply(t, *self.parity_parts())
 
+    def set_spec(self, spec: PolySpec) -> None:
+        """Use another fit in poly form (drops the cached fit and its parity parts)."""
+        self.spec, self._fit, self._parts = spec, None, None
+
     def set_form(self, form: str) -> None:
         if form not in FORMS:
             raise ValueError(f"unknown form {form!r}; expected one of {FORMS}")

@@ -1,0 +1,84 @@
+"""Which polynomial costs the accuracy: one exact-phase student, evaluated with other fit degrees.
+
+Loads a distill run's exact-phase checkpoint (``checkpoint-exact.pt``) with
+the bounds that run calibrated (``metrics.json``), gives each non-linearity
+the Remez degree asked for, and evaluates SST-2 dev in poly form, with no
+training in between. This is what a poly phase starts from, so it shows which
+fit the student has to be trained around and which it does not.
+
+    python scripts/degree_sweep.py --run runs/concat_b --settings 14,14,14 30,14,14 14,30,14 14,30,30 30,30,30 \
+        --json docs/distillation/degree_sweep.json
+
+A setting is ``abs,attn_relu,ffn_relu`` degrees (each even: the fits are on
+[-1, 1], through |x|).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from he_inhibitor.data import default_data_dir, load_sst2
+from he_inhibitor.distill import evaluate
+from he_inhibitor.model.nonlinear import PolySpec
+from he_inhibitor.model.student import load_student
+from he_inhibitor.vocab import load_tokenizer
+
+
+def setting(text: str) -> tuple[int, int, int]:
+    parts = text.split(",")
+    if len(parts) != 3 or not all(p.isdigit() and int(p) >= 2 and int(p) % 2 == 0 for p in parts):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected three even degrees abs,attn_relu,ffn_relu, e.g. 14,30,14")
+    return int(parts[0]), int(parts[1]), int(parts[2])
+
+
+def degree_of(name: str, degrees: tuple[int, int, int]) -> int:
+    """The degree for module ``name`` (``layers.i.attn.abs_fn``, ``layers.i.attn.relu_fn``, ``layers.i.ffn.relu_fn``)."""
+    if name.endswith("abs_fn"):
+        return degrees[0]
+    return degrees[1] if ".attn." in name else degrees[2]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--run", type=Path, required=True, help="distill output with checkpoint-exact.pt and metrics.json")
+    p.add_argument("--settings", type=setting, nargs="+", required=True)
+    p.add_argument("--data-dir", type=Path, default=None)
+    p.add_argument("--json", type=Path, default=None)
+    args = p.parse_args()
+    data_dir = args.data_dir or default_data_dir()
+    if data_dir is None:
+        raise SystemExit("error: no --data-dir given and no default SST-2 directory found")
+    ckpt, metrics = args.run / "checkpoint-exact.pt", args.run / "metrics.json"
+    for f in (ckpt, metrics):
+        if not f.is_file():
+            raise SystemExit(f"error: {f} not found (a finished distill run has both)")
+    torch.set_num_threads(1)
+    sentences, labels = load_sst2(Path(data_dir), "dev")
+    tokenizer = load_tokenizer(args.run)
+    bounds = json.loads(metrics.read_text())["bounds"]
+    state = torch.load(ckpt, weights_only=True)["model"]
+    weights = {k.removeprefix("student."): v for k, v in state.items() if k.startswith("student.")}
+    student = load_student(args.run)
+    student.load_state_dict(weights, strict=False)  # the exact-phase weights; bounds are set below
+    exact = evaluate(student.set_form("exact"), tokenizer, sentences, labels)
+    rows = []
+    for degrees in args.settings:
+        for name, m in student.nonlinearities():
+            m.bound.fill_(bounds[name])
+            m.set_spec(PolySpec(degree_of(name, degrees)))
+        acc = evaluate(student.set_form("poly"), tokenizer, sentences, labels)
+        rows.append({"abs": degrees[0], "attn_relu": degrees[1], "ffn_relu": degrees[2], "dev_poly": acc})
+        print(f"abs {degrees[0]:2d}  attention ReLU {degrees[1]:2d}  FFN ReLU {degrees[2]:2d}: dev {acc:.4f}", flush=True)
+    out = {"run": str(args.run), "dev_exact": exact, "bounds": bounds, "settings": rows}
+    print(f"exact form: dev {exact:.4f}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(out, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
