@@ -59,8 +59,9 @@ class Nonlinearity(nn.Module):
         """p(t) = E(t^2) + t O(t^2): monomial coefficients of E and O, lowest first.
 
         Training evaluates the fit this way, by Horner in t^2: a third of the
-        tensor operations of Clenshaw on the full degree, the same polynomial to
-        float64 rounding (degrees here are small and t lies in [-1, 1]).
+        tensor operations of Clenshaw on the full degree, the same polynomial up to
+        the monomial basis's rounding on [-1, 1]: 1e-7 at degree 30, far below
+        any fit's error (1e-2).
         """
         if self._parts is None:
             from he_inhibitor.approx.basis import cheb_to_monomial
