@@ -7,7 +7,8 @@ sentences: the first shipped augmented student put 11 of 872 dev sentences
 beyond a bound, where the polynomial explodes. This command observes the
 longest training rows, in exact and then poly form (as ``distill.calibrate``
 does), and keeps for each bound the wider of the old and the new. Weights are
-unchanged; only training data is looked at.
+unchanged (weighted fits are refitted at the kept bounds, on the same rows);
+only training data is looked at.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import numpy as np
 import torch
 
 from he_inhibitor.data import default_data_dir, load_sst2
-from he_inhibitor.distill import Batches, calibrate
+from he_inhibitor.distill import Batches, calibrate, refit_weighted
 from he_inhibitor.model.student import load_student, save_student
 from he_inhibitor.teacher_cache import build_cache
 from he_inhibitor.vocab import TOKENIZER_FILE, load_tokenizer, load_unpadded, teacher_to_student_ids
@@ -40,6 +41,7 @@ def recalibrate(model_dir: Path, teacher_dir: Path, data_dir: Path, out: Path, n
     new = calibrate(student, batches, n_batches, margin, poly_batches=n_batches, longest=True)
     for name, m in student.nonlinearities():
         m.bound.fill_(max(old[name], new[name]))
+    refit_weighted(student, batches, n_batches, longest=True)  # fitted at the bounds just kept
     save_student(student, out)
     if Path(out).resolve() != Path(model_dir).resolve():
         shutil.copy(Path(model_dir) / TOKENIZER_FILE, Path(out) / TOKENIZER_FILE)

@@ -9,16 +9,17 @@ from he_inhibitor.circuit import plain  # noqa: E402
 from he_inhibitor.circuit.compile import compile_student  # noqa: E402
 from he_inhibitor.circuit.ir import OpKind, check, depth  # noqa: E402
 from he_inhibitor.circuit.weights import from_torch  # noqa: E402
+from he_inhibitor.model.nonlinear import PolySpec  # noqa: E402
 from he_inhibitor.model.student import Student, StudentConfig  # noqa: E402
 
 T, D, H, DFF = 8, 16, 4, 32
 
 
-def random_student(signed: bool, seed: int = 0) -> Student:
+def random_student(signed: bool, seed: int = 0, relu_poly: PolySpec = PolySpec(14)) -> Student:
     """A random-weight student of the shipped class, float64, poly form, non-trivial norms."""
     torch.manual_seed(seed)
     cfg = StudentConfig(vocab_size=40, max_len=16, d_model=D, n_heads=H, d_ff=DFF, n_layers=2,
-                        dropout=0.0, signed=signed)
+                        dropout=0.0, signed=signed, relu_poly=relu_poly)
     model = Student(cfg).double().eval().set_form("poly")
     with torch.no_grad():
         for mod in model.modules():
@@ -50,6 +51,25 @@ def test_plain_executor_equals_torch_student(n_slots, signed, max_level):
     if max_level is not None:
         check(comp.circuit, max_level)
         assert comp.circuit.of_kind(OpKind.REFRESH)
+
+
+def test_plain_executor_equals_torch_student_with_weighted_fits():
+    """Weighted ReLU fits (coefficients fitted to the student's own inputs) compile as they are."""
+    model = random_student(False, relu_poly=PolySpec(14, "weighted")).set_form("exact")
+    weighted = [m for _, m in model.nonlinearities() if m.spec.weighted]
+    for m in weighted:
+        m.collect_density(True)
+    sentence(model, T)
+    for m in weighted:
+        m.fit_to_density()
+        m.collect_density(False)
+    model.set_form("poly")
+    comp = compile_student(from_torch(model), T, 256)
+    assert {nl.fn.fit.method for layer in from_torch(model).layers for nl in (layer.attn_relu, layer.ffn_relu)} == {"weighted"}
+    for n_valid in (T, 3):
+        want, x0, m = sentence(model, n_valid)
+        got = comp.read_logits(plain.run(comp.circuit, comp.pack_input(x0), comp.public_plaintexts(m))["logits"])
+        np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9 * np.abs(want).max())
 
 
 def test_depth_and_key_steps():

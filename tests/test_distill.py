@@ -120,15 +120,16 @@ def test_teacher_labels_perturbed_copies(tiny_setup) -> None:
 
 
 @needs_teacher
-@pytest.mark.parametrize("recursive", [False, True])
-def test_poly_calibration_covers_what_the_polynomials_see(tiny_setup, recursive) -> None:
-    """After calibration in poly form, every input the poly student feeds a fit lies inside its interval."""
+@pytest.mark.parametrize("recursive,relu_method", [(False, "remez"), (True, "remez"), (False, "weighted")])
+def test_poly_calibration_covers_what_the_polynomials_see(tiny_setup, recursive, relu_method) -> None:
+    """After calibration in poly form, every input the poly student feeds a fit lies inside its interval
+    (weighted fits: made during calibration, at the final bounds)."""
     from he_inhibitor.distill import calibrate
 
     cache, teacher_tok, tok, _ = tiny_setup
     torch.manual_seed(1)
     scfg = StudentConfig(vocab_size=tok.get_vocab_size(), d_model=32, n_heads=2, d_ff=48, dropout=0.0,
-                         n_layers=2, abs_poly=PolySpec(4), relu_poly=PolySpec(4), recursive=recursive)
+                         n_layers=2, abs_poly=PolySpec(4), relu_poly=PolySpec(4, relu_method), recursive=recursive)
     student = Student(scfg)
     with torch.no_grad():  # large embeddings: activations far from the exact-form ones after a crude fit
         student.word.weight.mul_(4.0)
@@ -141,6 +142,9 @@ def test_poly_calibration_covers_what_the_polynomials_see(tiny_setup, recursive)
     ratios = {n: float(m.max_ratio) for n, m in student.nonlinearities()}
     assert max(ratios.values()) <= (1 + 1e-3) / 1.1, ratios  # the margin, up to float32 and the last sweep
     assert set(bounds) == set(ratios)
+    weighted = [m for _, m in student.nonlinearities() if m.spec.weighted]
+    assert len(weighted) == (4 if relu_method == "weighted" else 0)
+    assert all(m.fit.method == "weighted" and m.density is None for m in weighted)
 
 
 @needs_teacher

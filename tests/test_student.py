@@ -174,3 +174,59 @@ def test_dot_product_exact_form_calibrates_its_substitute() -> None:
     model(ids, mask)
     ratios = [float(m.max_ratio) for name, m in model.nonlinearities() if "attn" in name]
     assert ratios and all(r > 0 for r in ratios)
+
+
+@settings(max_examples=15, deadline=None)
+@given(kind=st.sampled_from(["abs", "relu"]), degree=st.sampled_from([6, 14]), bound=st.floats(0.5, 30.0),
+       centre=st.floats(-0.6, 0.6), seed=st.integers(0, 10_000))
+def test_weighted_fit_follows_the_observed_inputs(kind: str, degree: int, bound: float, centre: float, seed: int) -> None:
+    """A weighted non-linearity refuses poly form until fitted; fitted to a histogram of its inputs, its
+    poly form is B * fit(x / B) of that histogram's fit, and the fit survives a save/load round trip."""
+    from he_inhibitor.approx import weighted_fit
+
+    nl = Nonlinearity(kind, bound, PolySpec(degree, "weighted")).double()
+    g = torch.Generator().manual_seed(seed)
+    x = (centre + 0.1 * torch.randn(4000, generator=g, dtype=torch.float64)).clamp(-1, 1) * bound
+    nl.set_form("poly")
+    with pytest.raises(RuntimeError, match="not made yet"):
+        nl(x)
+    nl.set_form("exact")
+    nl.collect_density(True)
+    nl(x)
+    hist = nl.density.numpy().copy()
+    nl.fit_to_density()
+    nl.collect_density(False)
+    assert hist.sum() == x.numel()
+    want = bound * weighted_fit(kind, degree, hist).__call__((x / bound).numpy())
+    nl.set_form("poly")
+    torch.testing.assert_close(nl(x), torch.from_numpy(want), rtol=0, atol=bound * 1e-6)
+    assert nl.fit.method == "weighted" and nl.fit.degree == degree
+    back = Nonlinearity(kind, bound, PolySpec(degree, "weighted")).double()
+    back.load_state_dict({k: v.float() for k, v in nl.state_dict().items()})  # saved buffers are float32
+    back.set_form("poly")
+    torch.testing.assert_close(back(x), nl(x), rtol=0, atol=bound * 1e-5)
+
+
+def test_weighted_student_round_trip(tmp_path) -> None:
+    """A student with weighted fits keeps them through save_student/load_student (buffers stay float32)."""
+    torch.manual_seed(3)
+    tiny = {**TINY, "relu_poly": PolySpec(8, "weighted")}
+    model = Student(StudentConfig(**tiny)).eval()
+    ids, mask = batch()
+    for _, m in model.nonlinearities():
+        if m.spec.weighted:
+            m.collect_density(True)
+    model(ids, mask)
+    for _, m in model.nonlinearities():
+        if m.spec.weighted:
+            m.fit_to_density()
+            m.collect_density(False)
+    model.set_form("poly")
+    save_student(model, tmp_path)
+    loaded = load_student(tmp_path).set_form("poly")
+    for (_, a), (_, b) in zip(model.nonlinearities(), loaded.nonlinearities()):
+        if a.spec.weighted:
+            np.testing.assert_allclose(b.fit.coeffs, a.fit.coeffs, rtol=1e-6)
+    assert (loaded(ids, mask) - model(ids, mask)).abs().max() < 1e-2
+    with pytest.raises(ValueError, match="not fitted to data"):
+        Nonlinearity("relu", 1.0, PolySpec(8)).fit_to_density()

@@ -6,8 +6,12 @@ evaluates*: ``B * p(x / B)`` with ``p`` a fit on [-1, 1] from
 encrypted model the trained model rather than an approximation of it.
 
 Each module also watches its inputs: the running maximum of ``|x| / B``
-(for calibrating ``B`` and for the simulator's range report) and a range
-penalty that pushes inputs back inside ``[-(1 - margin) B, (1 - margin) B]``.
+(for calibrating ``B`` and for the simulator's range report), a range
+penalty that pushes inputs back inside ``[-(1 - margin) B, (1 - margin) B]``,
+and, on request, a histogram of ``x / B`` from which a ``weighted`` fit is
+made (``he_inhibitor.approx.weighted_fit``). A weighted fit depends on data,
+not only on its degree, so its coefficients are a buffer saved with the
+weights (``poly_coeffs``): the circuit compiles those very coefficients.
 """
 
 from __future__ import annotations
@@ -17,15 +21,29 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from he_inhibitor.approx.fit import DATA_METHODS, DEFAULT_WEIGHT_FLOOR
+
 FORMS = ("exact", "poly")
+
+
+DENSITY_BINS = 400  # histogram of x / B over [-1, 1] for weighted fits: 0.005 B per bin
 
 
 @dataclass(frozen=True)
 class PolySpec:
-    """Which fit a non-linearity uses in ``poly`` form (the interval is always [-1, 1])."""
+    """Which fit a non-linearity uses in ``poly`` form (the interval is always [-1, 1]).
+
+    ``method``: an ``he_inhibitor.approx`` method, or ``weighted`` (fitted to the
+    calibration data's inputs; ``floor`` is its uniform weight relative to the peak).
+    """
 
     degree: int
     method: str = "remez"
+    floor: float = DEFAULT_WEIGHT_FLOOR
+
+    @property
+    def weighted(self) -> bool:
+        return self.method in DATA_METHODS
 
 
 class Nonlinearity(nn.Module):
@@ -43,17 +61,54 @@ class Nonlinearity(nn.Module):
         self.register_buffer("bound", torch.tensor(float(bound)))
         self.register_buffer("max_ratio", torch.zeros(()))
         self.penalty: torch.Tensor | None = None
+        self.density: torch.Tensor | None = None  # histogram of x / B while collecting
         self._fit = None
         self._parts: tuple[list[float], list[float]] | None = None
+        if spec.weighted:
+            self._add_coeff_buffer()
+
+    def _add_coeff_buffer(self) -> None:
+        # all zeros until fit_to_density: poly form refuses to run on an unfitted weighted fit
+        self.register_buffer("poly_coeffs", torch.zeros(self.spec.degree + 1, dtype=torch.float64))
 
     @property
     def fit(self):
         """The approximation-library fit on [-1, 1] (built lazily: exact form never needs it)."""
         if self._fit is None:
-            from he_inhibitor.approx import fit
+            from he_inhibitor.approx import fit, series_fit
 
-            self._fit = fit(self.kind, self.spec.degree, (-1.0, 1.0), self.spec.method)
+            if self.spec.weighted:
+                coeffs = self.poly_coeffs.double().tolist()
+                if not any(coeffs):
+                    raise RuntimeError(f"{self.kind}: its weighted fit is not made yet (calibrate the student first)")
+                self._fit = series_fit(self.kind, coeffs, self.spec.method)
+            else:
+                self._fit = fit(self.kind, self.spec.degree, (-1.0, 1.0), self.spec.method)
         return self._fit
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        if self.spec.weighted and prefix + "poly_coeffs" not in state_dict:
+            # weights from before the fit was made (an exact-phase checkpoint): stay unfitted,
+            # and poly form refuses to run until calibration fits it
+            state_dict[prefix + "poly_coeffs"] = torch.zeros_like(self.poly_coeffs)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._fit, self._parts = None, None  # loaded coefficients replace any cached fit
+
+    def collect_density(self, on: bool) -> None:
+        """Start (a zeroed histogram) or stop accumulating the histogram of x / B."""
+        self.density = torch.zeros(DENSITY_BINS, dtype=torch.float64) if on else None
+
+    def fit_to_density(self) -> None:
+        """Make the weighted fit from the histogram collected since ``collect_density(True)``."""
+        from he_inhibitor.approx import weighted_fit
+
+        if not self.spec.weighted:
+            raise ValueError(f"{self.kind}: fit method {self.spec.method!r} is not fitted to data")
+        if self.density is None or float(self.density.sum()) == 0:
+            raise RuntimeError(f"{self.kind}: no inputs observed to fit to (collect_density first)")
+        f = weighted_fit(self.kind, self.spec.degree, self.density.numpy(), self.spec.floor)
+        self.poly_coeffs.copy_(torch.tensor(f.coeffs, dtype=self.poly_coeffs.dtype))
+        self._fit, self._parts = None, None
 
     def parity_parts(self) -> tuple[list[float], list[float]]:
         """p(t) = E(t^2) + t O(t^2): monomial coefficients of E and O, lowest first.
@@ -80,8 +135,15 @@ class Nonlinearity(nn.Module):
         return ParityPoly.apply(t, *self.parity_parts())
 
     def set_spec(self, spec: PolySpec) -> None:
-        """Use another fit in poly form (drops the cached fit and its parity parts)."""
+        """Use another fit in poly form (drops the cached fit and its parity parts).
+
+        A weighted spec starts unfitted: ``fit_to_density`` makes it.
+        """
         self.spec, self._fit, self._parts = spec, None, None
+        if spec.weighted:
+            self._add_coeff_buffer()
+        elif "poly_coeffs" in self._buffers:
+            del self._buffers["poly_coeffs"]
 
     def set_form(self, form: str) -> None:
         if form not in FORMS:
@@ -98,6 +160,9 @@ class Nonlinearity(nn.Module):
         bound = self.bound.to(x.dtype)
         ratio = x.detach().abs().max() / bound if x.numel() else x.new_zeros(())
         self.max_ratio = torch.maximum(self.max_ratio, ratio.to(self.max_ratio.dtype))
+        if self.density is not None:
+            t = (x.detach() / bound).clamp(-1.0, 1.0).double()
+            self.density += torch.histc(t, DENSITY_BINS, -1.0, 1.0)
         if self.training:
             excess = torch.relu(x.abs() / bound - (1.0 - self.margin))
             self.penalty = (excess * excess).mean()

@@ -238,16 +238,21 @@ CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
 
 
 def save_student(model: Student, out_dir: str | Path, half: bool = True) -> Path:
-    """Write config.json and model.safetensors (matrices in float16, small buffers in float32)."""
+    """Write config.json and model.safetensors (weight tensors in float16, scalars and buffers in float32).
+
+    Buffers (bounds, frozen norm statistics, weighted fits' coefficients) stay
+    float32: float16's 3 digits would move a fitted polynomial by more than its error.
+    """
     from safetensors.torch import save_file
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    params = {name for name, _ in model.named_parameters()}
     state = {}
     for name, t in model.state_dict().items():
         t = t.detach().cpu().contiguous()
         if t.is_floating_point():
-            t = t.to(torch.float16 if half and t.dim() >= 1 and t.numel() > 1 else torch.float32)
+            t = t.to(torch.float16 if half and name in params and t.numel() > 1 else torch.float32)
         state[name] = t
     save_file(state, str(out / WEIGHTS_FILE))
     cfg = asdict(model.cfg)
