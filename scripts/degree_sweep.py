@@ -7,10 +7,13 @@ training in between. This is what a poly phase starts from, so it shows which
 fit the student has to be trained around and which it does not.
 
     python scripts/degree_sweep.py --run runs/concat_b --settings 14,14,14 30,14,14 14,30,14 14,30,30 30,30,30 \
-        --json docs/distillation/degree_sweep.json
+        14,14w,14 14,14w,14w 14,12w,14 --json docs/distillation/degree_sweep.json
 
 A setting is ``abs,attn_relu,ffn_relu`` degrees (each even: the fits are on
-[-1, 1], through |x|).
+[-1, 1]). A degree followed by ``w`` (``14w``) is a weighted fit
+(``he_inhibitor.approx.weighted_fit``), made from 25 random training batches
+in call order with the fits before it in place (``distill.refit_weighted``);
+it needs the teacher's training cache (``--teacher``).
 """
 
 from __future__ import annotations
@@ -22,24 +25,38 @@ from pathlib import Path
 import torch
 
 from he_inhibitor.data import default_data_dir, load_sst2
-from he_inhibitor.distill import evaluate
+from he_inhibitor.distill import Batches, evaluate, refit_weighted
 from he_inhibitor.model.nonlinear import PolySpec
 from he_inhibitor.model.student import load_student
-from he_inhibitor.vocab import load_tokenizer
+from he_inhibitor.teacher_cache import build_cache
+from he_inhibitor.vocab import load_tokenizer, load_unpadded, teacher_to_student_ids
 
 
-def setting(text: str) -> tuple[int, int, int]:
+Setting = tuple[str, str, str]
+
+
+def setting(text: str) -> Setting:
     parts = text.split(",")
-    if len(parts) != 3 or not all(p.isdigit() and int(p) >= 2 and int(p) % 2 == 0 for p in parts):
-        raise argparse.ArgumentTypeError(f"{text!r}: expected three even degrees abs,attn_relu,ffn_relu, e.g. 14,30,14")
-    return int(parts[0]), int(parts[1]), int(parts[2])
+    ok = lambda p: p.removesuffix("w").isdigit() and int(p.removesuffix("w")) >= 2 and int(p.removesuffix("w")) % 2 == 0  # noqa: E731
+    if len(parts) != 3 or not all(ok(p) for p in parts):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected three even degrees abs,attn_relu,ffn_relu, each optionally weighted, e.g. 14,14w,14")
+    return parts[0], parts[1], parts[2]
 
 
-def degree_of(name: str, degrees: tuple[int, int, int]) -> int:
-    """The degree for module ``name`` (``layers.i.attn.abs_fn``, ``layers.i.attn.relu_fn``, ``layers.i.ffn.relu_fn``)."""
-    if name.endswith("abs_fn"):
-        return degrees[0]
-    return degrees[1] if ".attn." in name else degrees[2]
+def spec_of(name: str, degrees: Setting) -> PolySpec:
+    """The fit for module ``name`` (``layers.i.attn.abs_fn``, ``layers.i.attn.relu_fn``, ``layers.i.ffn.relu_fn``)."""
+    text = degrees[0] if name.endswith("abs_fn") else degrees[1] if ".attn." in name else degrees[2]
+    return PolySpec(int(text.removesuffix("w")), "weighted" if text.endswith("w") else "remez")
+
+
+def training_batches(teacher: Path, data_dir: Path, tokenizer, max_len: int) -> Batches:
+    """Batches of 64 from the teacher's cache of SST-2 train (built on first use)."""
+    if not (teacher / "config.json").is_file():
+        raise SystemExit(f"error: --teacher {teacher}: not a teacher directory (weighted fits need its training cache)")
+    sentences, labels = load_sst2(data_dir, "train")
+    cache = build_cache(teacher, sentences, labels, Path("runs/cache"), max_len=max_len)
+    return Batches(cache, teacher_to_student_ids(load_unpadded(teacher), tokenizer), 64, 0, need_attn=False)
 
 
 def main() -> None:
@@ -47,6 +64,8 @@ def main() -> None:
     p.add_argument("--run", type=Path, required=True, help="distill output with checkpoint-exact.pt and metrics.json")
     p.add_argument("--settings", type=setting, nargs="+", required=True)
     p.add_argument("--data-dir", type=Path, default=None)
+    p.add_argument("--teacher", type=Path, default=Path("../shared/models/minilm-l6-sst2"),
+                   help="teacher directory, for the training cache that weighted fits are made from")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args()
     data_dir = args.data_dir or default_data_dir()
@@ -67,13 +86,17 @@ def main() -> None:
     for name, m in student.nonlinearities():
         m.bound.fill_(bounds[name])
     exact = evaluate(student.set_form("exact"), tokenizer, sentences, labels)
+    batches = None
     rows = []
     for degrees in args.settings:
         for name, m in student.nonlinearities():
-            m.set_spec(PolySpec(degree_of(name, degrees)))
+            m.set_spec(spec_of(name, degrees))
+        if any(d.endswith("w") for d in degrees):
+            batches = batches or training_batches(args.teacher, Path(data_dir), tokenizer, student.cfg.max_len)
+            refit_weighted(student, batches, 25)
         acc = evaluate(student.set_form("poly"), tokenizer, sentences, labels)
         rows.append({"abs": degrees[0], "attn_relu": degrees[1], "ffn_relu": degrees[2], "dev_poly": acc})
-        print(f"abs {degrees[0]:2d}  attention ReLU {degrees[1]:2d}  FFN ReLU {degrees[2]:2d}: dev {acc:.4f}", flush=True)
+        print(f"abs {degrees[0]:>3}  attention ReLU {degrees[1]:>3}  FFN ReLU {degrees[2]:>3}: dev {acc:.4f}", flush=True)
     out = {"run": str(args.run), "dev_exact": exact, "bounds": bounds, "settings": rows}
     print(f"exact form: dev {exact:.4f}")
     if args.json:
