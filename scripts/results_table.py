@@ -35,7 +35,7 @@ def summarize(run: Path) -> dict:
         "layer_map": cfg["layer_map"],
         "embedding_init": "(init)" if "init" in m else cfg.get("embedding_init", "table"),
         "augment": augment(cfg.get("augment", {})) + (f"; poly phase {augment(cfg['augment_poly'])}" if cfg.get("augment_poly") else ""),
-        "poly_degree": f"{s['abs_poly']['degree']}/{s['relu_poly']['degree']}",
+        "poly_degree": f"{fit_label(s['abs_poly'])}/{fit_label(s['relu_poly'])}",
         "train_rows": cfg["limit"] or 67349,
         "epochs": f"{m['init']} + {cfg['epochs_poly']}" if "init" in m else f"{cfg['epochs_exact']}+{cfg['epochs_poly']}",
         # dev after the exact phase, then in poly form before the poly phase trains (after calibration):
@@ -47,6 +47,11 @@ def summarize(run: Path) -> dict:
         "parameters": m["parameters"],
         "command": command(run, m),
     }
+
+
+def fit_label(spec: dict) -> str:
+    """A fit's degree, with "w" for a weighted fit (least squares under the calibration inputs)."""
+    return f"{spec['degree']}" + ("w" if spec.get("method") == "weighted" else "")
 
 
 def augment(a: dict) -> str:
