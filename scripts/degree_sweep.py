@@ -7,7 +7,7 @@ training in between. This is what a poly phase starts from, so it shows which
 fit the student has to be trained around and which it does not.
 
     python scripts/degree_sweep.py --run runs/concat_b --settings 14,14,14 30,14,14 14,30,14 14,30,30 30,30,30 \
-        14,14w,14 14,14w,14w 14,12w,14 --json docs/distillation/degree_sweep.json
+        14,14w,14 14,14w,14w 14,12w,14 --inputs --json docs/distillation/degree_sweep.json
 
 A setting is ``abs,attn_relu,ffn_relu`` degrees (each even: the fits are on
 [-1, 1]). A degree followed by ``w`` (``14w``) is a weighted fit
@@ -22,6 +22,7 @@ import argparse
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from he_inhibitor.data import default_data_dir, load_sst2
@@ -59,6 +60,26 @@ def training_batches(teacher: Path, data_dir: Path, tokenizer, max_len: int) -> 
     return Batches(cache, teacher_to_student_ids(load_unpadded(teacher), tokenizer), 64, 0, need_attn=False)
 
 
+@torch.no_grad()
+def input_masses(student, batches: Batches, n_batches: int) -> dict[str, dict[str, float]]:
+    """Per non-linearity, the fraction of its inputs t = x / B in a few ranges (exact form, random batches)."""
+    mods = student.nonlinearities()
+    for _, m in mods:
+        m.collect_density(True)
+    student.set_form("exact").eval()
+    for rows in batches.order(epoch=10_000)[:n_batches]:
+        b = batches.collate(rows)
+        student(b["ids"], b["mask"])
+    out = {}
+    for name, m in mods:
+        d = m.density.numpy() / float(m.density.sum())
+        t = np.linspace(-1.0, 1.0, 2 * d.size + 1)[1::2]
+        out[name] = {"|t|<0.1": float(d[np.abs(t) < 0.1].sum()), "|t|>0.5": float(d[np.abs(t) > 0.5].sum()),
+                     "t<0": float(d[t < 0].sum())}
+        m.collect_density(False)
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--run", type=Path, required=True, help="distill output with checkpoint-exact.pt and metrics.json")
@@ -66,6 +87,8 @@ def main() -> None:
     p.add_argument("--data-dir", type=Path, default=None)
     p.add_argument("--teacher", type=Path, default=Path("../shared/models/minilm-l6-sst2"),
                    help="teacher directory, for the training cache that weighted fits are made from")
+    p.add_argument("--inputs", action="store_true",
+                   help="also report where each non-linearity's inputs x / B fall (25 random training batches, exact form)")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args()
     data_dir = args.data_dir or default_data_dir()
@@ -87,6 +110,12 @@ def main() -> None:
         m.bound.fill_(bounds[name])
     exact = evaluate(student.set_form("exact"), tokenizer, sentences, labels)
     batches = None
+    inputs = {}
+    if args.inputs:  # where each fit's inputs fall, in exact form: why minimax fits lose and weighted ones do not
+        batches = training_batches(args.teacher, Path(data_dir), tokenizer, student.cfg.max_len)
+        inputs = input_masses(student, batches, 25)
+        for name, row in inputs.items():
+            print(f"{name}: " + ", ".join(f"{k} {v:.4f}" for k, v in row.items()))
     rows = []
     for degrees in args.settings:
         for name, m in student.nonlinearities():
@@ -97,7 +126,7 @@ def main() -> None:
         acc = evaluate(student.set_form("poly"), tokenizer, sentences, labels)
         rows.append({"abs": degrees[0], "attn_relu": degrees[1], "ffn_relu": degrees[2], "dev_poly": acc})
         print(f"abs {degrees[0]:>3}  attention ReLU {degrees[1]:>3}  FFN ReLU {degrees[2]:>3}: dev {acc:.4f}", flush=True)
-    out = {"run": str(args.run), "dev_exact": exact, "bounds": bounds, "settings": rows}
+    out = {"run": str(args.run), "dev_exact": exact, "bounds": bounds, "settings": rows, "inputs": inputs}
     print(f"exact form: dev {exact:.4f}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
