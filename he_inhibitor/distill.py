@@ -68,7 +68,8 @@ class DistillConfig:
     warmup: float = 0.06
     epochs_exact: int = 4
     # fractions allowed: the poly phase only adapts a trained student. 0 skips it: with weighted
-    # fits the calibrated poly form is within 0.3 point of exact, and 0.1 epoch of poly training lost 1
+    # fits the calibrated poly form is at or within 0.35 point of exact (runs/weighted, runs/wcat0),
+    # and 0.1 epoch of poly training on top lost a point (runs/wcat)
     epochs_poly: float = 1.0
     lr_poly: float = 5e-4
     calibration_batches: int = 200

@@ -199,16 +199,17 @@ def weighted_fit(fn: str, degree: int, density: np.ndarray, floor: float = DEFAU
     """Least-squares fit of `fn` (abs or relu) on [-1, 1], weighted by where its inputs fall.
 
     Minimax (Remez) spends its degree evenly over [-1, 1], but the bound B is
-    set by the rare largest input: the attention ReLU of a trained inhibitor
-    sees |t| < 0.1 for 60% of its inputs, where a degree-14 minimax fit is as
-    wrong as anywhere (1% of B), and its error is summed over every key. This
+    set by the rare largest input: the second attention ReLU of a trained
+    inhibitor sees |t| < 0.1 for 56% of its inputs (scripts/degree_sweep.py
+    --inputs), where a degree-14 minimax fit is as wrong as anywhere (1% of
+    B), and its error is summed over every key. This
     fit minimises sum w(t) (p(t) - fn(t))^2 with w the observed density of t
     (`density`: histogram counts over equal bins of [-1, 1], e.g. from
     training data) plus `floor` times its peak, so the fit stays bounded
     where inputs are rare. Its max_error over [-1, 1] is larger than minimax's
     (it is still measured, and is what the simulator's bounds use). Where
-    the inputs are, its RMS error is 2-3x smaller and, above all, its mean
-    error is zero (T_0 is a fitted term, so the residual is orthogonal to
+    the inputs are, its RMS error is smaller and, above all, its mean error
+    is zero (T_0 is a fitted term, so the residual is orthogonal to
     constants under w): minimax's error has a sign that persists over a
     cluster of inputs, and a sum over 30-55 keys multiplies that bias.
 
@@ -216,9 +217,7 @@ def weighted_fit(fn: str, degree: int, density: np.ndarray, floor: float = DEFAU
     minimax fit's cost. ReLU is fitted directly with every term: its inputs
     are rarely symmetric (the attention's V - Z is mostly negative) and the
     odd terms follow that. It costs one non-scalar multiplication more than
-    minimax's t/2 + even part at degree 14 (7, same depth 4); restricted to
-    those terms the inhibitor student lost 1.4 points of dev accuracy
-    (0.8200 against 0.8337, the exact student's 0.8349).
+    minimax's t/2 + even part at degree 14 (7, same depth 4).
     """
     dens = np.asarray(density, dtype=float)
     if fn not in ("abs", "relu"):
