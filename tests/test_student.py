@@ -230,3 +230,11 @@ def test_weighted_student_round_trip(tmp_path) -> None:
     assert (loaded(ids, mask) - model(ids, mask)).abs().max() < 1e-2
     with pytest.raises(ValueError, match="not fitted to data"):
         Nonlinearity("relu", 1.0, PolySpec(8)).fit_to_density()
+
+
+@pytest.mark.parametrize("bad,match", [({"method": "weightd"}, "unknown fit method"), ({"degree": 0}, "degree"),
+                                       ({"floor": 0.0}, "floor")])
+def test_bad_poly_spec_refused_at_config_load(bad: dict, match: str) -> None:
+    """A misspelt fit fails when the config is read, not after an exact phase."""
+    with pytest.raises(ValueError, match=match):
+        StudentConfig.from_dict({"relu_poly": {"degree": 14, **bad}})

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from he_inhibitor.approx.fit import DATA_METHODS, DEFAULT_WEIGHT_FLOOR
+from he_inhibitor.approx.fit import DATA_METHODS, DEFAULT_WEIGHT_FLOOR, METHODS
 
 FORMS = ("exact", "poly")
 
@@ -40,6 +40,15 @@ class PolySpec:
     degree: int
     method: str = "remez"
     floor: float = DEFAULT_WEIGHT_FLOOR
+
+    def __post_init__(self) -> None:
+        # refused here, at config load, not after an exact phase when calibration first needs the fit
+        if self.method not in METHODS + DATA_METHODS:
+            raise ValueError(f"unknown fit method {self.method!r}; expected one of {METHODS + DATA_METHODS}")
+        if int(self.degree) != self.degree or self.degree < 1:
+            raise ValueError(f"fit degree must be a positive integer, not {self.degree!r}")
+        if not self.floor > 0:
+            raise ValueError(f"a weighted fit's floor must be > 0, not {self.floor!r}")
 
     @property
     def weighted(self) -> bool:
