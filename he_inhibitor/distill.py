@@ -246,6 +246,15 @@ class Batches:
         return batch
 
 
+def training_batches(teacher_dir: Path, data_dir: Path, tokenizer, max_len: int,
+                     cache_dir: Path = Path("runs/cache"), batch_size: int = 64) -> Batches:
+    """Batches of SST-2 train from the teacher's cache (built on first use), in ``tokenizer``'s ids."""
+    sentences, labels = load_sst2(data_dir, "train")
+    cache = build_cache(teacher_dir, sentences, labels, cache_dir, max_len=max_len)
+    id_map = teacher_to_student_ids(load_unpadded(teacher_dir), tokenizer)
+    return Batches(cache, id_map, batch_size, 0, need_attn=False)
+
+
 @torch.no_grad()
 def predict(student: Student, tokenizer, sentences: list[str], batch_size: int = 128, truncate: bool = False) -> np.ndarray:
     """Predicted labels through the real inference path: the student's own tokenizer (no truncation unless asked)."""

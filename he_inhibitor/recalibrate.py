@@ -21,22 +21,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from he_inhibitor.data import default_data_dir, load_sst2
-from he_inhibitor.distill import Batches, calibrate, refit_weighted
+from he_inhibitor.data import default_data_dir
+from he_inhibitor.distill import calibrate, refit_weighted, training_batches
 from he_inhibitor.model.student import load_student, save_student
-from he_inhibitor.teacher_cache import build_cache
-from he_inhibitor.vocab import TOKENIZER_FILE, load_tokenizer, load_unpadded, teacher_to_student_ids
+from he_inhibitor.vocab import TOKENIZER_FILE, load_tokenizer
 
 
 def recalibrate(model_dir: Path, teacher_dir: Path, data_dir: Path, out: Path, n_batches: int = 25,
                 margin: float = 0.1, cache_dir: Path = Path("runs/cache")) -> dict[str, list[float]]:
     """Save into ``out`` the student of ``model_dir`` with widened bounds; returns {name: [old, new]}."""
     student = load_student(model_dir)
-    sentences, labels = load_sst2(data_dir, "train")
-    cache = build_cache(teacher_dir, sentences, labels, cache_dir, max_len=student.cfg.max_len)
-    teacher_tok = load_unpadded(teacher_dir)
-    id_map = teacher_to_student_ids(teacher_tok, load_tokenizer(model_dir))
-    batches = Batches(cache, id_map, 64, 0, need_attn=False)
+    batches = training_batches(teacher_dir, data_dir, load_tokenizer(model_dir), student.cfg.max_len, cache_dir)
     old = {name: float(m.bound) for name, m in student.nonlinearities()}
     new = calibrate(student, batches, n_batches, margin, poly_batches=n_batches, longest=True)
     for name, m in student.nonlinearities():

@@ -26,11 +26,10 @@ import numpy as np
 import torch
 
 from he_inhibitor.data import default_data_dir, load_sst2
-from he_inhibitor.distill import Batches, evaluate, refit_weighted
+from he_inhibitor.distill import Batches, evaluate, refit_weighted, training_batches
 from he_inhibitor.model.nonlinear import PolySpec
 from he_inhibitor.model.student import load_student
-from he_inhibitor.teacher_cache import build_cache
-from he_inhibitor.vocab import load_tokenizer, load_unpadded, teacher_to_student_ids
+from he_inhibitor.vocab import load_tokenizer
 
 
 Setting = tuple[str, str, str]
@@ -51,13 +50,11 @@ def spec_of(name: str, degrees: Setting) -> PolySpec:
     return PolySpec(int(text.removesuffix("w")), "weighted" if text.endswith("w") else "remez")
 
 
-def training_batches(teacher: Path, data_dir: Path, tokenizer, max_len: int) -> Batches:
-    """Batches of 64 from the teacher's cache of SST-2 train (built on first use)."""
+def batches_for(teacher: Path, data_dir: Path, tokenizer, max_len: int) -> Batches:
+    """Training batches for weighted fits and ``--inputs``; a clear error without a teacher."""
     if not (teacher / "config.json").is_file():
         raise SystemExit(f"error: --teacher {teacher}: not a teacher directory (weighted fits need its training cache)")
-    sentences, labels = load_sst2(data_dir, "train")
-    cache = build_cache(teacher, sentences, labels, Path("runs/cache"), max_len=max_len)
-    return Batches(cache, teacher_to_student_ids(load_unpadded(teacher), tokenizer), 64, 0, need_attn=False)
+    return training_batches(teacher, data_dir, tokenizer, max_len)
 
 
 @torch.no_grad()
@@ -112,7 +109,7 @@ def main() -> None:
     batches = None
     inputs = {}
     if args.inputs:  # where each fit's inputs fall, in exact form: why minimax fits lose and weighted ones do not
-        batches = training_batches(args.teacher, Path(data_dir), tokenizer, student.cfg.max_len)
+        batches = batches_for(args.teacher, Path(data_dir), tokenizer, student.cfg.max_len)
         inputs = input_masses(student, batches, 25)
         for name, row in inputs.items():
             print(f"{name}: " + ", ".join(f"{k} {v:.4f}" for k, v in row.items()))
@@ -121,7 +118,7 @@ def main() -> None:
         for name, m in student.nonlinearities():
             m.set_spec(spec_of(name, degrees))
         if any(d.endswith("w") for d in degrees):
-            batches = batches or training_batches(args.teacher, Path(data_dir), tokenizer, student.cfg.max_len)
+            batches = batches or batches_for(args.teacher, Path(data_dir), tokenizer, student.cfg.max_len)
             refit_weighted(student, batches, 25)
         acc = evaluate(student.set_form("poly"), tokenizer, sentences, labels)
         rows.append({"abs": degrees[0], "attn_relu": degrees[1], "ffn_relu": degrees[2], "dev_poly": acc})
