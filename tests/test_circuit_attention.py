@@ -29,7 +29,7 @@ def direct(q, k, v, m, n_heads, abs_fn, relu_fn, z_bias, signed):
 @st.composite
 def cases(draw):
     T = 2 ** draw(st.integers(0, 3))
-    H = draw(st.sampled_from([1, 2, 4]))
+    H = draw(st.sampled_from([1, 2, 4, 8]))
     d_h = 2 ** draw(st.integers(0, 3))
     d = H * d_h
     # blocks per ciphertext: a multiple of H, possibly fewer than d (several ciphertexts)

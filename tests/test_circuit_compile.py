@@ -15,10 +15,10 @@ from he_inhibitor.model.student import Student, StudentConfig  # noqa: E402
 T, D, H, DFF = 8, 16, 4, 32
 
 
-def random_student(signed: bool, seed: int = 0, relu_poly: PolySpec = PolySpec(14)) -> Student:
+def random_student(signed: bool, seed: int = 0, relu_poly: PolySpec = PolySpec(14), n_heads: int = H) -> Student:
     """A random-weight student of the shipped class, float64, poly form, non-trivial norms."""
     torch.manual_seed(seed)
-    cfg = StudentConfig(vocab_size=40, max_len=16, d_model=D, n_heads=H, d_ff=DFF, n_layers=2,
+    cfg = StudentConfig(vocab_size=40, max_len=16, d_model=D, n_heads=n_heads, d_ff=DFF, n_layers=2,
                         dropout=0.0, signed=signed, relu_poly=relu_poly)
     model = Student(cfg).double().eval().set_form("poly")
     with torch.no_grad():
@@ -40,9 +40,10 @@ def sentence(model: Student, n_valid: int, seed: int = 1):
         return model(tok, m)[0].numpy(), model.embed(tok, m)[0].numpy(), m[0].numpy()
 
 
-@pytest.mark.parametrize("n_slots,signed,max_level", [(256, False, None), (256, True, None), (128, False, 12), (512, False, None)])
-def test_plain_executor_equals_torch_student(n_slots, signed, max_level):
-    model = random_student(signed)
+@pytest.mark.parametrize("n_slots,signed,max_level,n_heads", [
+    (256, False, None, H), (256, True, None, H), (128, False, 12, H), (512, False, None, H), (256, False, None, 8)])
+def test_plain_executor_equals_torch_student(n_slots, signed, max_level, n_heads):
+    model = random_student(signed, n_heads=n_heads)
     comp = compile_student(from_torch(model), T, n_slots, max_level)
     for n_valid in (T, 3):
         want, x0, m = sentence(model, n_valid)
