@@ -1,6 +1,11 @@
 """Distillation results: a markdown table (and optionally JSON) with one row per run directory.
 
     python scripts/results_table.py runs/ablations/*/ [--json docs/distillation/ablations.json]
+    python scripts/results_table.py runs/NEW/ --merge docs/distillation/results.json --json docs/distillation/results.json
+
+``--merge`` keeps the rows of an earlier table whose run directories are gone
+(``runs/`` is not committed); a run given on the command line replaces the
+row of the same name.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ def summarize(run: Path) -> dict:
     return {
         "run": run.name,
         "attention": s["attention"] + (" signed" if s["signed"] else "") + (" recursive" if s["recursive"] else ""),
+        "heads": s["n_heads"],
         "losses": "+".join(k for k in ("kd", "ce", "hidden", "emb", "attn", "range") if loss[k] > 0),
         "layer_map": cfg["layer_map"],
         "embedding_init": "(init)" if "init" in m else cfg.get("embedding_init", "table"),
@@ -49,6 +55,19 @@ def summarize(run: Path) -> dict:
     }
 
 
+def heads_of(row: dict) -> int:
+    """Heads of a row written before the table had that column: from the config its command names.
+
+    Such rows' configs either set ``student.n_heads`` or leave StudentConfig's default.
+    """
+    from he_inhibitor.model.student import StudentConfig
+
+    words = row["command"].split()
+    cfg = Path(words[words.index("--config") + 1]) if "--config" in words else None
+    student = json.loads(cfg.read_text()).get("student", {}) if cfg is not None and cfg.is_file() else {}
+    return int(student.get("n_heads", StudentConfig.n_heads))
+
+
 def fit_label(spec: dict) -> str:
     """A fit's degree, with "w" for a weighted fit (least squares under the calibration inputs)."""
     return f"{spec['degree']}" + ("w" if spec.get("method") == "weighted" else "")
@@ -63,7 +82,7 @@ def augment(a: dict) -> str:
 
 
 def markdown(rows: list[dict]) -> str:
-    cols = ["run", "attention", "losses", "layer_map", "embedding_init", "augment", "poly_degree", "train_rows", "epochs", "exact_phase", "poly_start", "dev_exact", "dev_poly", "parameters"]
+    cols = ["run", "attention", "heads", "losses", "layer_map", "embedding_init", "augment", "poly_degree", "train_rows", "epochs", "exact_phase", "poly_start", "dev_exact", "dev_poly", "parameters"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         lines.append("| " + " | ".join(f"{r[c]:.4f}" if isinstance(r[c], float) else str(r[c]) for c in cols) + " |")
@@ -74,8 +93,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("runs", nargs="+", type=Path)
     ap.add_argument("--json", type=Path, default=None, help="also write the rows as JSON")
+    ap.add_argument("--merge", type=Path, default=None, help="an earlier --json table whose rows are kept after the new ones")
     args = ap.parse_args()
     rows = [summarize(r) for r in args.runs if (r / "metrics.json").is_file()]
+    if args.merge:
+        new = {r["run"] for r in rows}
+        rows += [{**r, "heads": r.get("heads") or heads_of(r)} for r in json.loads(args.merge.read_text()) if r["run"] not in new]
     print(markdown(rows))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
