@@ -310,7 +310,7 @@ def refit_weighted(student: Student, batches: Batches, n_batches: int, longest: 
     student.set_form("exact")
     order = _call_order(student, batches, 1, longest)
     try:
-        for m in order:  # those before m in poly form, m and those after it still exact
+        for m in tqdm(order, desc="refit weighted fits", unit="non-linearity", leave=False):  # those before m in poly form, m and those after it still exact
             if m.spec.weighted:
                 _fit_densities(student, batches, n_batches, longest, [m])
             m.set_form("poly")
@@ -376,7 +376,7 @@ def calibrate(student: Student, batches: Batches, n_batches: int, margin: float,
         student.set_form("poly")
         for _ in range(2 * student.cfg.n_layers if student.cfg.recursive else 1):
             before = [float(m.bound) for _, m in nl]
-            for name, m in nl:
+            for name, m in tqdm(nl, desc="calibrate in poly form", unit="non-linearity", leave=False):
                 _observe(student, batches, poly_batches, longest)
                 widen(name, m, float(m.bound))
                 if m.spec.weighted:
