@@ -55,19 +55,6 @@ def summarize(run: Path) -> dict:
     }
 
 
-def heads_of(row: dict) -> int:
-    """Heads of a row written before the table had that column: from the config its command names.
-
-    Such rows' configs either set ``student.n_heads`` or leave StudentConfig's default.
-    """
-    from he_inhibitor.model.student import StudentConfig
-
-    words = row["command"].split()
-    cfg = Path(words[words.index("--config") + 1]) if "--config" in words else None
-    student = json.loads(cfg.read_text()).get("student", {}) if cfg is not None and cfg.is_file() else {}
-    return int(student.get("n_heads", StudentConfig.n_heads))
-
-
 def fit_label(spec: dict) -> str:
     """A fit's degree, with "w" for a weighted fit (least squares under the calibration inputs)."""
     return f"{spec['degree']}" + ("w" if spec.get("method") == "weighted" else "")
@@ -97,8 +84,12 @@ def main() -> None:
     args = ap.parse_args()
     rows = [summarize(r) for r in args.runs if (r / "metrics.json").is_file()]
     if args.merge:
+        try:
+            kept = json.loads(args.merge.read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise SystemExit(f"error: --merge {args.merge}: {err}")
         new = {r["run"] for r in rows}
-        rows += [{**r, "heads": r.get("heads") or heads_of(r)} for r in json.loads(args.merge.read_text()) if r["run"] not in new]
+        rows += [r for r in kept if r["run"] not in new]
     print(markdown(rows))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
