@@ -9,6 +9,13 @@ are computed on the fly and the student imitates those. Every perturbed
 sentence is a new point of the teacher's function, so the student sees far
 more of it than the training phrases show.
 
+A word drawn from the unigram distribution is mostly "the" or "a": a
+perturbation, but rarely one that tests what the student knows of a word.
+``p_neighbour`` replaces a whole word by one of its nearest words instead
+(TinyBERT's augmentation, arXiv 1909.10351, with the fine-tuned teacher's own
+token vectors in place of GloVe): "good" by "decent" or "great", inputs near
+the teacher's decision boundary that the training phrases never show.
+
 Joining phrases (``concat``) targets length. Training phrases have a median
 of 10 word pieces, dev sentences of 25; the student's dev accuracy fell
 from 0.92 on sentences under 12 pieces to 0.78 on those over 36, where the
@@ -32,24 +39,52 @@ class AugmentConfig:
     p_mask: float = 0.1  # a word piece becomes [MASK]
     p_replace: float = 0.1  # a word piece becomes a corpus word
     concat: float = 0.0  # a row is joined to another row of its batch before perturbing
+    p_neighbour: float = 0.0  # a whole word becomes one of its nearest words (others are kept)
+    neighbours: int = 15  # how many nearest words it is drawn from
 
     def __post_init__(self) -> None:
         if self.copies < 0:
             raise ValueError(f"augment.copies must be >= 0, not {self.copies}")
         if not 0 <= self.concat <= 1:
             raise ValueError(f"augment.concat is a fraction of rows in [0, 1], not {self.concat}")
-        if not (0 <= self.p_mask and 0 <= self.p_replace and self.p_mask + self.p_replace <= 1):
-            raise ValueError(f"augment probabilities must be >= 0 and sum to <= 1, not {self.p_mask}, {self.p_replace}")
+        probs = (self.p_mask, self.p_replace, self.p_neighbour)
+        if not (min(probs) >= 0 and sum(probs) <= 1):
+            raise ValueError(f"augment probabilities (mask, replace, neighbour) must be >= 0 and sum to <= 1, not {probs}")
+        if self.neighbours < 1:
+            raise ValueError(f"augment.neighbours must be >= 1, not {self.neighbours}")
+
+
+def nearest_words(vectors: np.ndarray, words: np.ndarray, k: int, chunk: int = 2048) -> np.ndarray:
+    """Each row's ``k`` nearest rows by cosine among those ``words`` marks, itself excluded: [V, k] row indices.
+
+    ``vectors`` [V, d] holds one token vector per row, ``words`` [V] bool the
+    rows that are whole words (the only ones that get or give neighbours);
+    other rows are -1.
+    """
+    cand = np.flatnonzero(words)
+    if len(cand) <= k:
+        raise ValueError(f"augmentation: {len(cand)} whole words are too few for {k} neighbours each")
+    unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    out = np.full((len(vectors), k), -1, np.int64)
+    for start in range(0, len(cand), chunk):
+        rows = cand[start : start + chunk]
+        sim = unit[rows] @ unit[cand].T  # [chunk, n_words]
+        sim[np.arange(len(rows)), start + np.arange(len(rows))] = -np.inf  # not itself
+        top = np.argpartition(-sim, k, axis=1)[:, :k]
+        out[rows] = cand[top]
+    return out
 
 
 def perturb(
     ids: np.ndarray, lengths: np.ndarray, cfg: AugmentConfig, mask_id: int,
-    vocab: np.ndarray, weights: np.ndarray, rng: np.random.Generator,
+    vocab: np.ndarray, weights: np.ndarray, rng: np.random.Generator, neighbours: np.ndarray | None = None,
 ) -> np.ndarray:
     """A perturbed copy of teacher ids [B, T]: inner pieces masked or replaced, [CLS]/[SEP]/padding kept.
 
     Positions 0 and ``lengths - 1`` ([CLS], [SEP]) and the padding beyond
     never change, so the copy has the same shape and mask as the original.
+    ``neighbours`` [V, k]: each teacher id's nearest words (-1 rows: none,
+    the piece is kept), needed when ``cfg.p_neighbour > 0``.
     """
     out = ids.copy()
     pos = np.arange(ids.shape[1])[None, :]
@@ -59,6 +94,12 @@ def perturb(
     replaced = inner & (u >= cfg.p_mask) & (u < cfg.p_mask + cfg.p_replace)
     out[masked] = mask_id
     out[replaced] = rng.choice(vocab, size=int(replaced.sum()), p=weights)
+    if cfg.p_neighbour > 0:
+        if neighbours is None:
+            raise ValueError("augment.p_neighbour > 0 needs a neighbour table")
+        near = inner & (u >= cfg.p_mask + cfg.p_replace) & (u < cfg.p_mask + cfg.p_replace + cfg.p_neighbour)
+        pick = neighbours[ids[near], rng.integers(0, neighbours.shape[1], int(near.sum()))]
+        out[near] = np.where(pick >= 0, pick, ids[near])
     return out
 
 
@@ -91,15 +132,20 @@ class TeacherLabeller:
     """Runs the teacher on perturbed batches and returns them in ``Batches.collate``'s format."""
 
     def __init__(self, teacher, tokenizer, cfg: AugmentConfig, corpus_ids: np.ndarray, id_map: np.ndarray,
-                 need_attn: bool, max_len: int = 64) -> None:
+                 need_attn: bool, max_len: int = 64, neighbours: np.ndarray | None = None) -> None:
         """``corpus_ids``: every teacher id of the training set; replacements follow their frequencies.
 
         ``max_len``: joined rows are cut to the student's positions.
+        ``neighbours``: [teacher vocab, k] nearest words (``nearest_words`` in
+        teacher ids), for ``cfg.p_neighbour``.
 
         ``tokenizer`` is the teacher's. Never a special token is drawn, nor a piece
         the student's vocabulary lacks (``id_map`` sends those to its [UNK]).
         """
         self.teacher, self.cfg, self.id_map, self.need_attn, self.max_len = teacher, cfg, id_map, need_attn, max_len
+        if cfg.p_neighbour > 0 and (neighbours is None or neighbours.shape[0] != len(id_map)):
+            raise ValueError(f"augment.p_neighbour > 0 needs a neighbour table with one row per teacher id ({len(id_map)})")
+        self.neighbours = neighbours
         self.mask_id = tokenizer.token_to_id("[MASK]")
         counts = np.bincount(corpus_ids, minlength=len(id_map)).astype(np.float64)
         counts[[tokenizer.token_to_id(t) for t in ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")]] = 0
@@ -116,7 +162,7 @@ class TeacherLabeller:
         if self.cfg.concat > 0:
             t_ids, lengths = concatenate(t_ids, lengths, self.cfg.concat, self.max_len, rng)
         mask = torch.from_numpy(np.arange(t_ids.shape[1])[None, :] < lengths[:, None])  # [B, T]
-        new = perturb(t_ids, lengths, self.cfg, self.mask_id, self.vocab, self.weights, rng)
+        new = perturb(t_ids, lengths, self.cfg, self.mask_id, self.vocab, self.weights, rng, self.neighbours)
         self.teacher.eval()
         res = self.teacher(input_ids=torch.from_numpy(new), attention_mask=mask.long(),
                            output_hidden_states=True, output_attentions=self.need_attn)

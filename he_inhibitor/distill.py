@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from he_inhibitor.augment import AugmentConfig, TeacherLabeller
+from he_inhibitor.augment import AugmentConfig, TeacherLabeller, nearest_words
 from he_inhibitor.data import default_data_dir, load_sst2
 from he_inhibitor.model.student import Student, StudentConfig, load_student, save_student
 from he_inhibitor.teacher_cache import TeacherCache, build_cache
@@ -457,17 +457,41 @@ def run_phase(
     state[f"dev_{name}"] = evaluate_fn()
 
 
-def new_student(cfg: DistillConfig, teacher_dir: Path, teacher_tok, tokenizer) -> Student:
-    """A fresh student for ``tokenizer``'s vocabulary, its embeddings initialised from the teacher's."""
+def student_token_vectors(teacher_dir: Path, teacher_tok, tokenizer) -> np.ndarray:
+    """``contextual_token_vectors`` of every token of the student's vocabulary, in its id order: [V, d_teacher]."""
+    vocab_ids = np.array([teacher_tok.token_to_id(tokenizer.id_to_token(i)) for i in range(tokenizer.get_vocab_size())])
+    return contextual_token_vectors(teacher_dir, vocab_ids, teacher_tok.token_to_id("[CLS]"), teacher_tok.token_to_id("[SEP]"))
+
+
+def word_neighbour_table(teacher_tok, tokenizer, vectors: np.ndarray, k: int) -> np.ndarray:
+    """[teacher vocab, k] teacher ids of each whole word's ``k`` nearest whole words (-1 rows elsewhere).
+
+    Whole words are the student's alphabetic tokens that do not continue a
+    word ("##"): a continuation piece replaced by a word would split it.
+    """
+    tokens = [tokenizer.id_to_token(i) for i in range(tokenizer.get_vocab_size())]
+    words = np.array([t.isalpha() for t in tokens])  # "##" pieces and [PAD]-like specials are not
+    near = nearest_words(vectors, words, k)  # [V_student, k] student ids
+    teacher_ids = np.array([teacher_tok.token_to_id(t) for t in tokens])
+    table = np.full((teacher_tok.get_vocab_size(), k), -1, np.int64)
+    table[teacher_ids[words]] = teacher_ids[near[words]]
+    return table
+
+
+def new_student(cfg: DistillConfig, teacher_dir: Path, teacher_tok, tokenizer, vectors: np.ndarray | None) -> Student:
+    """A fresh student for ``tokenizer``'s vocabulary, its embeddings initialised from the teacher's.
+
+    ``vectors``: ``student_token_vectors``, for the contextual initialisation.
+    """
     from safetensors.numpy import load_file
 
     cfg.student.vocab_size = tokenizer.get_vocab_size()
     student = Student(cfg.student)
     tw = load_file(str(teacher_dir / "model.safetensors"))
-    vocab_ids = np.array([teacher_tok.token_to_id(tokenizer.id_to_token(i)) for i in range(tokenizer.get_vocab_size())])
     if cfg.embedding_init == "contextual":
-        word_rows = contextual_token_vectors(teacher_dir, vocab_ids, teacher_tok.token_to_id("[CLS]"), teacher_tok.token_to_id("[SEP]"))
+        word_rows = vectors
     elif cfg.embedding_init == "table":
+        vocab_ids = np.array([teacher_tok.token_to_id(tokenizer.id_to_token(i)) for i in range(tokenizer.get_vocab_size())])
         word_rows = tw["bert.embeddings.word_embeddings.weight"].astype(np.float32)[vocab_ids]
     else:
         raise ValueError(f"embedding_init must be 'table' or 'contextual', not {cfg.embedding_init!r}")
@@ -501,7 +525,12 @@ def distill(cfg: DistillConfig, teacher_dir: Path, data_dir: Path, out: Path, ca
     teacher_tok = load_unpadded(teacher_dir)
     if init is None:
         tokenizer = make_tokenizer(trimmed_vocab(teacher_tok, sentences))
-        student = new_student(cfg, teacher_dir, teacher_tok, tokenizer)
+    augments = [a for a in (cfg.augment, cfg.augment_poly) if a is not None and a.copies > 0]
+    vectors = None
+    if (init is None and cfg.embedding_init == "contextual") or any(a.p_neighbour > 0 for a in augments):
+        vectors = student_token_vectors(teacher_dir, teacher_tok, tokenizer)
+    if init is None:
+        student = new_student(cfg, teacher_dir, teacher_tok, tokenizer, vectors)
     tokenizer.save(str(out / TOKENIZER_FILE))
     id_map = teacher_to_student_ids(teacher_tok, tokenizer)
     n_teacher = cache.hidden.shape[1] - 1
@@ -520,8 +549,9 @@ def distill(cfg: DistillConfig, teacher_dir: Path, data_dir: Path, out: Path, ca
             teacher = load_teacher(teacher_dir)
             if cfg.loss.attn > 0:
                 teacher.set_attn_implementation("eager")  # the fused kernels return no attention maps
+        neighbours = word_neighbour_table(teacher_tok, tokenizer, vectors, aug.neighbours) if aug.p_neighbour > 0 else None
         return TeacherLabeller(teacher, teacher_tok, aug, np.asarray(cache.ids), id_map,
-                               need_attn=cfg.loss.attn > 0, max_len=cfg.student.max_len)
+                               need_attn=cfg.loss.attn > 0, max_len=cfg.student.max_len, neighbours=neighbours)
 
     state: dict = {"teacher_train_agreement": float((cache.logits.argmax(1) == cache.labels).mean())}
     if init is not None:

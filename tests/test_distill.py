@@ -120,6 +120,37 @@ def test_teacher_labels_perturbed_copies(tiny_setup) -> None:
 
 
 @needs_teacher
+def test_neighbour_table_and_labeller(tiny_setup) -> None:
+    """Whole words get student words as neighbours, other pieces none; a labelled copy only swaps in neighbours."""
+    from he_inhibitor.augment import AugmentConfig, TeacherLabeller
+    from he_inhibitor.distill import student_token_vectors, word_neighbour_table
+    from he_inhibitor.teacher import load_teacher
+
+    cache, teacher_tok, tok, _ = tiny_setup
+    table = word_neighbour_table(teacher_tok, tok, student_token_vectors(TEACHER, teacher_tok, tok), 4)
+    assert table.shape == (teacher_tok.get_vocab_size(), 4)
+    for token in tok.get_vocab():
+        row = table[teacher_tok.token_to_id(token)]
+        if token.isalpha():
+            assert all(teacher_tok.id_to_token(int(i)).isalpha() and tok.token_to_id(teacher_tok.id_to_token(int(i))) is not None
+                       for i in row) and teacher_tok.token_to_id(token) not in row
+        else:
+            assert (row == -1).all()
+    id_map = teacher_to_student_ids(teacher_tok, tok)
+    batches = Batches(cache, id_map, 16, 0, need_attn=False)
+    batch = batches.collate(batches.order(0)[0])
+    teacher = load_teacher(TEACHER)
+    cfg = AugmentConfig(1, 0.0, 0.0, p_neighbour=0.5, neighbours=4)
+    out = TeacherLabeller(teacher, teacher_tok, cfg, np.asarray(cache.ids), id_map, False, neighbours=table).label(
+        batch, np.random.default_rng(0))
+    old, new = batch["t_ids"].numpy(), out["t_ids"].numpy()
+    assert (old != new).any()
+    assert all(new[r, c] in table[old[r, c]] for r, c in zip(*np.nonzero(old != new)))
+    with pytest.raises(ValueError, match="neighbour table"):
+        TeacherLabeller(teacher, teacher_tok, cfg, np.asarray(cache.ids), id_map, False)
+
+
+@needs_teacher
 @pytest.mark.parametrize("recursive,relu_method", [(False, "remez"), (True, "remez"), (False, "weighted")])
 def test_poly_calibration_covers_what_the_polynomials_see(tiny_setup, recursive, relu_method) -> None:
     """After calibration in poly form, every input the poly student feeds a fit lies inside its interval
@@ -182,7 +213,8 @@ def test_distill_then_finetune_a_trained_student(tmp_path) -> None:
         "embedding_init": "table", "epochs_exact": 1, "epochs_poly": 0.5, "calibration_batches": 2,
         "poly_calibration_batches": 1, "augment_poly": {"copies": 1, "p_mask": 0.2, "p_replace": 0.0}})
     first = distill(cfg, TEACHER, default_data_dir(), tmp_path / "a", tmp_path / "cache")
-    ft = DistillConfig.from_dict({**common, "epochs_poly": 1, "augment": {"copies": 1, "concat": 1.0}})
+    ft = DistillConfig.from_dict({**common, "epochs_poly": 1,
+                                  "augment": {"copies": 1, "concat": 1.0, "p_neighbour": 0.3, "neighbours": 3}})
     second = distill(ft, TEACHER, default_data_dir(), tmp_path / "b", tmp_path / "cache", init=tmp_path / "a")
 
     phases = {json.loads(line)["phase"] for line in (tmp_path / "b" / "log.jsonl").read_text().splitlines()}
