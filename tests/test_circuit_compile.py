@@ -15,11 +15,12 @@ from he_inhibitor.model.student import Student, StudentConfig  # noqa: E402
 T, D, H, DFF = 8, 16, 4, 32
 
 
-def random_student(signed: bool, seed: int = 0, relu_poly: PolySpec = PolySpec(14), n_heads: int = H) -> Student:
+def random_student(signed: bool, seed: int = 0, relu_poly: PolySpec = PolySpec(14), n_heads: int = H,
+                   abs_poly: PolySpec = PolySpec(14), key_norm: float = 0.0) -> Student:
     """A random-weight student of the shipped class, float64, poly form, non-trivial norms."""
     torch.manual_seed(seed)
     cfg = StudentConfig(vocab_size=40, max_len=16, d_model=D, n_heads=n_heads, d_ff=DFF, n_layers=2,
-                        dropout=0.0, signed=signed, relu_poly=relu_poly)
+                        dropout=0.0, signed=signed, relu_poly=relu_poly, abs_poly=abs_poly, key_norm=key_norm)
     model = Student(cfg).double().eval().set_form("poly")
     with torch.no_grad():
         for mod in model.modules():
@@ -40,10 +41,12 @@ def sentence(model: Student, n_valid: int, seed: int = 1):
         return model(tok, m)[0].numpy(), model.embed(tok, m)[0].numpy(), m[0].numpy()
 
 
-@pytest.mark.parametrize("n_slots,signed,max_level,n_heads", [
-    (256, False, None, H), (256, True, None, H), (128, False, 12, H), (512, False, None, H), (256, False, None, 8)])
-def test_plain_executor_equals_torch_student(n_slots, signed, max_level, n_heads):
-    model = random_student(signed, n_heads=n_heads)
+@pytest.mark.parametrize("n_slots,signed,max_level,n_heads,key_norm", [
+    (256, False, None, H, 0.0), (256, True, None, H, 0.0), (128, False, 12, H, 0.0), (512, False, None, H, 0.0),
+    (256, False, None, 8, 0.0), (256, False, None, H, 0.5), (128, True, 12, H, 1.0)])
+def test_plain_executor_equals_torch_student(n_slots, signed, max_level, n_heads, key_norm):
+    """Also with the sum over keys divided by n^key_norm: the scaled key masks carry it exactly."""
+    model = random_student(signed, n_heads=n_heads, key_norm=key_norm)
     comp = compile_student(from_torch(model), T, n_slots, max_level)
     for n_valid in (T, 3):
         want, x0, m = sentence(model, n_valid)
@@ -55,8 +58,8 @@ def test_plain_executor_equals_torch_student(n_slots, signed, max_level, n_heads
 
 
 def test_plain_executor_equals_torch_student_with_weighted_fits():
-    """Weighted ReLU fits (coefficients fitted to the student's own inputs) compile as they are."""
-    model = random_student(False, relu_poly=PolySpec(14, "weighted")).set_form("exact")
+    """Weighted |x| and ReLU fits (coefficients fitted to the student's own inputs) compile as they are."""
+    model = random_student(False, relu_poly=PolySpec(14, "weighted"), abs_poly=PolySpec(14, "weighted")).set_form("exact")
     weighted = [m for _, m in model.nonlinearities() if m.spec.weighted]
     for m in weighted:
         m.collect_density(True)
@@ -66,7 +69,8 @@ def test_plain_executor_equals_torch_student_with_weighted_fits():
         m.collect_density(False)
     model.set_form("poly")
     comp = compile_student(from_torch(model), T, 256)
-    assert {nl.fn.fit.method for layer in from_torch(model).layers for nl in (layer.attn_relu, layer.ffn_relu)} == {"weighted"}
+    assert {nl.fn.fit.method for layer in from_torch(model).layers
+            for nl in (layer.abs_fn, layer.attn_relu, layer.ffn_relu)} == {"weighted"}
     for n_valid in (T, 3):
         want, x0, m = sentence(model, n_valid)
         got = comp.read_logits(plain.run(comp.circuit, comp.pack_input(x0), comp.public_plaintexts(m))["logits"])

@@ -37,7 +37,7 @@ def test_shapes(variant: dict) -> None:
 
 
 @pytest.mark.parametrize("form", ["exact", "poly"])
-@pytest.mark.parametrize("variant", [{}, {"signed": True}, {"recursive": True}, {"attention": "dot"}])
+@pytest.mark.parametrize("variant", [{}, {"signed": True}, {"recursive": True}, {"attention": "dot"}, {"key_norm": 0.5}])
 def test_padding_changes_nothing(form: str, variant: dict) -> None:
     """Extra padding (a larger token bucket) leaves every logit unchanged, in both forms."""
     torch.manual_seed(0)
@@ -230,6 +230,26 @@ def test_weighted_student_round_trip(tmp_path) -> None:
     assert (loaded(ids, mask) - model(ids, mask)).abs().max() < 1e-2
     with pytest.raises(ValueError, match="not fitted to data"):
         Nonlinearity("relu", 1.0, PolySpec(8)).fit_to_density()
+
+
+def test_key_norm_divides_the_sum_over_keys() -> None:
+    """key_norm p scales each sentence's attention output by n^-p (n its length); beta starts 10^p higher."""
+    torch.manual_seed(0)
+    plain = Student(StudentConfig(**TINY)).double().eval()
+    normed = Student(StudentConfig(**TINY, key_norm=0.5)).double().eval()
+    normed.load_state_dict(plain.state_dict())  # the same weights, beta included
+    ids, mask = batch()
+    x = plain.embed(ids, mask)
+    a, _ = plain.layers[0].attn(x, mask)
+    b, _ = normed.layers[0].attn(x, mask)
+    bias = plain.layers[0].attn.out.bias
+    n = mask.sum(1).double()[:, None, None]
+    torch.testing.assert_close(b - bias, (a - bias) / n.sqrt(), rtol=1e-10, atol=1e-12)
+    assert float(Student(StudentConfig(**TINY, key_norm=0.5)).layers[0].attn.beta) == pytest.approx(0.2 * 10**0.5)
+    with pytest.raises(ValueError, match="key_norm"):
+        StudentConfig(**TINY, key_norm=0.5, attention="dot")
+    with pytest.raises(ValueError, match="key_norm"):
+        StudentConfig(**TINY, key_norm=1.5)
 
 
 @pytest.mark.parametrize("bad,match", [({"method": "weightd"}, "unknown fit method"), ({"degree": 0}, "degree"),

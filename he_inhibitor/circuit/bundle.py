@@ -109,7 +109,7 @@ def save_bundle(sw: StudentWeights, buckets: int | Sequence[int], out_dir: str |
     for i, lw in enumerate(sw.layers):
         arrays.update({f"l{i}.{k}": getattr(lw, k) for k in _ARRAYS})
     np.savez_compressed(out / "weights.npz", **arrays)
-    student = {"n_heads": sw.n_heads, "signed": sw.signed, "layers": [
+    student = {"n_heads": sw.n_heads, "signed": sw.signed, "key_norm": sw.key_norm, "layers": [
         {"gamma": lw.gamma, "alpha": lw.alpha, "beta": lw.beta, **{k: _nonlin_json(getattr(lw, k)) for k in _NONLINS}}
         for lw in sw.layers]}
     (out / "student.json").write_text(json.dumps(student, indent=1) + "\n")
@@ -177,7 +177,8 @@ def load_weights(bundle: str | Path) -> StudentWeights:
         gamma=float(ls["gamma"]), alpha=float(ls["alpha"]), beta=float(ls["beta"]),
         **{k: _nonlin(ls[k]) for k in _NONLINS}) for i, ls in enumerate(student["layers"]))
     return StudentWeights(int(student["n_heads"]), bool(student["signed"]), layers,
-                          arrays["sf"], arrays["tf"], arrays["wc"], arrays["bc"])
+                          arrays["sf"], arrays["tf"], arrays["wc"], arrays["bc"],
+                          float(student.get("key_norm", 0.0)))  # bundles from before key_norm: the plain sum
 
 
 def load_bundle(bundle: str | Path, T: int | None = None) -> Plan:

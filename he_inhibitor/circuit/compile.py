@@ -46,6 +46,7 @@ class Compiled:
     n1: int
     max_level: int | None
     main_shifts: int | None = None  # attention shifts on lane 0 (None: an even split)
+    key_norm: float = 0.0  # inhibitor key masks carry n^-key_norm (StudentWeights.key_norm)
 
     @property
     def T(self) -> int:
@@ -56,13 +57,17 @@ class Compiled:
         return {f"x{c}": ct for c, ct in enumerate(self.layout.pack(x0))}
 
     def public_plaintexts(self, m: np.ndarray) -> dict[str, np.ndarray]:
-        """Key masks m[(i+s) mod T] and pooling weights (m_i / n) x (sf o Wc) for one mask."""
+        """Key masks m[(i+s) mod T] n^-key_norm and pooling weights (m_i / n) x (sf o Wc) for one mask.
+
+        Dot-product students get the key masks divided by n instead (``mask_name``).
+        """
         m = np.asarray(m, dtype=np.float64)
         if m.shape != (self.T,) or not set(np.unique(m)) <= {0.0, 1.0} or m.sum() < 1:
             raise ValueError(f"mask must be {self.T} zeros/ones with at least one token")
-        out = {f"mask{s}": self.layout.token_vector(np.roll(m, -s)) for s in range(self.T)}
+        keys = [self.layout.token_vector(np.roll(m, -s)) for s in range(self.T)]
         n = m.sum()
-        out.update({mask_name(s): out[f"mask{s}"] / n for s in range(self.T)})
+        out = {f"mask{s}": k * n**-self.key_norm for s, k in enumerate(keys)}
+        out.update({mask_name(s): k / n for s, k in enumerate(keys)})
         for c in range(self.pool_w.shape[1]):
             packed = self.layout.pack(np.outer(m / n, self.pool_w[:, c]))
             out.update({f"pool{c}_{i}": ct for i, ct in enumerate(packed)})
@@ -150,7 +155,7 @@ def compile_student(
         bias[c * T] = bc
     b.output(b.add_plain(y, bias), "logits")
     pool_w = sw.sf[:, None] * sw.wc
-    return Compiled(b.circuit, xl, pool_w, n1, max_level, main_shifts)
+    return Compiled(b.circuit, xl, pool_w, n1, max_level, main_shifts, sw.key_norm)
 
 
 def _sum_blocks(b: Builder, y: int, lay: Layout, H: int) -> int:

@@ -67,6 +67,7 @@ class StudentWeights:
     tf: np.ndarray
     wc: np.ndarray  # [d, n_labels]
     bc: np.ndarray
+    key_norm: float = 0.0  # the inhibitor's sum over keys is divided by n^key_norm (in the key masks)
 
     @property
     def d(self) -> int:
@@ -165,4 +166,4 @@ def from_torch(model) -> StudentWeights:
         ))
     sf, tf = norm(model.norm_f)
     wc, bc = lin(model.classifier)
-    return StudentWeights(cfg.n_heads, cfg.signed, tuple(layers), sf, tf, wc, bc)
+    return StudentWeights(cfg.n_heads, cfg.signed, tuple(layers), sf, tf, wc, bc, cfg.key_norm)

@@ -37,6 +37,7 @@ class StudentConfig:
     attention: str = "inhibitor"  # "inhibitor" | "dot"
     signed: bool = False
     center: bool = False
+    key_norm: float = 0.0  # inhibitor only: its sum over keys divided by n^key_norm (n: the sentence's length)
     recursive: bool = False
     adapter_dim: int = 16
     dropout: float = 0.1
@@ -58,6 +59,10 @@ class StudentConfig:
             raise ValueError(f"attention must be 'inhibitor' or 'dot', not {self.attention!r}")
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
+        if self.key_norm and self.attention != "inhibitor":
+            raise ValueError("key_norm applies to inhibitor attention only (dot-product's poly form already divides by n)")
+        if not 0 <= self.key_norm <= 1:
+            raise ValueError(f"key_norm is an exponent in [0, 1], not {self.key_norm}")
 
     @classmethod
     def from_dict(cls, data: dict) -> "StudentConfig":
@@ -142,7 +147,8 @@ class EncoderLayer(nn.Module):
         if cfg.attention == "inhibitor":
             abs_fn = Nonlinearity("abs", cfg.abs_bound, cfg.abs_poly, cfg.margin)
             self.attn = InhibitorAttention(
-                cfg.d_model, cfg.n_heads, abs_fn, relu_attn, signed=cfg.signed, center=cfg.center
+                cfg.d_model, cfg.n_heads, abs_fn, relu_attn, signed=cfg.signed, center=cfg.center,
+                key_norm=cfg.key_norm,
             )
         else:
             self.attn = DotProductAttention(cfg.d_model, cfg.n_heads, relu_attn)
