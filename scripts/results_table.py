@@ -35,8 +35,10 @@ def summarize(run: Path) -> dict:
     s, loss = cfg["student"], cfg["loss"]
     return {
         "run": run.name,
-        "attention": s["attention"] + (" signed" if s["signed"] else "") + (" recursive" if s["recursive"] else ""),
+        "attention": s["attention"] + (" signed" if s["signed"] else "") + (" recursive" if s["recursive"] else "")
+                     + (f" / n^{s['key_norm']:g}" if s.get("key_norm") else ""),
         "heads": s["n_heads"],
+        "d_ff": s["d_ff"],
         "losses": "+".join(k for k in ("kd", "ce", "hidden", "emb", "attn", "range") if loss[k] > 0),
         "layer_map": cfg["layer_map"],
         "embedding_init": "(init)" if "init" in m else cfg.get("embedding_init", "table"),
@@ -61,15 +63,16 @@ def fit_label(spec: dict) -> str:
 
 
 def augment(a: dict) -> str:
-    """Teacher-labelled copies per batch and their mask/replace rates, or "-"."""
+    """Teacher-labelled copies per batch and their mask/replace/neighbour rates, or "-"."""
     if not a.get("copies"):
         return "-"
+    near = f" / neighbour {a['p_neighbour']:g}" if a.get("p_neighbour") else ""
     joined = f", {a['concat']:g} joined" if a.get("concat") else ""
-    return f"{a['copies']}x, mask {a['p_mask']:g} / replace {a['p_replace']:g}{joined}"
+    return f"{a['copies']}x, mask {a['p_mask']:g} / replace {a['p_replace']:g}{near}{joined}"
 
 
 def markdown(rows: list[dict]) -> str:
-    cols = ["run", "attention", "heads", "losses", "layer_map", "embedding_init", "augment", "poly_degree", "train_rows", "epochs", "exact_phase", "poly_start", "dev_exact", "dev_poly", "parameters"]
+    cols = ["run", "attention", "heads", "d_ff", "losses", "layer_map", "embedding_init", "augment", "poly_degree", "train_rows", "epochs", "exact_phase", "poly_start", "dev_exact", "dev_poly", "parameters"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         lines.append("| " + " | ".join(f"{r[c]:.4f}" if isinstance(r[c], float) else str(r[c]) for c in cols) + " |")
