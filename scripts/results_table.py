@@ -37,6 +37,7 @@ def summarize(run: Path) -> dict:
         "run": run.name,
         "attention": s["attention"] + (" signed" if s["signed"] else "") + (" recursive" if s["recursive"] else "")
                      + (f" / n^{s['key_norm']:g}" if s.get("key_norm") else ""),
+        "layers": s["n_layers"],
         "heads": s["n_heads"],
         "d_ff": s["d_ff"],
         "losses": "+".join(k for k in ("kd", "ce", "hidden", "emb", "attn", "range") if loss[k] > 0),
@@ -72,7 +73,7 @@ def augment(a: dict) -> str:
 
 
 def markdown(rows: list[dict]) -> str:
-    cols = ["run", "attention", "heads", "d_ff", "losses", "layer_map", "embedding_init", "augment", "poly_degree", "train_rows", "epochs", "exact_phase", "poly_start", "dev_exact", "dev_poly", "parameters"]
+    cols = ["run", "attention", "layers", "heads", "d_ff", "losses", "layer_map", "embedding_init", "augment", "poly_degree", "train_rows", "epochs", "exact_phase", "poly_start", "dev_exact", "dev_poly", "parameters"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         lines.append("| " + " | ".join(f"{r[c]:.4f}" if isinstance(r[c], float) else str(r[c]) for c in cols) + " |")
