@@ -457,9 +457,14 @@ def run_phase(
     state[f"dev_{name}"] = evaluate_fn()
 
 
+def student_vocab_in_teacher_ids(teacher_tok, tokenizer) -> np.ndarray:
+    """The teacher id of each student token, in the student's id order: [V_student]."""
+    return np.array([teacher_tok.token_to_id(tokenizer.id_to_token(i)) for i in range(tokenizer.get_vocab_size())])
+
+
 def student_token_vectors(teacher_dir: Path, teacher_tok, tokenizer) -> np.ndarray:
     """``contextual_token_vectors`` of every token of the student's vocabulary, in its id order: [V, d_teacher]."""
-    vocab_ids = np.array([teacher_tok.token_to_id(tokenizer.id_to_token(i)) for i in range(tokenizer.get_vocab_size())])
+    vocab_ids = student_vocab_in_teacher_ids(teacher_tok, tokenizer)
     return contextual_token_vectors(teacher_dir, vocab_ids, teacher_tok.token_to_id("[CLS]"), teacher_tok.token_to_id("[SEP]"))
 
 
@@ -472,7 +477,7 @@ def word_neighbour_table(teacher_tok, tokenizer, vectors: np.ndarray, k: int) ->
     tokens = [tokenizer.id_to_token(i) for i in range(tokenizer.get_vocab_size())]
     words = np.array([t.isalpha() for t in tokens])  # "##" pieces and [PAD]-like specials are not
     near = nearest_words(vectors, words, k)  # [V_student, k] student ids
-    teacher_ids = np.array([teacher_tok.token_to_id(t) for t in tokens])
+    teacher_ids = student_vocab_in_teacher_ids(teacher_tok, tokenizer)
     table = np.full((teacher_tok.get_vocab_size(), k), -1, np.int64)
     table[teacher_ids[words]] = teacher_ids[near[words]]
     return table
@@ -491,8 +496,7 @@ def new_student(cfg: DistillConfig, teacher_dir: Path, teacher_tok, tokenizer, v
     if cfg.embedding_init == "contextual":
         word_rows = vectors
     elif cfg.embedding_init == "table":
-        vocab_ids = np.array([teacher_tok.token_to_id(tokenizer.id_to_token(i)) for i in range(tokenizer.get_vocab_size())])
-        word_rows = tw["bert.embeddings.word_embeddings.weight"].astype(np.float32)[vocab_ids]
+        word_rows = tw["bert.embeddings.word_embeddings.weight"].astype(np.float32)[student_vocab_in_teacher_ids(teacher_tok, tokenizer)]
     else:
         raise ValueError(f"embedding_init must be 'table' or 'contextual', not {cfg.embedding_init!r}")
     init_embeddings_from_teacher(student, word_rows, tw["bert.embeddings.position_embeddings.weight"].astype(np.float32))
