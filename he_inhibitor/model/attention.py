@@ -11,8 +11,9 @@ Q, K, V of shape T x d_h::
 with n = sum_j m_j the sentence's length and p = ``key_norm`` (0: the plain
 sum of the paper). Unnormalised, H grows with the number of keys that pass
 the ReLU: the shipped 4-head student's first-layer output norm grows from
-2.8 on sentences under 12 pieces to 6.5 on those of 36 or more, about
-n^0.55, while the frozen norms after it have one scale for every length.
+2.8 on sentences under 12 pieces to 6.5 on those of 36 or more
+(scripts/attention_norm_by_length.py), while the frozen norms after it have
+one scale for every length.
 p = 0.5 flattens that. The length is public (the server holds the key masks
 in the clear), so in the circuit n^-p only scales the mask: no level, no cost.
 
