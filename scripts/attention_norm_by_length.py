@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from he_inhibitor.data import load_sst2_tsv
 from he_inhibitor.evaluate import SHIPPED_STUDENT
@@ -29,14 +30,17 @@ def main() -> None:
     ap.add_argument("--edges", default="12,20,28,36", help="bucket edges in word pieces ([CLS], [SEP] included)")
     args = ap.parse_args()
     edges = [0, *map(int, args.edges.split(",")), 10**9]
-    student, tok = load_student(args.model).eval(), load_tokenizer(args.model)
-    sentences, _ = load_sst2_tsv(args.data)
+    try:
+        student, tok = load_student(args.model).eval(), load_tokenizer(args.model)
+        sentences, _ = load_sst2_tsv(args.data)
+    except (FileNotFoundError, ValueError) as err:
+        raise SystemExit(f"error: {err}")
     seen: list[torch.Tensor] = []
     hooks = [student.layer(i).attn.register_forward_hook(lambda _m, _i, out: seen.append(out[0]))
              for i in range(student.cfg.n_layers)]
     lengths, norms = [], []
     with torch.no_grad():
-        for s in sentences:
+        for s in tqdm(sentences, desc="sentences", unit="sentence"):
             ids, mask = encode(tok, [s], student.cfg.max_len)
             seen.clear()
             student(torch.from_numpy(ids), torch.from_numpy(mask))
