@@ -80,6 +80,10 @@ class DistillConfig:
     limit: int | None = None
     seed: int = 0
     threads: int = 2
+    # the exact phase's inhibitor attention through torch.compile (Student.fuse_exact): 3-10x
+    # faster per layer (scripts/bench_fused_attention.py), about 2x per step with 2 copies,
+    # after a one-off compile of under a minute; needs a C++ compiler
+    fused_attention: bool = False
     checkpoint_every: int = 300
 
     @classmethod
@@ -570,8 +574,10 @@ def distill(cfg: DistillConfig, teacher_dir: Path, data_dir: Path, out: Path, ca
     with open(out / "log.jsonl", "a") as log:
         if init is None:
             exact_weights = LossWeights(**{**asdict(cfg.loss), "range": 0.0})  # no bounds yet to respect
+            student.fuse_exact(cfg.fused_attention)
             run_phase("exact", dist, batches, DistillConfig.from_dict({**asdict(cfg), "loss": asdict(exact_weights)}),
                       cfg.epochs_exact, cfg.lr, out, log, state, evaluate_fn, labeller_for(cfg.augment))
+            student.fuse_exact(False)
             state["bounds"] = calibrate(student, batches, cfg.calibration_batches, cfg.calibration_margin,
                                         cfg.poly_calibration_batches)
         student.freeze_norms()

@@ -258,3 +258,29 @@ def test_bad_poly_spec_refused_at_config_load(bad: dict, match: str) -> None:
     """A misspelt fit fails when the config is read, not after an exact phase."""
     with pytest.raises(ValueError, match=match):
         StudentConfig.from_dict({"relu_poly": {"degree": 14, **bad}})
+
+
+def test_fused_exact_attention_equals_the_modules() -> None:
+    """Student.fuse_exact: the compiled kernel gives the same logits and gradients, pads nothing, refuses poly form."""
+    torch.manual_seed(0)
+    cfg = StudentConfig(**{**TINY, "dropout": 0.0}, key_norm=0.5)
+    plain, fused = Student(cfg), Student(cfg)
+    fused.load_state_dict(plain.state_dict())
+    fused.fuse_exact()
+    ids, mask = batch()
+    pad = torch.zeros(3, 5, dtype=ids.dtype)
+    grads = []
+    for model in (plain, fused):
+        model.train().zero_grad()
+        logits = model(ids, mask)
+        logits.square().sum().backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+        if model is fused:
+            torch.testing.assert_close(logits, plain(ids, mask), rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(model(torch.cat([ids, pad], 1), torch.cat([mask, pad.bool()], 1)), logits,
+                                       rtol=1e-5, atol=1e-5)
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-4, atol=1e-5, msg=name)
+    with pytest.raises(RuntimeError, match="exact form only"):
+        fused.set_form("poly")(ids, mask)

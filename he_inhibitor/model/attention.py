@@ -33,6 +33,31 @@ from torch import nn
 from he_inhibitor.model.nonlinear import Nonlinearity, PolySpec
 
 
+def inhibit_exact(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, m: torch.Tensor,
+                  scale: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
+    """H = sum_j m_j ReLU(V_j - Z_ij), Z = scale * sum_k |Q_ik - K_jk| + offset, exact |x| and ReLU.
+
+    The unsigned inhibitor's forward written as one expression, so that
+    ``torch.compile`` fuses it: eager PyTorch materialises two
+    [B, H, T, T, d_h] tensors (|Q - K| and the ReLU terms) and their
+    gradients, which is most of a training step's time.
+    q, k, v [B, H, T, d_h], m [B, T] -> [B, H, T, d_h].
+    """
+    z = scale * (q.unsqueeze(3) - k.unsqueeze(2)).abs().sum(-1) + offset  # [B, H, T_q, T_k]
+    return (m[:, None, None, :, None] * torch.relu(v.unsqueeze(2) - z.unsqueeze(-1))).sum(3)  # [B, H, T, d_h]
+
+
+_inhibit_fused = None
+
+
+def inhibit_fused(*args: torch.Tensor) -> torch.Tensor:
+    """``inhibit_exact`` through ``torch.compile`` (compiled on first use; shapes stay dynamic)."""
+    global _inhibit_fused
+    if _inhibit_fused is None:
+        _inhibit_fused = torch.compile(inhibit_exact, dynamic=True)
+    return _inhibit_fused(*args)
+
+
 class QKV(nn.Module):
     """The three input projections, split into heads: [B, T, d] -> 3 x [B, H, T, d_h]."""
 
@@ -76,6 +101,9 @@ class InhibitorAttention(nn.Module):
         self.qkv = QKV(d_model, n_heads)
         self.out = nn.Linear(d_model, d_model)
         self.abs_fn, self.relu_fn = abs_fn, relu_fn
+        # set by ``Student.fuse_exact``: training in exact form through ``inhibit_fused``, which
+        # skips the non-linearities' range observation (nothing to calibrate or penalise yet)
+        self.fused = False
         # Z starts near 1.5 for unit-variance Q, K, so some values pass the ReLU from step one.
         self.gamma = nn.Parameter(torch.tensor(0.25))
         self.alpha = nn.Parameter(torch.tensor(0.0))
@@ -97,14 +125,20 @@ class InhibitorAttention(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """x [B, T, d], mask [B, T] -> ([B, T, d], head-averaged weights [B, T, T] or None)."""
         q, k, v = self.qkv(x)  # [B, H, T, d_h] each
-        z = self.inhibition(q, k, mask)  # [B, H, T, T]
-        m = mask[:, None, None, :, None].to(x.dtype)  # [B, 1, 1, T_k, 1]
-        vj = v.unsqueeze(2)  # [B, H, 1, T_k, d_h]
-        zij = z.unsqueeze(-1)  # [B, H, T_q, T_k, 1]
-        contrib = self.relu_fn(vj - zij)  # [B, H, T_q, T_k, d_h]
-        if self.signed:
-            contrib = contrib - self.relu_fn(-vj - zij)
-        h = (m * contrib).sum(3)  # [B, H, T, d_h]
+        if self.fused and not (self.signed or self.center or need_weights):
+            if not (self.abs_fn.form == self.relu_fn.form == "exact"):
+                raise RuntimeError("fused inhibitor attention runs the exact form only (Student.fuse_exact(False) first)")
+            scale = self.gamma.abs() / math.sqrt(self.d_head)
+            h = inhibit_fused(q, k, v, mask.to(x.dtype), scale, self.alpha.abs())  # [B, H, T, d_h]
+        else:
+            z = self.inhibition(q, k, mask)  # [B, H, T, T]
+            m = mask[:, None, None, :, None].to(x.dtype)  # [B, 1, 1, T_k, 1]
+            vj = v.unsqueeze(2)  # [B, H, 1, T_k, d_h]
+            zij = z.unsqueeze(-1)  # [B, H, T_q, T_k, 1]
+            contrib = self.relu_fn(vj - zij)  # [B, H, T_q, T_k, d_h]
+            if self.signed:
+                contrib = contrib - self.relu_fn(-vj - zij)
+            h = (m * contrib).sum(3)  # [B, H, T, d_h]
         if self.key_norm:
             n = mask.sum(-1).to(x.dtype).clamp(min=1.0)  # [B]
             h = h * n.pow(-self.key_norm)[:, None, None, None]

@@ -229,6 +229,19 @@ class Student(nn.Module):
             m.set_form(form)
         return self
 
+    def fuse_exact(self, on: bool = True) -> "Student":
+        """Run inhibitor attention through one compiled kernel (``attention.inhibit_fused``).
+
+        For training in exact form before calibration: the fused kernel does
+        not record its |x| and ReLU inputs, which only calibration and the
+        range penalty need. Signed and centred inhibitors keep the modules
+        (``scripts/bench_fused_attention.py`` times both paths).
+        """
+        for m in self.modules():
+            if isinstance(m, InhibitorAttention):
+                m.fused = on
+        return self
+
     def freeze_norms(self, frozen: bool = True) -> None:
         for m in self.modules():
             if isinstance(m, FrozenNorm):
