@@ -265,22 +265,26 @@ def test_fused_exact_attention_equals_the_modules() -> None:
     torch.manual_seed(0)
     cfg = StudentConfig(**{**TINY, "dropout": 0.0}, key_norm=0.5)
     plain, fused = Student(cfg), Student(cfg)
+    with torch.no_grad():  # alpha starts at 0: move it, so that the kernel's offset is checked too
+        for layer in plain.layers:
+            layer.attn.alpha.fill_(-0.3)
     fused.load_state_dict(plain.state_dict())
     fused.fuse_exact()
     ids, mask = batch()
-    pad = torch.zeros(3, 5, dtype=ids.dtype)
-    grads = []
-    for model in (plain, fused):
+
+    def logits_and_grads(model: Student) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         model.train().zero_grad()
         logits = model(ids, mask)
         logits.square().sum().backward()
-        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
-        if model is fused:
-            torch.testing.assert_close(logits, plain(ids, mask), rtol=1e-5, atol=1e-5)
-            torch.testing.assert_close(model(torch.cat([ids, pad], 1), torch.cat([mask, pad.bool()], 1)), logits,
-                                       rtol=1e-5, atol=1e-5)
-    assert grads[0].keys() == grads[1].keys()
-    for name in grads[0]:
-        torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-4, atol=1e-5, msg=name)
+        return logits, {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+
+    (want, want_grads), (got, got_grads) = logits_and_grads(plain), logits_and_grads(fused)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    pad = torch.zeros(3, 5, dtype=ids.dtype)
+    torch.testing.assert_close(fused(torch.cat([ids, pad], 1), torch.cat([mask, pad.bool()], 1)), got,
+                               rtol=1e-5, atol=1e-5)
+    assert want_grads.keys() == got_grads.keys()
+    for name in want_grads:
+        torch.testing.assert_close(got_grads[name], want_grads[name], rtol=1e-4, atol=1e-5, msg=name)
     with pytest.raises(RuntimeError, match="exact form only"):
         fused.set_form("poly")(ids, mask)

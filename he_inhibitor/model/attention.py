@@ -25,6 +25,7 @@ output does not depend on how far a sentence is padded.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -47,15 +48,15 @@ def inhibit_exact(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, m: torch.Te
     return (m[:, None, None, :, None] * torch.relu(v.unsqueeze(2) - z.unsqueeze(-1))).sum(3)  # [B, H, T, d_h]
 
 
-_inhibit_fused = None
+@functools.cache
+def _compiled_inhibit():
+    """Wrapped on first use: importing the compiler costs seconds that inference never needs."""
+    return torch.compile(inhibit_exact, dynamic=True)
 
 
 def inhibit_fused(*args: torch.Tensor) -> torch.Tensor:
-    """``inhibit_exact`` through ``torch.compile`` (compiled on first use; shapes stay dynamic)."""
-    global _inhibit_fused
-    if _inhibit_fused is None:
-        _inhibit_fused = torch.compile(inhibit_exact, dynamic=True)
-    return _inhibit_fused(*args)
+    """``inhibit_exact`` through ``torch.compile`` (shapes stay dynamic: one compile for every T)."""
+    return _compiled_inhibit()(*args)
 
 
 class QKV(nn.Module):
