@@ -2,6 +2,8 @@
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 torch = pytest.importorskip("torch")
 
@@ -16,11 +18,12 @@ T, D, H, DFF = 8, 16, 4, 32
 
 
 def random_student(signed: bool, seed: int = 0, relu_poly: PolySpec = PolySpec(14), n_heads: int = H,
-                   abs_poly: PolySpec = PolySpec(14), key_norm: float = 0.0) -> Student:
-    """A random-weight student of the shipped class, float64, poly form, non-trivial norms."""
+                   abs_poly: PolySpec = PolySpec(14), key_norm: float = 0.0, qkv_conv: int = 0) -> Student:
+    """A random-weight student of the shipped class, float64, poly form, non-trivial norms (and conv taps)."""
     torch.manual_seed(seed)
     cfg = StudentConfig(vocab_size=40, max_len=16, d_model=D, n_heads=n_heads, d_ff=DFF, n_layers=2,
-                        dropout=0.0, signed=signed, relu_poly=relu_poly, abs_poly=abs_poly, key_norm=key_norm)
+                        dropout=0.0, signed=signed, relu_poly=relu_poly, abs_poly=abs_poly, key_norm=key_norm,
+                        qkv_conv=qkv_conv)
     model = Student(cfg).double().eval().set_form("poly")
     with torch.no_grad():
         for mod in model.modules():
@@ -30,6 +33,8 @@ def random_student(signed: bool, seed: int = 0, relu_poly: PolySpec = PolySpec(1
                 mod.weight.uniform_(0.5, 1.5)
         for layer in model.layers:
             layer.attn.alpha.fill_(-0.3)  # |alpha| enters Z
+            for conv in layer.attn.qkv.convs or ():
+                conv.weight.uniform_(-0.8, 0.8)
     return model
 
 
@@ -41,12 +46,14 @@ def sentence(model: Student, n_valid: int, seed: int = 1):
         return model(tok, m)[0].numpy(), model.embed(tok, m)[0].numpy(), m[0].numpy()
 
 
-@pytest.mark.parametrize("n_slots,signed,max_level,n_heads,key_norm", [
-    (256, False, None, H, 0.0), (256, True, None, H, 0.0), (128, False, 12, H, 0.0), (512, False, None, H, 0.0),
-    (256, False, None, 8, 0.0), (256, False, None, H, 0.5), (128, True, 12, H, 1.0)])
-def test_plain_executor_equals_torch_student(n_slots, signed, max_level, n_heads, key_norm):
-    """Also with the sum over keys divided by n^key_norm: the scaled key masks carry it exactly."""
-    model = random_student(signed, n_heads=n_heads, key_norm=key_norm)
+@pytest.mark.parametrize("n_slots,signed,max_level,n_heads,key_norm,qkv_conv", [
+    (256, False, None, H, 0.0, 0), (256, True, None, H, 0.0, 0), (128, False, 12, H, 0.0, 0),
+    (512, False, None, H, 0.0, 0), (256, False, None, 8, 0.0, 0), (256, False, None, H, 0.5, 0),
+    (128, True, 12, H, 1.0, 0), (256, False, None, H, 0.5, 3), (128, False, 12, H, 0.0, 3)])
+def test_plain_executor_equals_torch_student(n_slots, signed, max_level, n_heads, key_norm, qkv_conv):
+    """Also with the sum over keys divided by n^key_norm: the scaled key masks carry it exactly;
+    and with token convolutions after Q, K, V, on several ciphertexts (128 slots) and refreshed."""
+    model = random_student(signed, n_heads=n_heads, key_norm=key_norm, qkv_conv=qkv_conv)
     comp = compile_student(from_torch(model), T, n_slots, max_level)
     for n_valid in (T, 3):
         want, x0, m = sentence(model, n_valid)
@@ -75,6 +82,23 @@ def test_plain_executor_equals_torch_student_with_weighted_fits():
         want, x0, m = sentence(model, n_valid)
         got = comp.read_logits(plain.run(comp.circuit, comp.pack_input(x0), comp.public_plaintexts(m))["logits"])
         np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9 * np.abs(want).max())
+
+
+@settings(max_examples=12, deadline=None)
+@given(kernel=st.sampled_from([1, 3, 5]), n_valid=st.integers(1, T), seed=st.integers(0, 2**16))
+def test_token_convolution_packing_equals_torch(kernel, n_valid, seed):
+    """The packed convolution (one rotation per offset, taps times the neighbour mask) is TokenConv,
+    for every sentence length: neighbours past the sentence and wrapped slots contribute nothing."""
+    model = random_student(False, seed=seed, qkv_conv=kernel)
+    sw = from_torch(model)
+    comp = compile_student(sw, T, 256)
+    assert sw.layers[0].conv.shape == (3, kernel, D)
+    want, x0, m = sentence(model, n_valid, seed=seed + 1)
+    got = comp.read_logits(plain.run(comp.circuit, comp.pack_input(x0), comp.public_plaintexts(m))["logits"])
+    np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9 * np.abs(want).max())
+    a, r, f = (sw.layers[0].abs_fn.fn.depth, sw.layers[0].attn_relu.fn.depth, sw.layers[0].ffn_relu.fn.depth)
+    assert depth(comp.circuit) == 2 * ((3 + a + r) + (2 + f)) + 1  # one level more per attention
+    assert kernel == 1 or {-(kernel // 2), kernel // 2} <= comp.circuit.rotation_steps()
 
 
 def test_depth_and_key_steps():

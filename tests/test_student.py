@@ -58,7 +58,7 @@ def test_signed_equals_soft_threshold() -> None:
     x = torch.randn(2, 7, 16, dtype=torch.float64)
     mask = torch.ones(2, 7, dtype=torch.bool)
     mask[1, 4:] = False
-    q, k, v = attn.qkv(x)
+    q, k, v = attn.qkv(x, mask)
     z = attn.inhibition(q, k, mask).unsqueeze(-1)  # [B, H, T, T, 1]
     assert (z >= 0).all()
     vj = v.unsqueeze(2)

@@ -4,6 +4,7 @@ Stages per layer, with the levels they consume (a = depth of |x|, r = depth
 of the attention ReLU, f = depth of the FFN ReLU):
 
     attn: QKV 1, |x| a, ReLU r (key mask folded in), Wo 1  -> 2 + a + r
+          (+1 with token convolutions after Q, K, V)
     ffn:  W1 1, ReLU f, W2 1                             -> 2 + f
     head: pooling weights 1                              -> 1
 
@@ -16,7 +17,7 @@ client before it (see builder.Builder.headroom); a stage deeper than the
 whole chain is also refreshed inside, where the builder must (at a 9-level
 chain: the attention output before Wo, one ciphertext).
 
-Key masks and pooling weights depend on the sentence's mask: they are public
+Key masks, token-convolution taps (times the neighbour's mask) and pooling weights depend on the sentence's mask: they are public
 plaintexts bound per request by `Compiled.public_plaintexts`.
 """
 
@@ -47,6 +48,7 @@ class Compiled:
     max_level: int | None
     main_shifts: int | None = None  # attention shifts on lane 0 (None: an even split)
     key_norm: float = 0.0  # inhibitor key masks carry n^-key_norm (StudentWeights.key_norm)
+    convs: tuple[np.ndarray | None, ...] = ()  # per layer: LayerWeights.conv, bound to masks per request
 
     @property
     def T(self) -> int:
@@ -68,14 +70,53 @@ class Compiled:
         n = m.sum()
         out = {f"mask{s}": k * n**-self.key_norm for s, k in enumerate(keys)}
         out.update({mask_name(s): k / n for s, k in enumerate(keys)})
+        for li, taps in enumerate(self.convs):
+            if taps is not None:
+                out.update(self._conv_plaintexts(li, taps, m))
         for c in range(self.pool_w.shape[1]):
             packed = self.layout.pack(np.outer(m / n, self.pool_w[:, c]))
             out.update({f"pool{c}_{i}": ct for i, ct in enumerate(packed)})
         return out
 
+    def _conv_plaintexts(self, li: int, taps: np.ndarray, m: np.ndarray) -> dict[str, np.ndarray]:
+        """conv{li}.{j}.{o}_{c}: tap w_o of tensor j (Q, K, V) times m[t + o] at token t (0 outside the sentence)."""
+        half = taps.shape[1] // 2
+        out = {}
+        for o in range(-half, half + 1):
+            neighbour = np.zeros(self.T)
+            lo, hi = max(0, -o), min(self.T, self.T - o)
+            neighbour[lo:hi] = m[lo + o : hi + o]
+            for j in range(3):
+                packed = self.layout.pack(np.outer(neighbour, taps[j, o + half]))
+                out.update({conv_name(li, j, o, c): ct for c, ct in enumerate(packed)})
+        return out
+
     def read_logits(self, out: np.ndarray) -> np.ndarray:
         """Label c sits at slot c*T of the output vector."""
         return np.array([out[c * self.T] for c in range(self.pool_w.shape[1])])
+
+
+def conv_name(layer: int, tensor: int, offset: int, ct: int) -> str:
+    return f"conv{layer}.{tensor}.{offset}_{ct}"
+
+
+def token_conv(b: Builder, x: list[int], layer: int, tensor: int, kernel: int) -> list[int]:
+    """attention.TokenConv in the packed layout: y = sum_o rot(x, o) * (w_o m[t+o]), one level.
+
+    A token offset o is a rotation by o slots (tokens are consecutive within a
+    block). Reads past a block's first half land on zero second halves or
+    neighbouring blocks, where the plaintext is zero: it zeroes every token
+    whose neighbour is padding or outside the sentence, and the second halves.
+    """
+    half = kernel // 2
+    out = []
+    for c, xc in enumerate(x):
+        terms = [b.mul_plain(b.rotate(xc, o), conv_name(layer, tensor, o, c)) for o in range(-half, half + 1)]
+        acc = terms[0]
+        for t in terms[1:]:
+            acc = b.add(acc, t)
+        out.append(b.rescale(acc))
+    return out
 
 
 def choose_n1(bpc: int, groups: list[tuple[int, int]], free_steps: set[int], block: int) -> int:
@@ -126,8 +167,11 @@ def compile_student(
             x = dot_attention_block(b, fw, xl, H, n1, x, lanes, main_shifts)
         else:
             fw = fold_layer(lw, H)
-            x = [b.headroom(xc, 2 + fw.abs_fn.depth + fw.attn_relu.depth) for xc in x]
+            conv_levels = 0 if fw.conv is None else 1
+            x = [b.headroom(xc, 2 + conv_levels + fw.abs_fn.depth + fw.attn_relu.depth) for xc in x]
             q, k, v = compile_group([fw.wq, fw.wk, fw.wv], [fw.bq, fw.bk, fw.bv], xl, [xl] * 3, n1).apply(b, x)
+            if fw.conv is not None:
+                q, k, v = (token_conv(b, t, li, j, fw.conv.shape[1]) for j, t in enumerate((q, k, v)))
             spec = AttentionSpec(xl, H, fw.abs_fn, fw.attn_relu, fw.z_bias, sw.signed, lanes, main_shifts)
             h = inhibitor_attention(b, spec, q, k, v, [f"mask{s}" for s in range(T)])
             (o,) = compile_group([fw.wo], [fw.bo], xl, [xl], n1).apply(b, h)
@@ -155,7 +199,8 @@ def compile_student(
         bias[c * T] = bc
     b.output(b.add_plain(y, bias), "logits")
     pool_w = sw.sf[:, None] * sw.wc
-    return Compiled(b.circuit, xl, pool_w, n1, max_level, main_shifts, sw.key_norm)
+    convs = tuple(getattr(lw, "conv", None) for lw in sw.layers)  # dot-product layers have none
+    return Compiled(b.circuit, xl, pool_w, n1, max_level, main_shifts, sw.key_norm, convs)
 
 
 def _sum_blocks(b: Builder, y: int, lay: Layout, H: int) -> int:

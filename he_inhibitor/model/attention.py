@@ -59,22 +59,57 @@ def inhibit_fused(*args: torch.Tensor) -> torch.Tensor:
     return _compiled_inhibit()(*args)
 
 
-class QKV(nn.Module):
-    """The three input projections, split into heads: [B, T, d] -> 3 x [B, H, T, d_h]."""
+class TokenConv(nn.Module):
+    """Depthwise convolution over neighbouring tokens (Primer's multi-dconv-head attention, arXiv 2109.08668).
 
-    def __init__(self, d_model: int, n_heads: int) -> None:
+    y_t = sum_o w_o * m_{t+o} x_{t+o} for offsets o in [-(k-1)/2, (k-1)/2], one
+    weight per feature and offset. It gives the queries, keys and values
+    n-gram context ("not good") that the inhibitor's distances alone reach
+    only through position embeddings. In the packed circuit a token offset
+    is a one-slot rotation, and weights times neighbour mask are one
+    plaintext vector per offset: 2 rotations and one level per tensor.
+    Starts as the identity (centre tap 1, side taps 0).
+    """
+
+    def __init__(self, d_model: int, kernel: int) -> None:
+        super().__init__()
+        if kernel < 1 or kernel % 2 == 0:
+            raise ValueError(f"token convolution kernel must be odd and positive, not {kernel}")
+        self.half = kernel // 2
+        weight = torch.zeros(kernel, d_model)
+        weight[self.half] = 1.0
+        self.weight = nn.Parameter(weight)  # [k, d]: row o + half is offset o
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """x [B, T, d], mask [B, T] -> [B, T, d]; padded neighbours contribute nothing."""
+        t, h = x.shape[1], self.half
+        xm = nn.functional.pad(x * mask.unsqueeze(-1).to(x.dtype), (0, 0, h, h))  # [B, T + 2h, d]
+        return sum(self.weight[o] * xm[:, o : o + t] for o in range(2 * h + 1))  # [B, T, d]
+
+
+class QKV(nn.Module):
+    """The three input projections, split into heads: [B, T, d] -> 3 x [B, H, T, d_h].
+
+    ``conv`` > 0 follows each projection with a ``TokenConv`` of that kernel.
+    """
+
+    def __init__(self, d_model: int, n_heads: int, conv: int = 0) -> None:
         super().__init__()
         self.n_heads = n_heads
         self.q = nn.Linear(d_model, d_model)
         self.k = nn.Linear(d_model, d_model)
         self.v = nn.Linear(d_model, d_model)
+        self.convs = nn.ModuleList(TokenConv(d_model, conv) for _ in range(3)) if conv else None
 
     def split(self, x: torch.Tensor) -> torch.Tensor:
         b, t, d = x.shape
         return x.view(b, t, self.n_heads, d // self.n_heads).transpose(1, 2)  # [B, H, T, d_h]
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return self.split(self.q(x)), self.split(self.k(x)), self.split(self.v(x))
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        qkv = [self.q(x), self.k(x), self.v(x)]  # 3 x [B, T, d]
+        if self.convs is not None:
+            qkv = [c(y, mask) for c, y in zip(self.convs, qkv)]
+        return tuple(self.split(y) for y in qkv)
 
 
 def merge_heads(h: torch.Tensor) -> torch.Tensor:
@@ -93,13 +128,14 @@ class InhibitorAttention(nn.Module):
         signed: bool = False,
         center: bool = False,
         key_norm: float = 0.0,
+        conv: int = 0,
     ) -> None:
         super().__init__()
         if d_model % n_heads:
             raise ValueError(f"d_model={d_model} is not divisible by n_heads={n_heads}")
         self.n_heads, self.d_head = n_heads, d_model // n_heads
         self.signed, self.center, self.key_norm = signed, center, key_norm
-        self.qkv = QKV(d_model, n_heads)
+        self.qkv = QKV(d_model, n_heads, conv)
         self.out = nn.Linear(d_model, d_model)
         self.abs_fn, self.relu_fn = abs_fn, relu_fn
         # set by ``Student.fuse_exact``: training in exact form through ``inhibit_fused``, which
@@ -125,7 +161,7 @@ class InhibitorAttention(nn.Module):
         self, x: torch.Tensor, mask: torch.Tensor, need_weights: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """x [B, T, d], mask [B, T] -> ([B, T, d], head-averaged weights [B, T, T] or None)."""
-        q, k, v = self.qkv(x)  # [B, H, T, d_h] each
+        q, k, v = self.qkv(x, mask)  # [B, H, T, d_h] each
         if self.fused and not (self.signed or self.center or need_weights):
             if not (self.abs_fn.form == self.relu_fn.form == "exact"):
                 raise RuntimeError("fused inhibitor attention runs the exact form only (Student.fuse_exact(False) first)")
@@ -171,7 +207,7 @@ class DotProductAttention(nn.Module):
     def forward(
         self, x: torch.Tensor, mask: torch.Tensor, need_weights: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        q, k, v = self.qkv(x)  # [B, H, T, d_h]
+        q, k, v = self.qkv(x, mask)  # [B, H, T, d_h]
         scores = q @ k.transpose(-1, -2) / math.sqrt(self.d_head)  # [B, H, T, T]
         m = mask[:, None, None, :].to(x.dtype)  # [B, 1, 1, T_k]
         if self.relu_fn.form == "exact":
