@@ -58,9 +58,16 @@ class DistillConfig:
     # there (the attention's |q - k| polynomial runs on every pair of their doubled length).
     augment_poly: AugmentConfig | None = None
     temperature: float = 2.0
+    # "kl": KL between softened distributions (times tau^2); "mse": squared error between the
+    # raw logits (Kim et al. 2021, arXiv 2105.08919), which also matches the teacher's confidence
+    kd_loss: str = "kl"
     # "table": PCA of the teacher's input embedding table; "contextual": PCA of the
     # teacher's hidden states (mean over layers) of each token alone, "[CLS] tok [SEP]".
     embedding_init: str = "table"
+    # train the word table as R + E P: E the (fixed) teacher rows it was initialised from, P their
+    # projection to d (initialised to the PCA basis), R a free residual starting at zero. A word rare
+    # in training then still moves with the words the teacher places near it. Saved as one table.
+    embedding_tied: bool = False
     layer_map: str | list[int] = "uniform"  # "uniform" | "first" | "last" | explicit teacher layers
     batch_size: int = 64
     lr: float = 2e-3
@@ -85,6 +92,10 @@ class DistillConfig:
     # after a one-off compile of under a minute; needs a C++ compiler
     fused_attention: bool = False
     checkpoint_every: int = 300
+
+    def __post_init__(self) -> None:
+        if self.kd_loss not in ("kl", "mse"):
+            raise ValueError(f"kd_loss must be 'kl' or 'mse', not {self.kd_loss!r}")
 
     @classmethod
     def from_dict(cls, data: dict) -> "DistillConfig":
@@ -157,6 +168,41 @@ def init_embeddings_from_teacher(student: Student, teacher_word: np.ndarray, tea
     return basis
 
 
+class TeacherSpan(nn.Module):
+    """Parametrization of the word table: weight = R + E P (see ``DistillConfig.embedding_tied``)."""
+
+    def __init__(self, rows: torch.Tensor, proj: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("rows", rows)  # E [V, d_teacher]
+        self.proj = nn.Parameter(proj)  # P [d_teacher, d]
+
+    def forward(self, residual: torch.Tensor) -> torch.Tensor:
+        return residual + self.rows @ self.proj  # [V, d]
+
+
+def tie_word_table(student: Student, teacher_word: np.ndarray, basis: np.ndarray) -> None:
+    """Re-express the PCA-initialised word table as 0 + E P, with E and P from ``init_embeddings_from_teacher``."""
+    from torch.nn.utils import parametrize
+
+    words = teacher_word.astype(np.float64)
+    centred = words - words.mean(0)
+    scale = 1.0 / (centred @ basis.T).std()
+    rows = torch.from_numpy(centred * scale).float()  # [V, d_teacher]
+    proj = torch.from_numpy(basis.T.copy()).float()  # [d_teacher, d]
+    with torch.no_grad():
+        residual = student.word.weight - rows @ proj  # ~0: the table is exactly this product
+        student.word.weight.copy_(residual)
+    parametrize.register_parametrization(student.word, "weight", TeacherSpan(rows, proj))
+
+
+def untie_word_table(student: Student) -> None:
+    """Fold R + E P into one plain table (what is saved and shipped)."""
+    from torch.nn.utils import parametrize
+
+    if parametrize.is_parametrized(student.word, "weight"):
+        parametrize.remove_parametrizations(student.word, "weight", leave_parametrized=True)
+
+
 class Distiller(nn.Module):
     """The student plus the projections only distillation needs (dropped when saving)."""
 
@@ -174,10 +220,11 @@ class Distiller(nn.Module):
         x, hidden, weights = s.encode(x0, mask, need_weights=w.attn > 0)
         logits = s.classifier(s.drop(s.pool(x, mask)))
         tau = cfg.temperature
-        out = {
-            "kd": F.kl_div(F.log_softmax(logits / tau, -1), F.softmax(batch["t_logits"] / tau, -1), reduction="batchmean") * tau**2,
-            "ce": F.cross_entropy(logits, batch["labels"]),
-        }
+        if cfg.kd_loss == "mse":
+            kd = F.mse_loss(logits, batch["t_logits"], reduction="none").sum(-1).mean()
+        else:
+            kd = F.kl_div(F.log_softmax(logits / tau, -1), F.softmax(batch["t_logits"] / tau, -1), reduction="batchmean") * tau**2
+        out = {"kd": kd, "ce": F.cross_entropy(logits, batch["labels"])}
         m = mask.unsqueeze(-1).float()
         n_tok = m.sum() * batch["t_hidden"].shape[-1]
         if w.hidden > 0:
@@ -503,7 +550,9 @@ def new_student(cfg: DistillConfig, teacher_dir: Path, teacher_tok, tokenizer, v
         word_rows = tw["bert.embeddings.word_embeddings.weight"].astype(np.float32)[student_vocab_in_teacher_ids(teacher_tok, tokenizer)]
     else:
         raise ValueError(f"embedding_init must be 'table' or 'contextual', not {cfg.embedding_init!r}")
-    init_embeddings_from_teacher(student, word_rows, tw["bert.embeddings.position_embeddings.weight"].astype(np.float32))
+    basis = init_embeddings_from_teacher(student, word_rows, tw["bert.embeddings.position_embeddings.weight"].astype(np.float32))
+    if cfg.embedding_tied:
+        tie_word_table(student, word_rows, basis)
     return student
 
 
@@ -588,6 +637,7 @@ def distill(cfg: DistillConfig, teacher_dir: Path, data_dir: Path, out: Path, ca
                   labeller_for(poly_cfg.augment))
         state.setdefault("dev_poly", state["dev_poly_before_finetune"])  # epochs_poly = 0: calibration's fits as they are
 
+    untie_word_table(student)
     save_student(student, out)
     shipped = load_student(out).set_form("poly")  # what ships is float16: measure that
     state["dev_poly_float16"] = evaluate(shipped, tokenizer, dev_s, dev_y, truncate=True)

@@ -96,6 +96,41 @@ def test_distillation_steps_lower_the_loss(tiny_setup, variant) -> None:
     assert losses[-1] < 0.8 * losses[0]
 
 
+def test_mse_distillation_loss_is_the_squared_logit_error() -> None:
+    torch.manual_seed(0)
+    student = Student(StudentConfig(vocab_size=30, d_model=8, n_heads=2, d_ff=16, n_layers=1, dropout=0.0)).eval()
+    dist = Distiller(student, 12, [1])
+    ids, mask = torch.randint(0, 30, (4, 5)), torch.ones(4, 5, dtype=torch.bool)
+    batch = {"ids": ids, "mask": mask, "labels": torch.tensor([0, 1, 1, 0]), "t_logits": torch.randn(4, 2) * 3,
+             "t_hidden": torch.zeros(4, 5, 2, 12)}
+    cfg = DistillConfig(loss=LossWeights(kd=1.0, ce=0.0, hidden=0.0, range=0.0), kd_loss="mse")
+    got = dist.losses(batch, cfg)["kd"]
+    want = ((student(ids, mask) - batch["t_logits"]) ** 2).sum(-1).mean()
+    torch.testing.assert_close(got, want)
+    with pytest.raises(ValueError, match="kd_loss"):
+        DistillConfig.from_dict({"kd_loss": "cosine"})
+
+
+def test_tied_word_table_starts_equal_and_moves_unseen_words() -> None:
+    """R + E P equals the PCA table at first; a step on one word's row moves every word through P."""
+    from he_inhibitor.distill import tie_word_table, untie_word_table
+
+    torch.manual_seed(0)
+    student = Student(StudentConfig(vocab_size=30, d_model=8, n_heads=2, d_ff=16, n_layers=1))
+    rows = np.random.default_rng(0).normal(size=(30, 12)).astype(np.float32)
+    basis = init_embeddings_from_teacher(student, rows, np.zeros((64, 12), np.float32))
+    before = student.word.weight.detach().clone()
+    tie_word_table(student, rows, basis)
+    torch.testing.assert_close(student.word.weight, before, atol=1e-5, rtol=0)
+    opt = torch.optim.SGD(student.parameters(), lr=0.1)
+    student.word(torch.tensor([3])).sum().backward()
+    opt.step()
+    moved = (student.word.weight.detach() - before).abs().sum(1)
+    assert (moved[[0, 1, 2, 4]] > 0).all()  # words never looked up moved with the shared projection
+    untie_word_table(student)
+    assert set(dict(student.named_parameters())) >= {"word.weight"} and not hasattr(student.word, "parametrizations")
+
+
 @needs_teacher
 def test_teacher_labels_perturbed_copies(tiny_setup) -> None:
     """Unperturbed, the live teacher reproduces the cache; perturbed, it labels what it sees."""
@@ -210,7 +245,7 @@ def test_distill_then_finetune_a_trained_student(tmp_path) -> None:
     common = {"limit": 64, "batch_size": 32, "threads": 1}
     cfg = DistillConfig.from_dict({
         **common, "student": {"d_model": 32, "n_heads": 2, "d_ff": 48, "abs_poly": {"degree": 6}, "relu_poly": {"degree": 6}},
-        "embedding_init": "table", "epochs_exact": 1, "epochs_poly": 0.5, "calibration_batches": 2,
+        "embedding_init": "table", "embedding_tied": True, "epochs_exact": 1, "epochs_poly": 0.5, "calibration_batches": 2,
         "poly_calibration_batches": 1, "augment_poly": {"copies": 1, "p_mask": 0.2, "p_replace": 0.0}})
     first = distill(cfg, TEACHER, default_data_dir(), tmp_path / "a", tmp_path / "cache")
     ft = DistillConfig.from_dict({**common, "epochs_poly": 1,
