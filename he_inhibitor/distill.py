@@ -148,26 +148,6 @@ def contextual_token_vectors(teacher_dir: Path, vocab_ids: np.ndarray, cls_id: i
     return out
 
 
-def init_embeddings_from_teacher(student: Student, teacher_word: np.ndarray, teacher_pos: np.ndarray) -> np.ndarray:
-    """Word and position tables from the teacher's, projected to d by PCA (SVD of the word rows).
-
-    ``teacher_word`` holds one row per student token. Returns the projection
-    basis [d, d_teacher].
-    """
-    d = student.cfg.d_model
-    words = teacher_word.astype(np.float64)
-    mean = words.mean(0)
-    _, _, vt = np.linalg.svd(words - mean, full_matrices=False)
-    basis = vt[:d]  # [d, d_teacher]
-    w = (words - mean) @ basis.T
-    p = (teacher_pos[: student.cfg.max_len] - teacher_pos[: student.cfg.max_len].mean(0)) @ basis.T
-    scale = 1.0 / w.std()
-    with torch.no_grad():
-        student.word.weight.copy_(torch.from_numpy(w * scale))
-        student.pos.weight.copy_(torch.from_numpy(p * scale))
-    return basis
-
-
 class TeacherSpan(nn.Module):
     """Parametrization of the word table: weight = R + E P (see ``DistillConfig.embedding_tied``)."""
 
@@ -180,19 +160,34 @@ class TeacherSpan(nn.Module):
         return residual + self.rows @ self.proj  # [V, d]
 
 
-def tie_word_table(student: Student, teacher_word: np.ndarray, basis: np.ndarray) -> None:
-    """Re-express the PCA-initialised word table as 0 + E P, with E and P from ``init_embeddings_from_teacher``."""
-    from torch.nn.utils import parametrize
+def init_embeddings_from_teacher(student: Student, teacher_word: np.ndarray, teacher_pos: np.ndarray,
+                                 tied: bool = False) -> np.ndarray:
+    """Word and position tables from the teacher's, projected to d by PCA (SVD of the word rows).
 
+    ``teacher_word`` holds one row per student token. ``tied``: the word table
+    becomes R + E P (``DistillConfig.embedding_tied``), E the scaled centred
+    rows, P the basis, R zero, which is the same table. Returns the
+    projection basis [d, d_teacher].
+    """
+    d = student.cfg.d_model
     words = teacher_word.astype(np.float64)
-    centred = words - words.mean(0)
-    scale = 1.0 / (centred @ basis.T).std()
-    rows = torch.from_numpy(centred * scale).float()  # [V, d_teacher]
-    proj = torch.from_numpy(basis.T.copy()).float()  # [d_teacher, d]
+    mean = words.mean(0)
+    _, _, vt = np.linalg.svd(words - mean, full_matrices=False)
+    basis = vt[:d]  # [d, d_teacher]
+    scale = 1.0 / ((words - mean) @ basis.T).std()
+    rows = (words - mean) * scale  # [V, d_teacher]
+    p = (teacher_pos[: student.cfg.max_len] - teacher_pos[: student.cfg.max_len].mean(0)) @ basis.T
     with torch.no_grad():
-        residual = student.word.weight - rows @ proj  # ~0: the table is exactly this product
-        student.word.weight.copy_(residual)
-    parametrize.register_parametrization(student.word, "weight", TeacherSpan(rows, proj))
+        student.word.weight.copy_(torch.from_numpy(rows @ basis.T))
+        student.pos.weight.copy_(torch.from_numpy(p * scale))
+    if tied:
+        from torch.nn.utils import parametrize
+
+        with torch.no_grad():
+            student.word.weight.zero_()
+        span = TeacherSpan(torch.from_numpy(rows).float(), torch.from_numpy(basis.T.copy()).float())
+        parametrize.register_parametrization(student.word, "weight", span)
+    return basis
 
 
 def untie_word_table(student: Student) -> None:
@@ -550,9 +545,8 @@ def new_student(cfg: DistillConfig, teacher_dir: Path, teacher_tok, tokenizer, v
         word_rows = tw["bert.embeddings.word_embeddings.weight"].astype(np.float32)[student_vocab_in_teacher_ids(teacher_tok, tokenizer)]
     else:
         raise ValueError(f"embedding_init must be 'table' or 'contextual', not {cfg.embedding_init!r}")
-    basis = init_embeddings_from_teacher(student, word_rows, tw["bert.embeddings.position_embeddings.weight"].astype(np.float32))
-    if cfg.embedding_tied:
-        tie_word_table(student, word_rows, basis)
+    init_embeddings_from_teacher(student, word_rows, tw["bert.embeddings.position_embeddings.weight"].astype(np.float32),
+                                 tied=cfg.embedding_tied)
     return student
 
 
@@ -565,6 +559,8 @@ def distill(cfg: DistillConfig, teacher_dir: Path, data_dir: Path, out: Path, ca
     as they are (``he-inhibitor calibrate`` widens them afterwards).
     ``command``: the command line, recorded in metrics.json for the results table.
     """
+    if init is not None and cfg.embedding_tied:
+        raise ValueError("embedding_tied ties a fresh student's table to the teacher's rows; with --init the table is already trained")
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
     out.mkdir(parents=True, exist_ok=True)

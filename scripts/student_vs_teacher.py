@@ -19,11 +19,7 @@ import numpy as np
 import torch
 
 from he_inhibitor.data import load_sst2_tsv
-from he_inhibitor.distill import predict
-from he_inhibitor.evaluate import SHIPPED_STUDENT
-from he_inhibitor.model.student import load_student
-from he_inhibitor.teacher import load_teacher, logits
-from he_inhibitor.vocab import load_tokenizer
+from he_inhibitor.evaluate import SHIPPED_STUDENT, predictions
 
 
 def main() -> None:
@@ -36,17 +32,13 @@ def main() -> None:
     ap.add_argument("--json", type=Path, help="write the counts and every teacher-only sentence here")
     args = ap.parse_args()
     try:
-        student, tok = load_student(args.model).set_form(args.form), load_tokenizer(args.model)
-        teacher = load_teacher(args.teacher)
         sentences, labels = load_sst2_tsv(args.data)
+        with torch.no_grad():
+            s_pred, _ = predictions(args.model, args.form, sentences)
+            t_pred, _ = predictions(args.teacher, args.form, sentences)
     except (FileNotFoundError, ValueError, OSError) as err:
         raise SystemExit(f"error: {err}")
-    from transformers import AutoTokenizer
-
     y = np.asarray(labels)
-    s_pred = predict(student, tok, sentences)
-    with torch.no_grad():
-        t_pred = logits(teacher, AutoTokenizer.from_pretrained(str(args.teacher)), sentences).argmax(1).numpy()
     teacher_only = np.flatnonzero((t_pred == y) & (s_pred != y))
     out = {
         "n": len(y), "student_accuracy": float((s_pred == y).mean()), "teacher_accuracy": float((t_pred == y).mean()),

@@ -113,14 +113,15 @@ def test_mse_distillation_loss_is_the_squared_logit_error() -> None:
 
 def test_tied_word_table_starts_equal_and_moves_unseen_words() -> None:
     """R + E P equals the PCA table at first; a step on one word's row moves every word through P."""
-    from he_inhibitor.distill import tie_word_table, untie_word_table
+    from he_inhibitor.distill import untie_word_table
 
-    torch.manual_seed(0)
-    student = Student(StudentConfig(vocab_size=30, d_model=8, n_heads=2, d_ff=16, n_layers=1))
     rows = np.random.default_rng(0).normal(size=(30, 12)).astype(np.float32)
-    basis = init_embeddings_from_teacher(student, rows, np.zeros((64, 12), np.float32))
-    before = student.word.weight.detach().clone()
-    tie_word_table(student, rows, basis)
+    students = []
+    for tied in (False, True):
+        torch.manual_seed(0)
+        students.append(Student(StudentConfig(vocab_size=30, d_model=8, n_heads=2, d_ff=16, n_layers=1)))
+        init_embeddings_from_teacher(students[-1], rows, np.zeros((64, 12), np.float32), tied=tied)
+    before, student = students[0].word.weight.detach().clone(), students[1]
     torch.testing.assert_close(student.word.weight, before, atol=1e-5, rtol=0)
     opt = torch.optim.SGD(student.parameters(), lr=0.1)
     student.word(torch.tensor([3])).sum().backward()
@@ -251,6 +252,9 @@ def test_distill_then_finetune_a_trained_student(tmp_path) -> None:
     ft = DistillConfig.from_dict({**common, "epochs_poly": 1,
                                   "augment": {"copies": 1, "concat": 1.0, "p_neighbour": 0.3, "neighbours": 3}})
     second = distill(ft, TEACHER, default_data_dir(), tmp_path / "b", tmp_path / "cache", init=tmp_path / "a")
+    with pytest.raises(ValueError, match="embedding_tied"):
+        distill(DistillConfig.from_dict({**common, "embedding_tied": True}), TEACHER, default_data_dir(),
+                tmp_path / "c", tmp_path / "cache", init=tmp_path / "a")
 
     phases = {json.loads(line)["phase"] for line in (tmp_path / "b" / "log.jsonl").read_text().splitlines()}
     assert phases == {"poly"} and second["init"] == str(tmp_path / "a") and "bounds" not in second

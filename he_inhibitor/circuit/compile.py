@@ -112,11 +112,15 @@ def token_conv(b: Builder, x: list[int], layer: int, tensor: int, kernel: int) -
     out = []
     for c, xc in enumerate(x):
         terms = [b.mul_plain(b.rotate(xc, o), conv_name(layer, tensor, o, c)) for o in range(-half, half + 1)]
-        acc = terms[0]
-        for t in terms[1:]:
-            acc = b.add(acc, t)
-        out.append(b.rescale(acc))
+        out.append(b.rescale(_sum(b, terms)))
     return out
+
+
+def _sum(b: Builder, terms: list[int]) -> int:
+    acc = terms[0]
+    for t in terms[1:]:
+        acc = b.add(acc, t)
+    return acc
 
 
 def choose_n1(bpc: int, groups: list[tuple[int, int]], free_steps: set[int], block: int) -> int:
@@ -186,10 +190,7 @@ def compile_student(
     x = [b.headroom(xc, 1) for xc in x]
     logits = None
     for c in range(sw.wc.shape[1]):
-        terms = [b.mul_plain(xc, f"pool{c}_{i}") for i, xc in enumerate(x)]
-        yc = terms[0]
-        for t in terms[1:]:
-            yc = b.add(yc, t)
+        yc = _sum(b, [b.mul_plain(xc, f"pool{c}_{i}") for i, xc in enumerate(x)])
         yc = b.rotate(b.rescale(yc), -c * T)  # label c into half c of every block
         logits = yc if logits is None else b.add(logits, yc)
     y = _sum_blocks(b, logits, xl, H)
