@@ -35,7 +35,8 @@ from he_inhibitor.data import default_data_dir, load_sst2
 from he_inhibitor.model.student import Student, StudentConfig, load_student, save_student
 from he_inhibitor.teacher_cache import TeacherCache, build_cache
 from he_inhibitor.vocab import (
-    TOKENIZER_FILE, encode, load_tokenizer, load_unpadded, make_tokenizer, teacher_to_student_ids, trimmed_vocab,
+    TOKENIZER_FILE, encode, load_tokenizer, load_unpadded, make_tokenizer, teacher_to_student_ids, teacher_vocab,
+    trimmed_vocab,
 )
 
 
@@ -68,6 +69,13 @@ class DistillConfig:
     # projection to d (initialised to the PCA basis), R a free residual starting at zero. A word rare
     # in training then still moves with the words the teacher places near it. Saved as one table.
     embedding_tied: bool = False
+    # with ``embedding_tied``, False keeps R at zero: the table stays E P, so every word, however
+    # rare in training, is the teacher's vector through one learned projection (no per-word memory)
+    embedding_residual: bool = True
+    # "train": the teacher tokens the training text uses (smallest table); "teacher": every ASCII
+    # teacher token (``vocab.teacher_vocab``), so that dev words unseen in training are not split
+    # into pieces; useful with a tied table, whose unseen rows are still the teacher's vectors
+    vocabulary: str = "train"
     layer_map: str | list[int] = "uniform"  # "uniform" | "first" | "last" | explicit teacher layers
     batch_size: int = 64
     lr: float = 2e-3
@@ -96,6 +104,10 @@ class DistillConfig:
     def __post_init__(self) -> None:
         if self.kd_loss not in ("kl", "mse"):
             raise ValueError(f"kd_loss must be 'kl' or 'mse', not {self.kd_loss!r}")
+        if self.vocabulary not in ("train", "teacher"):
+            raise ValueError(f"vocabulary must be 'train' or 'teacher', not {self.vocabulary!r}")
+        if not self.embedding_residual and not self.embedding_tied:
+            raise ValueError("embedding_residual=False freezes the residual R of a tied table: it needs embedding_tied")
 
     @classmethod
     def from_dict(cls, data: dict) -> "DistillConfig":
@@ -161,12 +173,13 @@ class TeacherSpan(nn.Module):
 
 
 def init_embeddings_from_teacher(student: Student, teacher_word: np.ndarray, teacher_pos: np.ndarray,
-                                 tied: bool = False) -> np.ndarray:
+                                 tied: bool = False, residual: bool = True) -> np.ndarray:
     """Word and position tables from the teacher's, projected to d by PCA (SVD of the word rows).
 
     ``teacher_word`` holds one row per student token. ``tied``: the word table
     becomes R + E P (``DistillConfig.embedding_tied``), E the scaled centred
-    rows, P the basis, R zero, which is the same table. Returns the
+    rows, P the basis, R zero, which is the same table; ``residual=False``
+    freezes R at zero. Returns the
     projection basis [d, d_teacher].
     """
     d = student.cfg.d_model
@@ -187,6 +200,7 @@ def init_embeddings_from_teacher(student: Student, teacher_word: np.ndarray, tea
             student.word.weight.zero_()
         span = TeacherSpan(torch.from_numpy(rows).float(), torch.from_numpy(basis.T.copy()).float())
         parametrize.register_parametrization(student.word, "weight", span)
+        student.word.parametrizations.weight.original.requires_grad_(residual)
     return basis
 
 
@@ -546,7 +560,7 @@ def new_student(cfg: DistillConfig, teacher_dir: Path, teacher_tok, tokenizer, v
     else:
         raise ValueError(f"embedding_init must be 'table' or 'contextual', not {cfg.embedding_init!r}")
     init_embeddings_from_teacher(student, word_rows, tw["bert.embeddings.position_embeddings.weight"].astype(np.float32),
-                                 tied=cfg.embedding_tied)
+                                 tied=cfg.embedding_tied, residual=cfg.embedding_residual)
     return student
 
 
@@ -577,7 +591,8 @@ def distill(cfg: DistillConfig, teacher_dir: Path, data_dir: Path, out: Path, ca
 
     teacher_tok = load_unpadded(teacher_dir)
     if init is None:
-        tokenizer = make_tokenizer(trimmed_vocab(teacher_tok, sentences))
+        vocab = teacher_vocab(teacher_tok) if cfg.vocabulary == "teacher" else trimmed_vocab(teacher_tok, sentences)
+        tokenizer = make_tokenizer(vocab)
     augments = [a for a in (cfg.augment, cfg.augment_poly) if a is not None and a.copies > 0]
     vectors = None
     if (init is None and cfg.embedding_init == "contextual") or any(a.p_neighbour > 0 for a in augments):

@@ -55,6 +55,17 @@ def trimmed_vocab(teacher: Tokenizer, sentences: Iterable[str]) -> list[str]:
     return list(SPECIALS) + [inv[i] for i in sorted(used) if inv[i] not in SPECIALS]
 
 
+def teacher_vocab(teacher: Tokenizer) -> list[str]:
+    """Specials first, then every ASCII teacher token but the ``[unused...]`` slots, in id order.
+
+    Uncased BERT normalisation strips accents, so on any text this tokenizes
+    exactly as the teacher does; words the training text never uses keep a
+    row, which a word table tied to the teacher's vectors fills with meaning.
+    """
+    inv = sorted((i, t) for t, i in teacher.get_vocab().items())
+    return list(SPECIALS) + [t for _, t in inv if t.isascii() and not t.startswith("[unused") and t not in SPECIALS]
+
+
 def make_tokenizer(vocab: list[str]) -> Tokenizer:
     """Uncased BERT WordPiece over ``vocab`` that adds [CLS] ... [SEP] like the teacher."""
     if list(vocab[: len(SPECIALS)]) != list(SPECIALS):

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from he_inhibitor.data import default_data_dir, load_sst2
 from he_inhibitor.distill import Batches, DistillConfig, Distiller, LossWeights, init_embeddings_from_teacher, teacher_layers
 from he_inhibitor.model import Student, StudentConfig
 from he_inhibitor.model.nonlinear import PolySpec
 from he_inhibitor.teacher_cache import build_cache
-from he_inhibitor.vocab import load_tokenizer, make_tokenizer, teacher_to_student_ids, trimmed_vocab
+from he_inhibitor.vocab import load_tokenizer, load_unpadded, make_tokenizer, teacher_to_student_ids, teacher_vocab, trimmed_vocab
 
 TEACHER = Path(__file__).resolve().parents[2] / "shared" / "models" / "minilm-l6-sst2"
 needs_teacher = pytest.mark.skipif(not TEACHER.is_dir() or default_data_dir() is None, reason="shared teacher or SST-2 data absent")
@@ -130,6 +133,45 @@ def test_tied_word_table_starts_equal_and_moves_unseen_words() -> None:
     assert (moved[[0, 1, 2, 4]] > 0).all()  # words never looked up moved with the shared projection
     untie_word_table(student)
     assert set(dict(student.named_parameters())) >= {"word.weight"} and not hasattr(student.word, "parametrizations")
+
+
+def test_frozen_residual_keeps_the_table_in_the_teacher_span() -> None:
+    """embedding_residual=False: after a step the table is still exactly E P', P' the moved projection."""
+    rows = np.random.default_rng(1).normal(size=(30, 12)).astype(np.float32)
+    student = Student(StudentConfig(vocab_size=30, d_model=8, n_heads=2, d_ff=16, n_layers=1))
+    init_embeddings_from_teacher(student, rows, np.zeros((64, 12), np.float32), tied=True, residual=False)
+    span = student.word.parametrizations.weight
+    assert not span.original.requires_grad
+    opt = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=0.1)
+    student.word(torch.tensor([3, 7])).pow(2).sum().backward()
+    opt.step()
+    assert span.original.abs().max() == 0  # R never left zero
+    torch.testing.assert_close(student.word.weight, span[0].rows @ span[0].proj)
+    with pytest.raises(ValueError, match="embedding_tied"):
+        DistillConfig.from_dict({"embedding_residual": False})
+    with pytest.raises(ValueError, match="vocabulary"):
+        DistillConfig.from_dict({"vocabulary": "dev"})
+
+
+@needs_teacher
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.sampled_from(["unmesmerizing", "café", "self-conscious", "!!", "Ä", "wow", "13th", "'s", "zqxj",
+                                 "over-the-top", "naïveté", "schmaltzy", "un-", "..."]), min_size=1, max_size=12)
+       | st.text(alphabet=st.characters(codec="ascii"), min_size=1, max_size=60))
+def test_teacher_vocabulary_tokenizes_as_the_teacher(words) -> None:
+    """Every ASCII token but [unused...]: any text splits exactly as the teacher splits it."""
+    text = words if isinstance(words, str) else " ".join(words)
+    teacher_tok, vocab, student_tok = _teacher_vocabulary()
+    assert vocab[:4] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]"] and len(set(vocab)) == len(vocab)
+    assert not any(t.startswith("[unused") for t in vocab)
+    assert student_tok.encode(text).tokens == teacher_tok.encode(text).tokens
+
+
+@functools.cache
+def _teacher_vocabulary():
+    teacher_tok = load_unpadded(TEACHER)
+    vocab = teacher_vocab(teacher_tok)
+    return teacher_tok, vocab, make_tokenizer(vocab)
 
 
 @needs_teacher
