@@ -12,7 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from he_inhibitor.data import default_data_dir, load_sst2
-from he_inhibitor.distill import Batches, DistillConfig, Distiller, LossWeights, init_embeddings_from_teacher, teacher_layers
+from he_inhibitor.distill import (
+    Batches, DistillConfig, Distiller, LossWeights, init_embeddings_from_teacher, position_table, teacher_layers,
+)
 from he_inhibitor.model import Student, StudentConfig
 from he_inhibitor.model.nonlinear import PolySpec
 from he_inhibitor.teacher_cache import build_cache
@@ -133,6 +135,33 @@ def test_tied_word_table_starts_equal_and_moves_unseen_words() -> None:
     assert (moved[[0, 1, 2, 4]] > 0).all()  # words never looked up moved with the shared projection
     untie_word_table(student)
     assert set(dict(student.named_parameters())) >= {"word.weight"} and not hasattr(student.word, "parametrizations")
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(2, 20), st.integers(3, 24), st.integers(0, 20), st.floats(0.05, 5.0), st.integers(0, 2**16))
+def test_position_table_keeps_the_teacher_geometry(n_pos, d_teacher, extra, norm, seed) -> None:
+    """Own-basis PCA into at least the rows' rank: pairwise distances are the teacher's up to one scale,
+    and the mean row norm is the one asked for."""
+    teacher = np.random.default_rng(seed).normal(size=(n_pos, d_teacher))
+    d = min(n_pos - 1, d_teacher) + extra
+    table = position_table(teacher, d, norm)
+    assert table.shape == (n_pos, d)
+    np.testing.assert_allclose(np.linalg.norm(table, axis=1).mean(), norm, rtol=1e-9)
+    dist = lambda x: np.linalg.norm(x[:, None] - x[None], axis=-1)  # noqa: E731
+    ratio = dist(table) / np.maximum(dist(teacher), 1e-12)
+    off = ~np.eye(n_pos, dtype=bool)
+    np.testing.assert_allclose(ratio[off], ratio[off][0], rtol=1e-6)
+
+
+def test_position_norm_sets_the_ratio_to_the_word_rows() -> None:
+    rng = np.random.default_rng(2)
+    student = Student(StudentConfig(vocab_size=40, d_model=16, n_heads=2, d_ff=16, n_layers=1, max_len=12))
+    init_embeddings_from_teacher(student, rng.normal(size=(40, 24)), rng.normal(size=(20, 24)), position_norm=0.34)
+    with torch.no_grad():
+        ratio = student.pos.weight.norm(dim=1).mean() / student.word.weight.norm(dim=1).mean()
+    assert abs(float(ratio) - 0.34) < 1e-5
+    with pytest.raises(ValueError, match="position_norm"):
+        DistillConfig.from_dict({"position_norm": -1.0})
 
 
 def test_frozen_residual_keeps_the_table_in_the_teacher_span() -> None:
