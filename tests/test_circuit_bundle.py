@@ -15,7 +15,7 @@ from test_circuit_compile import T, random_student, sentence  # noqa: E402
 
 
 def test_bundle_round_trip(tmp_path):
-    model = random_student(True, key_norm=0.5, qkv_conv=3)  # key norm (student.json) and conv taps travel
+    model = random_student(True, key_norm=0.5, qkv_conv=3, rel_bias=True)  # key norm, conv taps, relative bias travel
     prec = Precision(28, 40, 60)
     plans = save_bundle(from_torch(model), [T, 2 * T], tmp_path / "b", n=8192, precision=prec)
     assert buckets_of(tmp_path / "b") == [T, 2 * T]

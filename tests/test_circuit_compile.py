@@ -18,12 +18,14 @@ T, D, H, DFF = 8, 16, 4, 32
 
 
 def random_student(signed: bool, seed: int = 0, relu_poly: PolySpec = PolySpec(14), n_heads: int = H,
-                   abs_poly: PolySpec = PolySpec(14), key_norm: float = 0.0, qkv_conv: int = 0) -> Student:
-    """A random-weight student of the shipped class, float64, poly form, non-trivial norms (and conv taps)."""
+                   abs_poly: PolySpec = PolySpec(14), key_norm: float = 0.0, qkv_conv: int = 0,
+                   rel_bias: bool = False) -> Student:
+    """A random-weight student of the shipped class, float64, poly form, non-trivial norms (and conv taps,
+    relative biases)."""
     torch.manual_seed(seed)
     cfg = StudentConfig(vocab_size=40, max_len=16, d_model=D, n_heads=n_heads, d_ff=DFF, n_layers=2,
                         dropout=0.0, signed=signed, relu_poly=relu_poly, abs_poly=abs_poly, key_norm=key_norm,
-                        qkv_conv=qkv_conv)
+                        qkv_conv=qkv_conv, rel_bias=rel_bias)
     model = Student(cfg).double().eval().set_form("poly")
     with torch.no_grad():
         for mod in model.modules():
@@ -35,6 +37,8 @@ def random_student(signed: bool, seed: int = 0, relu_poly: PolySpec = PolySpec(1
             layer.attn.alpha.fill_(-0.3)  # |alpha| enters Z
             for conv in layer.attn.qkv.convs or ():
                 conv.weight.uniform_(-0.8, 0.8)
+            if layer.attn.rel_bias is not None:
+                layer.attn.rel_bias.uniform_(-0.3, 0.3)
     return model
 
 
@@ -62,6 +66,21 @@ def test_plain_executor_equals_torch_student(n_slots, signed, max_level, n_heads
     if max_level is not None:
         check(comp.circuit, max_level)
         assert comp.circuit.of_kind(OpKind.REFRESH)
+
+
+@pytest.mark.parametrize("n_slots,signed,max_level", [(256, False, None), (128, True, 12), (512, False, None)])
+def test_plain_executor_equals_torch_student_with_relative_bias(n_slots, signed, max_level):
+    """b_h(j - i) rides in one plaintext per shift: exact on one or several ciphertexts, refreshed or not."""
+    model = random_student(signed, key_norm=0.5, rel_bias=True)
+    sw = from_torch(model)
+    assert sw.layers[0].rel_bias.shape == (H, 2 * model.cfg.max_len - 1)
+    comp = compile_student(sw, T, n_slots, max_level)
+    plain_comp = compile_student(from_torch(random_student(signed, key_norm=0.5)), T, n_slots, max_level)
+    assert depth(comp.circuit) == depth(plain_comp.circuit)  # the bias costs no level
+    for n_valid in (T, 3):
+        want, x0, m = sentence(model, n_valid)
+        got = comp.read_logits(plain.run(comp.circuit, comp.pack_input(x0), comp.public_plaintexts(m))["logits"])
+        np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9 * np.abs(want).max())
 
 
 def test_plain_executor_equals_torch_student_with_weighted_fits():

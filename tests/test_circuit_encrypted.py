@@ -19,16 +19,19 @@ T = 8
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("qkv_conv", [0, 3])
-def test_encrypted_matches_simulator_levels_and_bound(qkv_conv):
-    """With token convolutions too: their Galois step -1 and per-request tap plaintexts under SEAL."""
+@pytest.mark.parametrize("qkv_conv,rel_bias", [(0, False), (3, False), (0, True)])
+def test_encrypted_matches_simulator_levels_and_bound(qkv_conv, rel_bias):
+    """With token convolutions too: their Galois step -1 and per-request tap plaintexts under SEAL;
+    and with a relative bias: one vector plaintext added per shift."""
     torch.manual_seed(0)
     cfg = StudentConfig(vocab_size=40, max_len=16, d_model=16, n_heads=4, d_ff=32, n_layers=1, dropout=0.0,
-                        abs_poly=PolySpec(6), relu_poly=PolySpec(6), qkv_conv=qkv_conv)
+                        abs_poly=PolySpec(6), relu_poly=PolySpec(6), qkv_conv=qkv_conv, rel_bias=rel_bias)
     model = Student(cfg).double().eval().set_form("poly")
     with torch.no_grad():
         for conv in model.layers[0].attn.qkv.convs or ():
             conv.weight.uniform_(-0.8, 0.8)
+        if rel_bias:
+            model.layers[0].attn.rel_bias.uniform_(-0.3, 0.3)
     # N = 8192 holds 3 levels: the depth-15 circuit runs through client-aided refreshes
     plan = plan_student(from_torch(model), T, n=8192, precision=Precision(30, 40, 60))
     assert plan.refreshes > 0

@@ -37,7 +37,8 @@ def test_shapes(variant: dict) -> None:
 
 
 @pytest.mark.parametrize("form", ["exact", "poly"])
-@pytest.mark.parametrize("variant", [{}, {"signed": True}, {"recursive": True}, {"attention": "dot"}, {"key_norm": 0.5}])
+@pytest.mark.parametrize("variant", [{}, {"signed": True}, {"recursive": True}, {"attention": "dot"}, {"key_norm": 0.5},
+                                     {"rel_bias": True}])
 def test_padding_changes_nothing(form: str, variant: dict) -> None:
     """Extra padding (a larger token bucket) leaves every logit unchanged, in both forms."""
     torch.manual_seed(0)
@@ -126,10 +127,13 @@ def test_range_penalty_only_outside_margin() -> None:
     assert nl.max_ratio.item() == pytest.approx(1.5)
 
 
-@pytest.mark.parametrize("variant", [{}, {"recursive": True}])
+@pytest.mark.parametrize("variant", [{}, {"recursive": True}, {"rel_bias": True}])
 def test_save_load_round_trip(tmp_path, variant: dict) -> None:
     torch.manual_seed(2)
     model = Student(StudentConfig(**TINY, **variant))
+    if model.layers[0].attn.rel_bias is not None:
+        with torch.no_grad():
+            model.layers[0].attn.rel_bias.uniform_(-0.5, 0.5)
     model.train()
     ids, mask = batch()
     model(ids, mask)  # moves the running statistics away from their initial values
@@ -260,14 +264,18 @@ def test_bad_poly_spec_refused_at_config_load(bad: dict, match: str) -> None:
         StudentConfig.from_dict({"relu_poly": {"degree": 14, **bad}})
 
 
-def test_fused_exact_attention_equals_the_modules() -> None:
-    """Student.fuse_exact: the compiled kernel gives the same logits and gradients, pads nothing, refuses poly form."""
+@pytest.mark.parametrize("rel_bias", [False, True])
+def test_fused_exact_attention_equals_the_modules(rel_bias: bool) -> None:
+    """Student.fuse_exact: the compiled kernel gives the same logits and gradients, pads nothing, refuses poly form;
+    also with a relative bias (an [H, T, T] offset)."""
     torch.manual_seed(0)
-    cfg = StudentConfig(**{**TINY, "dropout": 0.0}, key_norm=0.5)
+    cfg = StudentConfig(**{**TINY, "dropout": 0.0}, key_norm=0.5, rel_bias=rel_bias)
     plain, fused = Student(cfg), Student(cfg)
-    with torch.no_grad():  # alpha starts at 0: move it, so that the kernel's offset is checked too
+    with torch.no_grad():  # alpha and the bias start at 0: move them, so that the kernel's offset is checked too
         for layer in plain.layers:
             layer.attn.alpha.fill_(-0.3)
+            if rel_bias:
+                layer.attn.rel_bias.uniform_(-0.5, 0.5)
     fused.load_state_dict(plain.state_dict())
     fused.fuse_exact()
     ids, mask = batch()

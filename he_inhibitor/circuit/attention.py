@@ -7,6 +7,7 @@ so T cyclic shifts visit every (query, key) pair once. For each shift s:
 
     A  = c_z * p(Q - rot(K2, s))                  |x| fit, c_z folded into it
     Z  = head rotate-and-sum of A (+ z_bias)      log2(blocks/H) rotations
+         (+ b_h((i+s) mod T - i): relative bias,  one plaintext per shift, no level)
     H += mask_s * r(rot(V2, s) - Z)               ReLU fit (signed: minus r(-V-Z));
                                                   mask_s[i] = m[(i+s) mod T]
 
@@ -53,10 +54,29 @@ class AttentionSpec:
     signed: bool = False
     lanes: int = 2  # independent ranges of shifts (processes a parallel executor may use)
     main_shifts: int | None = None  # shifts on lane 0 (None: an even split)
+    rel_bias: np.ndarray | None = None  # [H, 2L - 1], scaled: b_h(o) / B_att at index o + L - 1
 
     def __post_init__(self) -> None:
         if self.layout.blocks_per_ct % self.n_heads:
             raise ValueError("blocks per ciphertext must be a multiple of the head count")
+        if self.rel_bias is not None:
+            if self.rel_bias.ndim != 2 or self.rel_bias.shape[0] != self.n_heads or self.rel_bias.shape[1] % 2 == 0:
+                raise ValueError(f"relative bias must be [{self.n_heads}, 2L - 1], not {self.rel_bias.shape}")
+            if (self.rel_bias.shape[1] + 1) // 2 < self.layout.T:
+                raise ValueError(f"relative bias covers {(self.rel_bias.shape[1] + 1) // 2} positions, T={self.layout.T}")
+
+    def shift_offset(self, s: int) -> np.ndarray | float:
+        """What shift s adds to Z: z_offset, plus b_h(j - i) at offset i of head h's blocks,
+        j = (i + s) mod T the key it meets there (second halves: z_offset alone)."""
+        if self.rel_bias is None:
+            return self.z_offset
+        lay, T = self.layout, self.layout.T
+        i = np.arange(T)
+        cols = (i + s) % T - i + (self.rel_bias.shape[1] - 1) // 2  # [T]
+        heads = np.arange(lay.blocks_per_ct) % self.n_heads  # local block b holds a feature of head b mod H
+        blocks = np.zeros((lay.blocks_per_ct, lay.block_size))
+        blocks[:, :T] = self.rel_bias[heads][:, cols]
+        return blocks.reshape(-1) + self.z_offset
 
     def key_masks(self, m: np.ndarray) -> list[np.ndarray]:
         """mask_s for s = 0..T-1: m[(i+s) mod T] in first halves, zero in second halves."""
@@ -167,8 +187,9 @@ def _shifts(ops: Ops[V], spec: AttentionSpec, q2: list[V], k2: list[V], v2: list
             v2 = [ops.align(vc, z) for vc in v2]
             if shifts.start:
                 v2 = [ops.rotate(vc, shifts.start) for vc in v2]
-        if spec.z_offset:
-            z = ops.add_plain(z, spec.z_offset)
+        offset = spec.shift_offset(s)
+        if np.any(offset):
+            z = ops.add_plain(z, offset)
         for c, vc in enumerate(v2):
             t = ops.poly(ops.sub(vc, z), spec.relu_fn, masks[s])
             if spec.signed:

@@ -44,7 +44,8 @@ BUCKETS = (32, 64)  # a sentence runs in the smallest bucket that holds it (max_
 CLIENT_DIR, SIGNATURE_FILE = "client", "signature.json"
 
 _ARRAYS = [f.name for f in fields(LayerWeights) if f.name not in ("gamma", "alpha", "beta", "abs_fn",
-                                                                   "attn_relu", "ffn_relu", "conv")]
+                                                                   "attn_relu", "ffn_relu", "conv", "rel_bias")]
+_OPTIONAL = ("conv", "rel_bias")  # per-layer arrays that only some students have
 _NONLINS = ("abs_fn", "attn_relu", "ffn_relu")
 
 
@@ -108,8 +109,7 @@ def save_bundle(sw: StudentWeights, buckets: int | Sequence[int], out_dir: str |
     arrays = {"sf": sw.sf, "tf": sw.tf, "wc": sw.wc, "bc": sw.bc}
     for i, lw in enumerate(sw.layers):
         arrays.update({f"l{i}.{k}": getattr(lw, k) for k in _ARRAYS})
-        if lw.conv is not None:
-            arrays[f"l{i}.conv"] = lw.conv
+        arrays.update({f"l{i}.{k}": getattr(lw, k) for k in _OPTIONAL if getattr(lw, k) is not None})
     np.savez_compressed(out / "weights.npz", **arrays)
     student = {"n_heads": sw.n_heads, "signed": sw.signed, "key_norm": sw.key_norm, "layers": [
         {"gamma": lw.gamma, "alpha": lw.alpha, "beta": lw.beta, **{k: _nonlin_json(getattr(lw, k)) for k in _NONLINS}}
@@ -177,7 +177,7 @@ def load_weights(bundle: str | Path) -> StudentWeights:
     layers = tuple(LayerWeights(
         **{k: arrays[f"l{i}.{k}"] for k in _ARRAYS},
         gamma=float(ls["gamma"]), alpha=float(ls["alpha"]), beta=float(ls["beta"]),
-        **{k: _nonlin(ls[k]) for k in _NONLINS}, conv=arrays.get(f"l{i}.conv"))
+        **{k: _nonlin(ls[k]) for k in _NONLINS}, **{k: arrays.get(f"l{i}.{k}") for k in _OPTIONAL})
         for i, ls in enumerate(student["layers"]))
     return StudentWeights(int(student["n_heads"]), bool(student["signed"]), layers,
                           arrays["sf"], arrays["tf"], arrays["wc"], arrays["bc"],

@@ -176,7 +176,7 @@ def compile_student(
             q, k, v = compile_group([fw.wq, fw.wk, fw.wv], [fw.bq, fw.bk, fw.bv], xl, [xl] * 3, n1).apply(b, x)
             if fw.conv is not None:
                 q, k, v = (token_conv(b, t, li, j, fw.conv.shape[1]) for j, t in enumerate((q, k, v)))
-            spec = AttentionSpec(xl, H, fw.abs_fn, fw.attn_relu, fw.z_bias, sw.signed, lanes, main_shifts)
+            spec = AttentionSpec(xl, H, fw.abs_fn, fw.attn_relu, fw.z_bias, sw.signed, lanes, main_shifts, fw.rel_bias)
             h = inhibitor_attention(b, spec, q, k, v, [f"mask{s}" for s in range(T)])
             (o,) = compile_group([fw.wo], [fw.bo], xl, [xl], n1).apply(b, h)
             x = [b.add(xc, oc) for xc, oc in zip(x, o)]

@@ -8,6 +8,7 @@ polynomials on [-1, 1]:
     Q' = (x s1 + t1) Wq / B_abs + bq / B_abs        (K' alike; V' with B_att)
     c_z = B_abs |gamma| / sqrt(d_h) / B_att,  z_bias = |alpha| / B_att
     conv taps (Q, K, V after projection): unchanged, they commute with 1/B
+    relative bias b_h(j - i): divided by B_att, like alpha
     Wo' = B_att beta Wo                              (H = B_att sum_j m_j r(V' - Z'))
     W1' = s2 W1 / B_ffn, b1' = (t2 W1 + b1) / B_ffn, W2' = B_ffn W2
     logits = sum_i (m_i / n) x_i (sf o Wc) + (tf Wc + bc)
@@ -58,6 +59,7 @@ class LayerWeights:
     attn_relu: Nonlin
     ffn_relu: Nonlin
     conv: np.ndarray | None = None  # [3 (Q, K, V), kernel, d]: TokenConv taps after each projection
+    rel_bias: np.ndarray | None = None  # [H, 2L - 1]: b_h(o) added to Z for token offset o = j - i at index o + L - 1
 
 
 @dataclass(frozen=True)
@@ -101,6 +103,7 @@ class FoldedLayer:
     w2: np.ndarray
     b2: np.ndarray
     conv: np.ndarray | None = None  # unchanged: per-feature taps commute with the 1/B scalings
+    rel_bias: np.ndarray | None = None  # b_h(o) / B_att
 
 
 def fold_layer(lw: LayerWeights, n_heads: int) -> FoldedLayer:
@@ -122,6 +125,7 @@ def fold_layer(lw: LayerWeights, n_heads: int) -> FoldedLayer:
         z_bias=abs(lw.alpha) / b_att,
         wo=b_att * lw.beta * lw.wo, bo=lw.bo,
         w1=w1, b1=b1, ffn_relu=lw.ffn_relu.fn, w2=b_ffn * lw.w2, b2=lw.b2, conv=lw.conv,
+        rel_bias=None if lw.rel_bias is None else lw.rel_bias / b_att,
     )
 
 
@@ -167,6 +171,7 @@ def from_torch(model) -> StudentWeights:
             float(att.gamma.detach()), float(att.alpha.detach()), float(att.beta.detach()), s2, t2, w1, b1, w2, b2,
             nl(att.abs_fn), nl(att.relu_fn), nl(layer.ffn.relu_fn),
             None if att.qkv.convs is None else np.stack([a(c.weight) for c in att.qkv.convs]),
+            None if att.rel_bias is None else a(att.rel_bias),
         ))
     sf, tf = norm(model.norm_f)
     wc, bc = lin(model.classifier)

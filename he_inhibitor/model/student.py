@@ -40,6 +40,8 @@ class StudentConfig:
     key_norm: float = 0.0  # inhibitor only: its sum over keys divided by n^key_norm (n: the sentence's length)
     # inhibitor only: kernel of a depthwise token convolution after each of Q, K, V (attention.TokenConv); 0: none
     qkv_conv: int = 0
+    # inhibitor only: a learned bias per head and token offset j - i added to Z (InhibitorAttention.offset)
+    rel_bias: bool = False
     recursive: bool = False
     adapter_dim: int = 16
     dropout: float = 0.1
@@ -65,6 +67,8 @@ class StudentConfig:
             raise ValueError("key_norm applies to inhibitor attention only (dot-product's poly form already divides by n)")
         if self.qkv_conv and (self.attention != "inhibitor" or self.qkv_conv % 2 == 0 or self.qkv_conv < 0):
             raise ValueError(f"qkv_conv is an odd kernel size for inhibitor attention, not {self.qkv_conv} with {self.attention!r}")
+        if self.rel_bias and self.attention != "inhibitor":
+            raise ValueError("rel_bias applies to inhibitor attention only")
         if not 0 <= self.key_norm <= 1:
             raise ValueError(f"key_norm is an exponent in [0, 1], not {self.key_norm}")
 
@@ -152,7 +156,7 @@ class EncoderLayer(nn.Module):
             abs_fn = Nonlinearity("abs", cfg.abs_bound, cfg.abs_poly, cfg.margin)
             self.attn = InhibitorAttention(
                 cfg.d_model, cfg.n_heads, abs_fn, relu_attn, signed=cfg.signed, center=cfg.center,
-                key_norm=cfg.key_norm, conv=cfg.qkv_conv,
+                key_norm=cfg.key_norm, conv=cfg.qkv_conv, rel_offsets=cfg.max_len if cfg.rel_bias else 0,
             )
         else:
             self.attn = DotProductAttention(cfg.d_model, cfg.n_heads, relu_attn)
