@@ -219,8 +219,9 @@ def position_table(teacher_pos: np.ndarray, d: int, norm: float) -> np.ndarray:
 
     Through the words' basis they keep only what happens to lie in the word
     subspace: about 4% of a word row's norm after training, where the
-    teacher's own ratio is 0.34. At that ratio the student still ignores
-    word order (runs/h16_pos, README), so this is an option, not the default.
+    teacher's own ratio is 0.34. No recorded run has shown it to help
+    (configs/student_h16_pos.json has no results row), so it is an option,
+    not the default.
     """
     centred = teacher_pos.astype(np.float64) - teacher_pos.mean(0)
     _, _, vt = np.linalg.svd(centred, full_matrices=False)

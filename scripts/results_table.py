@@ -36,7 +36,8 @@ def summarize(run: Path) -> dict:
     return {
         "run": run.name,
         "attention": s["attention"] + (" signed" if s["signed"] else "") + (" recursive" if s["recursive"] else "")
-                     + (f" / n^{s['key_norm']:g}" if s.get("key_norm") else ""),
+                     + (f" / n^{s['key_norm']:g}" if s.get("key_norm") else "")
+                     + (" + rel bias" if s.get("rel_bias") else ""),
         "layers": s["n_layers"],
         "heads": s["n_heads"],
         "d_ff": s["d_ff"],

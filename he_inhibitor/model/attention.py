@@ -15,7 +15,10 @@ the inhibition instead of to a logit), zero without it; Z >= 0 holds only
 then. It gives each head a direction and a reach (inhibit keys far away or
 on one side) directly, where absolute position embeddings left the students
 bags of words: shuffling each dev sentence's words costs the shipped student
-0.3 point and its teacher 8.7 (scripts/word_order.py, three permutations). In
+0.3 point and its teacher 8.7 (scripts/word_order.py, three permutations).
+Trained with it (runs/h16_rel, README) a student learns symmetric locality
+(neighbours inhibited less than the token itself) but stays order-blind,
+0.3 point again. In
 the circuit query i meets key (i + s) mod T at shift s, so the offsets of a
 shift are public constants: one plaintext per shift, added at no level. Unnormalised, H grows with the number of keys that pass
 the ReLU: the shipped 4-head student's first-layer output norm grows from
