@@ -102,6 +102,9 @@ class DistillConfig:
     # faster per layer (scripts/bench_fused_attention.py), about 2x per step with 2 copies,
     # after a one-off compile of under a minute; needs a C++ compiler
     fused_attention: bool = False
+    # learning-rate multiplier of the relative biases b_h(o): Adam moves each by at most about lr a step,
+    # so in one epoch at 2e-3 a bias travels about 1, which may be too little to learn a direction
+    rel_bias_lr: float = 1.0
     checkpoint_every: int = 300
 
     def __post_init__(self) -> None:
@@ -481,6 +484,16 @@ def _schedule(step: int, total: int, warmup: float) -> float:
     return step / w if step < w else max(0.0, (total - step) / max(1, total - w))
 
 
+def param_groups(dist: nn.Module, rel_bias_lr: float) -> list[dict]:
+    """AdamW groups: the relative biases at ``rel_bias_lr`` times the rate and without weight decay
+    (a prior over offsets, which decay would pull back to symmetric), everything else at 1x."""
+    rel, rest = [], []
+    for name, p in dist.named_parameters():
+        if p.requires_grad:
+            (rel if name.endswith("attn.rel_bias") else rest).append(p)
+    return [g for g in ({"params": rest, "lr_scale": 1.0}, {"params": rel, "lr_scale": rel_bias_lr, "weight_decay": 0.0}) if g["params"]]
+
+
 def run_phase(
     name: str, dist: Distiller, batches: Batches, cfg: DistillConfig, epochs: float, lr: float,
     out: Path, log, state: dict, evaluate_fn, labeller: TeacherLabeller | None = None,
@@ -494,7 +507,7 @@ def run_phase(
     if epochs <= 0:
         return
     params = [p for p in dist.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(param_groups(dist, cfg.rel_bias_lr), lr=lr, weight_decay=cfg.weight_decay)
     total = max(1, round(epochs * len(batches)))
     ckpt = out / f"checkpoint-{name}.pt"
     step = 0
@@ -510,7 +523,7 @@ def run_phase(
         for rows in batches.order(epoch)[done : done + total - step]:
             dist.train()
             for g in opt.param_groups:
-                g["lr"] = lr * _schedule(step, total, cfg.warmup)
+                g["lr"] = lr * g["lr_scale"] * _schedule(step, total, cfg.warmup)
             batch = batches.collate(rows)
             parts = dist.losses(batch, cfg)
             if labeller is not None:
@@ -530,7 +543,7 @@ def run_phase(
             step += 1
             bar.update(1)
             if step % 50 == 0:
-                rec = {"phase": name, "step": step, "lr": g["lr"], **{k: round(float(v.detach()), 5) for k, v in parts.items()}}
+                rec = {"phase": name, "step": step, "lr": opt.param_groups[0]["lr"], **{k: round(float(v.detach()), 5) for k, v in parts.items()}}
                 log.write(json.dumps(rec) + "\n")
                 log.flush()
                 bar.set_postfix(loss=f"{rec['loss']:.3f}", acc=f"{rec['acc']:.3f}")

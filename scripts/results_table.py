@@ -37,7 +37,8 @@ def summarize(run: Path) -> dict:
         "run": run.name,
         "attention": s["attention"] + (" signed" if s["signed"] else "") + (" recursive" if s["recursive"] else "")
                      + (f" / n^{s['key_norm']:g}" if s.get("key_norm") else "")
-                     + (" + rel bias" if s.get("rel_bias") else ""),
+                     + (" + rel bias" if s.get("rel_bias") else "")
+                     + (f" one-sided {s['rel_bias_init']:g}, lr x{cfg.get('rel_bias_lr', 1.0):g}" if s.get("rel_bias_init") else ""),
         "layers": s["n_layers"],
         "heads": s["n_heads"],
         "d_ff": s["d_ff"],

@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 
 from he_inhibitor.data import default_data_dir, load_sst2
 from he_inhibitor.distill import (
-    Batches, DistillConfig, Distiller, LossWeights, init_embeddings_from_teacher, position_table, teacher_layers,
+    Batches, DistillConfig, Distiller, LossWeights, init_embeddings_from_teacher, param_groups, position_table,
+    teacher_layers,
 )
 from he_inhibitor.model import Student, StudentConfig
 from he_inhibitor.model.nonlinear import PolySpec
@@ -335,3 +336,15 @@ def test_distill_then_finetune_a_trained_student(tmp_path) -> None:
     assert a.cfg == b.cfg
     assert [float(m.bound) for _, m in a.nonlinearities()] == [float(m.bound) for _, m in b.nonlinearities()]
     assert not torch.equal(a.layers[0].ffn.lin1.weight, b.layers[0].ffn.lin1.weight)
+
+
+def test_param_groups_scale_the_relative_bias_only() -> None:
+    """Every trainable parameter is in exactly one group; the relative biases get the multiplier and no decay."""
+    student = Student(StudentConfig(vocab_size=30, d_model=8, n_heads=4, d_ff=16, n_layers=2, rel_bias=True))
+    groups = param_groups(student, 5.0)
+    ids = [id(p) for g in groups for p in g["params"]]
+    assert sorted(ids) == sorted(id(p) for p in student.parameters() if p.requires_grad)
+    rel = [g for g in groups if g["lr_scale"] == 5.0]
+    assert len(rel) == 1 and rel[0]["weight_decay"] == 0.0
+    assert {id(p) for p in rel[0]["params"]} == {id(layer.attn.rel_bias) for layer in student.layers}
+    assert len(param_groups(Student(StudentConfig(vocab_size=30, d_model=8, n_heads=2, d_ff=16, n_layers=1)), 5.0)) == 1

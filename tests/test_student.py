@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from he_inhibitor.model import Student, StudentConfig
-from he_inhibitor.model.attention import InhibitorAttention
+from he_inhibitor.model.attention import InhibitorAttention, one_sided_bias
 from he_inhibitor.model.nonlinear import Nonlinearity, PolySpec
 from he_inhibitor.model.student import load_student, save_student
 
@@ -296,3 +296,42 @@ def test_fused_exact_attention_equals_the_modules(rel_bias: bool) -> None:
         torch.testing.assert_close(got_grads[name], want_grads[name], rtol=1e-4, atol=1e-5, msg=name)
     with pytest.raises(RuntimeError, match="exact form only"):
         fused.set_form("poly")(ids, mask)
+
+
+@settings(max_examples=30, deadline=None)
+@given(n_heads=st.sampled_from([1, 2, 4, 8, 16]), L=st.integers(1, 20), c=st.floats(0.0, 5.0))
+def test_one_sided_bias_pattern(n_heads: int, L: int, c: float) -> None:
+    """A quarter of the heads start with c on every key after the query, a quarter on every key before it."""
+    b = one_sided_bias(n_heads, L, c).numpy()  # [H, 2L - 1], index o + L - 1
+    c = np.float32(c)  # the table is float32
+    q = n_heads // 4
+    o = np.arange(-(L - 1), L)
+    assert b.shape == (n_heads, 2 * L - 1)
+    np.testing.assert_array_equal(b[:q], np.broadcast_to(np.where(o > 0, c, 0.0), (q, 2 * L - 1)))
+    np.testing.assert_array_equal(b[q : 2 * q], np.broadcast_to(np.where(o < 0, c, 0.0), (q, 2 * L - 1)))
+    np.testing.assert_array_equal(b[2 * q :], 0.0)
+
+
+def test_one_sided_heads_ignore_the_other_side() -> None:
+    """With a large start, a left-looking head's output at query i does not move when tokens after i change,
+    a right-looking one's not when tokens before i change (exact form, out = identity to read the heads)."""
+    torch.manual_seed(0)
+    cfg = StudentConfig(**{**TINY, "n_heads": 4}, rel_bias=True, rel_bias_init=1e4)
+    attn = Student(cfg).double().eval().layers[0].attn
+    with torch.no_grad():
+        attn.out.weight.copy_(torch.eye(16))
+        attn.out.bias.zero_()
+    d_h, i = 4, 4
+    x = torch.randn(1, 9, 16, dtype=torch.double)
+    mask = torch.ones(1, 9, dtype=torch.bool)
+    after, before = x.clone(), x.clone()
+    after[:, i + 1 :] = torch.randn(1, 9 - i - 1, 16, dtype=torch.double)
+    before[:, :i] = torch.randn(1, i, 16, dtype=torch.double)
+    out, out_after, out_before = (attn(v, mask)[0][0, i] for v in (x, after, before))
+    torch.testing.assert_close(out_after[:d_h], out[:d_h])  # head 0 reads the left context
+    torch.testing.assert_close(out_before[d_h : 2 * d_h], out[d_h : 2 * d_h])  # head 1 the right
+    assert not torch.allclose(out_after[2 * d_h :], out[2 * d_h :])  # the zero-start heads see both sides
+    with pytest.raises(ValueError, match="needs rel_bias"):
+        StudentConfig(**TINY, rel_bias_init=1.0)
+    with pytest.raises(ValueError, match=">= 0"):
+        StudentConfig(**TINY, rel_bias=True, rel_bias_init=-1.0)

@@ -131,6 +131,22 @@ def merge_heads(h: torch.Tensor) -> torch.Tensor:
     return h.transpose(1, 2).reshape(b, t, n_heads * d_h)
 
 
+def one_sided_bias(n_heads: int, L: int, c: float) -> torch.Tensor:
+    """[H, 2L - 1] starting b_h(o): c on o > 0 for the first quarter of the heads, c on o < 0 for
+    the second, zero elsewhere.
+
+    Started at zero, a head's bias learns only symmetric locality and the
+    student stays a bag of words (runs/h16_rel); inhibiting one side outright
+    gives the left-looking and right-looking heads an order-sensitive
+    input ("not" before "good") from the first step.
+    """
+    bias = torch.zeros(n_heads, 2 * L - 1)  # index o + L - 1
+    q = n_heads // 4
+    bias[:q, L:] = c  # keys after the query inhibited: these heads read the left context
+    bias[q : 2 * q, : L - 1] = c  # keys before it: the right context
+    return bias
+
+
 class InhibitorAttention(nn.Module):
     def __init__(
         self,
@@ -143,6 +159,7 @@ class InhibitorAttention(nn.Module):
         key_norm: float = 0.0,
         conv: int = 0,
         rel_offsets: int = 0,
+        rel_init: float = 0.0,
     ) -> None:
         super().__init__()
         if d_model % n_heads:
@@ -160,8 +177,8 @@ class InhibitorAttention(nn.Module):
         self.alpha = nn.Parameter(torch.tensor(0.0))
         # 10 word pieces (the median training phrase) start at the unnormalised output's scale
         self.beta = nn.Parameter(torch.tensor(0.2 * 10.0**key_norm))
-        # b_h(o) for offsets o = j - i in [-(L-1), L-1] at index o + L - 1; starts at zero
-        self.rel_bias = nn.Parameter(torch.zeros(n_heads, 2 * rel_offsets - 1)) if rel_offsets else None
+        # b_h(o) for offsets o = j - i in [-(L-1), L-1] at index o + L - 1
+        self.rel_bias = nn.Parameter(one_sided_bias(n_heads, rel_offsets, rel_init)) if rel_offsets else None
 
     def offset(self, t: int) -> torch.Tensor:
         """alpha + b_h(j - i): [H, T_q, T_k], or the scalar |alpha| without a relative bias."""

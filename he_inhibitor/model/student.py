@@ -42,6 +42,9 @@ class StudentConfig:
     qkv_conv: int = 0
     # inhibitor only: a learned bias per head and token offset j - i added to Z (InhibitorAttention.offset)
     rel_bias: bool = False
+    # rel_bias only: c > 0 starts a quarter of each layer's heads with b_h(o) = c on keys after the
+    # query (o > 0) and a quarter on keys before it, so they see one side from step one (0: all zero)
+    rel_bias_init: float = 0.0
     recursive: bool = False
     adapter_dim: int = 16
     dropout: float = 0.1
@@ -69,6 +72,10 @@ class StudentConfig:
             raise ValueError(f"qkv_conv is an odd kernel size for inhibitor attention, not {self.qkv_conv} with {self.attention!r}")
         if self.rel_bias and self.attention != "inhibitor":
             raise ValueError("rel_bias applies to inhibitor attention only")
+        if self.rel_bias_init and not self.rel_bias:
+            raise ValueError("rel_bias_init sets the relative bias's start: it needs rel_bias")
+        if self.rel_bias_init < 0:
+            raise ValueError(f"rel_bias_init inhibits one side, so it is >= 0, not {self.rel_bias_init}")
         if not 0 <= self.key_norm <= 1:
             raise ValueError(f"key_norm is an exponent in [0, 1], not {self.key_norm}")
 
@@ -157,6 +164,7 @@ class EncoderLayer(nn.Module):
             self.attn = InhibitorAttention(
                 cfg.d_model, cfg.n_heads, abs_fn, relu_attn, signed=cfg.signed, center=cfg.center,
                 key_norm=cfg.key_norm, conv=cfg.qkv_conv, rel_offsets=cfg.max_len if cfg.rel_bias else 0,
+                rel_init=cfg.rel_bias_init,
             )
         else:
             self.attn = DotProductAttention(cfg.d_model, cfg.n_heads, relu_attn)
