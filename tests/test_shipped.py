@@ -1,4 +1,7 @@
-"""The committed artifacts agree with each other: the bundle was compiled from the shipped student."""
+"""The committed artifacts agree with each other (the bundle was compiled from the shipped student),
+and the shipped student meets its quality bar on SST-2 dev."""
+
+import json
 
 import numpy as np
 import pytest
@@ -8,9 +11,11 @@ torch = pytest.importorskip("torch")
 from he_inhibitor.circuit.bundle import SHIPPED_BUNDLE, buckets_of, load_bundle  # noqa: E402
 from he_inhibitor.circuit.client_bundle import ClientBundle  # noqa: E402
 from he_inhibitor.circuit.executors import make_executor  # noqa: E402
-from he_inhibitor.evaluate import SHIPPED_STUDENT  # noqa: E402
+from he_inhibitor.data import default_data_dir, load_sst2  # noqa: E402
+from he_inhibitor.distill import evaluate  # noqa: E402
+from he_inhibitor.evaluate import SHIPPED_STUDENT, range_report  # noqa: E402
 from he_inhibitor.model.student import load_student  # noqa: E402
-from he_inhibitor.vocab import encode  # noqa: E402
+from he_inhibitor.vocab import encode, load_tokenizer  # noqa: E402
 
 SENTENCES = [("a gorgeous , witty , seductive movie .", 32),
              ("it 's a charming and often affecting journey , though the second half drags badly and the "
@@ -30,3 +35,17 @@ def test_shipped_bundle_computes_the_shipped_student(text, bucket):
         want = model(torch.from_numpy(ids), torch.from_numpy(mask))[0].numpy()
     got = make_executor("plain", load_bundle(SHIPPED_BUNDLE, prep.T).compiled).run(prep.x0, prep.m).logits
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)  # the bundle holds float16 weights as float64
+
+
+@pytest.mark.skipif(default_data_dir() is None, reason="SST-2 data absent (../shared/data/sst2 or $HE_INHIBITOR_DATA)")
+def test_shipped_student_meets_the_bar_on_dev():
+    """In the circuit's own polynomial form: >= 85% on all 872 dev sentences with >= 2 layers, no
+    sentence truncated, none pushing a polynomial beyond its bound; and metrics.json records that accuracy."""
+    sentences, labels = load_sst2(default_data_dir(), "dev")
+    student, tok = load_student(SHIPPED_STUDENT).set_form("poly"), load_tokenizer(SHIPPED_STUDENT)
+    assert student.cfg.n_layers >= 2
+    assert max(len(e.ids) for e in tok.encode_batch(sentences)) <= student.cfg.max_len
+    accuracy = evaluate(student, tok, sentences, labels)
+    assert accuracy >= 0.85
+    assert accuracy == pytest.approx(json.loads((SHIPPED_STUDENT / "metrics.json").read_text())["dev_poly"], abs=1e-9)
+    assert range_report(student, tok, sentences)["beyond_bound"] == 0
