@@ -14,11 +14,13 @@ signed token offset (``rel_offsets``; T5's relative position bias, added to
 the inhibition instead of to a logit), zero without it; Z >= 0 holds only
 then. It gives each head a direction and a reach (inhibit keys far away or
 on one side) directly, where absolute position embeddings left the students
-bags of words: shuffling each dev sentence's words costs the shipped student
-0.3 point and its teacher 8.7 (scripts/word_order.py, three permutations).
-Trained with it (runs/h16_rel, README) a student learns symmetric locality
-(neighbours inhibited less than the token itself) but stays order-blind,
-0.3 point again. In
+bags of words: shuffling each dev sentence's words cost the 4-head
+runs/weighted student 0.3 point and its teacher 8.7 (scripts/word_order.py,
+three permutations). Trained with the bias from zero (runs/h16_rel, README) a
+student learns symmetric locality (neighbours inhibited less than the token
+itself) but stays order-blind, 0.3 point again; started one-sided
+(``one_sided_bias``), the shipped student loses 3.1 points and gains 2 on
+dev. In
 the circuit query i meets key (i + s) mod T at shift s, so the offsets of a
 shift are public constants: one plaintext per shift, added at no level. Unnormalised, H grows with the number of keys that pass
 the ReLU: the shipped 4-head student's first-layer output norm grows from
