@@ -116,6 +116,8 @@ class DistillConfig:
             raise ValueError(f"position_norm is a ratio of norms, >= 0, not {self.position_norm}")
         if not self.embedding_residual and not self.embedding_tied:
             raise ValueError("embedding_residual=False freezes the residual R of a tied table: it needs embedding_tied")
+        if not math.isfinite(self.rel_bias_lr) or self.rel_bias_lr < 0:
+            raise ValueError(f"rel_bias_lr multiplies the learning rate (0 freezes the bias), so it is >= 0, not {self.rel_bias_lr}")
 
     @classmethod
     def from_dict(cls, data: dict) -> "DistillConfig":

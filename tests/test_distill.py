@@ -348,3 +348,5 @@ def test_param_groups_scale_the_relative_bias_only() -> None:
     assert len(rel) == 1 and rel[0]["weight_decay"] == 0.0
     assert {id(p) for p in rel[0]["params"]} == {id(layer.attn.rel_bias) for layer in student.layers}
     assert len(param_groups(Student(StudentConfig(vocab_size=30, d_model=8, n_heads=2, d_ff=16, n_layers=1)), 5.0)) == 1
+    with pytest.raises(ValueError, match="rel_bias_lr"):
+        DistillConfig.from_dict({"rel_bias_lr": -1.0})
