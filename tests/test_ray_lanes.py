@@ -1,0 +1,142 @@
+"""Lanes on Ray (embedded, 2 CPUs): same answer as one process, keys sent once, killed workers survived or reported."""
+
+import os
+import signal
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+ray = pytest.importorskip("ray")
+
+from he_inhibitor.circuit.encrypted import EncryptedExecutor, measured_depth  # noqa: E402
+from he_inhibitor.circuit.ir import OpKind, levels_and_degrees  # noqa: E402
+from he_inhibitor.circuit.noise import NoiseModel  # noqa: E402
+from he_inhibitor.circuit.params import Precision, plan_student  # noqa: E402
+from he_inhibitor.circuit.plain import run as plain_run  # noqa: E402
+from he_inhibitor.circuit.ray_lanes import (  # noqa: E402
+    LaneError, RayLaneExecutor, RayLanes, lanes_of, segments_of, start_ray, with_lanes,
+)
+from he_inhibitor.circuit.simulate import simulate  # noqa: E402
+from he_inhibitor.circuit.weights import from_torch  # noqa: E402
+from he_inhibitor.model.nonlinear import PolySpec  # noqa: E402
+from he_inhibitor.model.student import Student, StudentConfig  # noqa: E402
+
+T = 8
+LANES = 3  # two lane workers beside lane 0
+
+
+@pytest.fixture(scope="module")
+def student():
+    torch.manual_seed(0)
+    cfg = StudentConfig(vocab_size=40, max_len=16, d_model=16, n_heads=4, d_ff=32, n_layers=1, dropout=0.0,
+                        abs_poly=PolySpec(6), relu_poly=PolySpec(6))
+    model = Student(cfg).double().eval().set_form("poly")
+    sw = from_torch(model)
+    # N = 8192 holds 3 levels: the circuit runs through client-aided refreshes
+    plan = with_lanes(plan_student(sw, T, n=8192, precision=Precision(30, 40, 60)), LANES, sw)
+    return model, plan
+
+
+def sentence(model, n_valid, seed):
+    g = torch.Generator().manual_seed(seed)
+    tok = torch.randint(0, 40, (1, T), generator=g)
+    m = (torch.arange(T) < n_valid).double()[None]
+    with torch.no_grad():
+        return model.embed(tok, m)[0].numpy(), m[0].numpy()
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    started = start_ray(num_cpus=2)
+    yield
+    if started:
+        ray.shutdown()
+
+
+def test_segments_cover_the_lanes_once(student):
+    _, plan = student
+    c = plan.compiled.circuit
+    assert lanes_of(c) == list(range(LANES))
+    segs = segments_of(c)
+    assert {s.lane for s in segs} == set(range(1, LANES))
+    covered = [i for s in segs for i in s.nodes]
+    assert sorted(covered) == [i for i, n in enumerate(c.nodes) if n.lane and n.op is not OpKind.CONST]
+    owner = {i: k for k, s in enumerate(segs) for i in s.nodes}
+    for k, s in enumerate(segs):
+        assert all(c.nodes[i].lane == 0 for i in s.inputs) and s.outputs
+        assert all(owner[i] < k and segs[owner[i]].lane == s.lane for i in s.links)  # worker to worker
+        # the caller walks lane 0 in order: every lane-0 input exists before any lane-0 node reads an output
+        readers = [j for j, n in enumerate(c.nodes) if n.lane == 0 and set(n.args) & set(s.nodes)]
+        assert max(s.inputs, default=-1) < min(readers, default=len(c.nodes))
+    # refreshes inside the attention (N = 8192): the lanes are cut at each client round trip
+    assert len(segs) > LANES - 1
+    # the plain executor does not care about lanes: recompiling for more lanes changes nothing it computes
+    x0, m = sentence(student[0], 5, 1)
+    two = plan_student(from_torch(student[0]), T, n=8192, precision=Precision(30, 40, 60)).compiled
+    np.testing.assert_allclose(plain_run(c, plan.compiled.pack_input(x0), plan.compiled.public_plaintexts(m))["logits"],
+                               plain_run(two.circuit, two.pack_input(x0), two.public_plaintexts(m))["logits"],
+                               rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.slow
+def test_lanes_on_ray_equal_plain_within_bound_and_keys_go_once(student, cluster):
+    model, plan = student
+    ex = EncryptedExecutor(plan.compiled, plan.params)
+    ex.prepare()
+    levels, _ = levels_and_degrees(plan.compiled.circuit)
+    with RayLaneExecutor(ex) as lanes:
+        assert len(lanes.pool.actors) == LANES - 1
+        for n_valid, seed in ((5, 1), (T, 2)):
+            x0, m = sentence(model, n_valid, seed)
+            sim = simulate(plan.compiled, NoiseModel.of(plan.params), x0, m, chain=plan.params.depth)
+            res = lanes.run(x0, m)
+            # every ciphertext, local or from a lane worker, at the level the IR predicted
+            assert len(res.chain_index) == len(plan.compiled.circuit.nodes) - len(plan.compiled.circuit.consts)
+            assert all(plan.params.depth - levels[i] == ci for i, ci in res.chain_index.items())
+            assert measured_depth(plan.compiled.circuit, res.chain_index) == plan.depth
+            err = np.abs(res.logits - sim.logits).max()
+            assert err <= sim.noise_bound
+            assert lanes.last["store_bytes_out"] > 0 and lanes.last["store_bytes_in"] > 0
+        stats = lanes.pool.stats()
+    # two sentences, one warm-up: each worker loaded the keys and the circuit exactly once
+    assert all(s["key_loads"] == {lanes.key_id: 1} for s in stats)
+    assert all(s["circuit_loads"] == {lanes.circuit_id: 1} for s in stats)
+    assert sum(s["segments_run"] for s in stats) == 2 * len(segments_of(plan.compiled.circuit))
+
+
+@pytest.mark.slow
+def test_killed_worker_is_restarted_and_the_segment_retried(student, cluster):
+    model, plan = student
+    ex = EncryptedExecutor(plan.compiled, plan.params)
+    x0, m = sentence(model, 6, 3)
+    sim = simulate(plan.compiled, NoiseModel.of(plan.params), x0, m, chain=plan.params.depth)
+    with RayLanes(LANES - 1, max_restarts=2, timeout_s=300) as pool, RayLaneExecutor(ex, pool) as lanes:
+        before = [s["pid"] for s in pool.stats()]
+        killed = []
+
+        def kill(k, seg):  # mid-sentence: the segment was just submitted to this worker
+            if not killed:
+                killed.append(before[(seg.lane - 1) % len(before)])
+                os.kill(killed[0], signal.SIGKILL)
+
+        lanes.on_submit = kill
+        res = lanes.run(x0, m)
+        assert killed
+        assert np.abs(res.logits - sim.logits).max() <= sim.noise_bound  # the retry gave the right answer
+        after = pool.stats()
+        assert killed[0] not in [s["pid"] for s in after]  # a new process took its place
+        restarted = [s for s in after if s["pid"] not in before]
+        assert len(restarted) == 1 and restarted[0]["key_loads"] == {lanes.key_id: 1}  # keys reloaded once
+
+
+@pytest.mark.slow
+def test_killed_worker_beyond_its_restarts_is_reported(student, cluster):
+    model, plan = student
+    ex = EncryptedExecutor(plan.compiled, plan.params)
+    x0, m = sentence(model, 6, 4)
+    with RayLanes(LANES - 1, max_restarts=0, timeout_s=120) as pool, RayLaneExecutor(ex, pool) as lanes:
+        pids = [s["pid"] for s in pool.stats()]
+        lanes.on_submit = lambda k, seg: os.kill(pids[(seg.lane - 1) % len(pids)], signal.SIGKILL)
+        with pytest.raises(LaneError, match="lane worker failed"):
+            lanes.run(x0, m)
