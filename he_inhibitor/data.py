@@ -16,6 +16,8 @@ import csv
 import os
 from pathlib import Path
 
+from he_inhibitor.paths import SHARED_DIR
+
 SPLITS: dict[str, str] = {"train": "train", "dev": "validation"}
 """Our split name -> the Hugging Face GLUE/sst2 split name."""
 
@@ -37,7 +39,7 @@ def default_data_dir() -> Path | None:
     env = os.environ.get(DATA_ENV)
     if env:
         return Path(env)
-    candidate = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "sst2"
+    candidate = SHARED_DIR / "data" / "sst2"
     return candidate if candidate.is_dir() else None
 
 

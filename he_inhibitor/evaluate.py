@@ -10,8 +10,8 @@ import numpy as np
 
 from he_inhibitor.data import load_sst2_tsv
 from he_inhibitor.model.nonlinear import FORMS
+from he_inhibitor.paths import SHIPPED_STUDENT  # noqa: F401  (re-exported for scripts and notebooks)
 
-SHIPPED_STUDENT = Path(__file__).parent / "assets" / "student"
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

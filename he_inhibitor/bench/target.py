@@ -1,6 +1,6 @@
 """What a benchmark runs: one compiled plan per token bucket plus the client's embedder.
 
-Either a circuit bundle (`circuits/<name>/`, written by `he-inhibitor
+Either a circuit bundle (a directory written by `he-inhibitor
 compile`; the embedder then comes from a client bundle) or a saved student
 directory, compiled here in poly form: that is how the dot-product student,
 which has no bundle, is benched with the same compiler and parameter choice.

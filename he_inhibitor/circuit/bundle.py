@@ -1,4 +1,4 @@
-"""Compiled-circuit bundles: `circuits/<name>/` on disk, one circuit per token bucket.
+"""Compiled-circuit bundles: a directory on disk (the shipped one: he_inhibitor/paths.py), one circuit per token bucket.
 
 A bundle stores what determines the circuits, not their derived plaintexts:
 
@@ -36,12 +36,10 @@ from he_inhibitor.circuit.params import Plan, Precision, plan_student
 from he_inhibitor.circuit.poly import FitPoly
 from he_inhibitor.circuit.stats import stage_stats
 from he_inhibitor.circuit.weights import LayerWeights, Nonlin, StudentWeights
-
-SHIPPED_BUNDLE = Path(__file__).resolve().parents[2] / "circuits" / "sst2-inhibitor"
-"""The bundle `predict`, `simulate` and the service use when given no --circuit."""
+from he_inhibitor.paths import CLIENT_DIR, SHIPPED_BUNDLE  # noqa: F401  (re-exported: predict, simulate and the service default to it)
 
 BUCKETS = (32, 64)  # a sentence runs in the smallest bucket that holds it (max_len 64)
-CLIENT_DIR, SIGNATURE_FILE = "client", "signature.json"
+SIGNATURE_FILE = "signature.json"
 
 _ARRAYS = [f.name for f in fields(LayerWeights) if f.name not in ("gamma", "alpha", "beta", "abs_fn",
                                                                    "attn_relu", "ffn_relu", "conv", "rel_bias")]

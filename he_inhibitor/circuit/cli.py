@@ -1,4 +1,4 @@
-"""`he-inhibitor compile`: a saved student -> a circuit bundle under circuits/NAME.
+"""`he-inhibitor compile`: a saved student -> a circuit bundle directory (default: the shipped one).
 
 (Registered in he_inhibitor/cli.py as "compile": "he_inhibitor.circuit.cli".)
 """
@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 from he_inhibitor.circuit.bundle import BUCKETS
-from he_inhibitor.evaluate import SHIPPED_STUDENT
+from he_inhibitor.paths import SHIPPED_BUNDLE, SHIPPED_STUDENT
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -18,7 +18,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", type=Path, default=SHIPPED_STUDENT,
                    help="student directory: config.json, model.safetensors, tokenizer.json "
                         f"(default {SHIPPED_STUDENT})")
-    p.add_argument("--out", required=True, type=Path, help="bundle directory, e.g. circuits/sst2-inhibitor")
+    p.add_argument("--out", type=Path, default=SHIPPED_BUNDLE,
+                   help=f"bundle directory (default {SHIPPED_BUNDLE}, the one predict, serve and demo load)")
     p.add_argument("--buckets", type=int, nargs="+", default=list(BUCKETS), help="token buckets T (powers of two)")
     p.add_argument("--n", type=int, default=16384, help="CKKS ring degree")
     p.add_argument("--scale-bits", type=int, default=30)

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from he_inhibitor.paths import COSTS_DIR
+
 PRIMITIVES = ("rotate", "mul", "relinearize", "rescale", "mul_plain", "add", "add_plain", "mod_switch", "encode")
 
 
@@ -48,7 +50,7 @@ class CostTable:
     @classmethod
     def shipped(cls, n: int) -> CostTable | None:
         """The table measured on this machine for ring degree n (circuit/data), if there is one."""
-        path = Path(__file__).parent / "data" / f"costs_n{n}.json"
+        path = COSTS_DIR / f"costs_n{n}.json"
         return cls.load(path) if path.is_file() else None
 
 

@@ -1,6 +1,6 @@
 """Where the shipped artifacts live, and loading a compiled bundle for the server.
 
-The circuit bundle (`circuits/<name>/`, written by `he-inhibitor compile`) is
+The circuit bundle (a directory written by `he-inhibitor compile`) is
 the server's; its `client/` directory (tokenizer.json, model.safetensors with
 only the word/position tables, signature.json) is all the client reads, so
 neither side opens the torch model at run time.
@@ -11,11 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from he_inhibitor.ckks import CkksParams
-from he_inhibitor.circuit.bundle import CLIENT_DIR, SHIPPED_BUNDLE
+from he_inhibitor.paths import SHIPPED_BUNDLE, SHIPPED_CLIENT
 from he_inhibitor.circuit.compile import Compiled
 
 SHIPPED_CIRCUIT = SHIPPED_BUNDLE
-SHIPPED_CLIENT = SHIPPED_BUNDLE / CLIENT_DIR
 
 
 def load_circuit(path: Path | None = None) -> tuple[Compiled, CkksParams]:
