@@ -1,4 +1,4 @@
-"""The packed layout reproduces inhibitor attention exactly (DESIGN.md "All query/key pairs")."""
+"""The packed layout reproduces inhibitor attention exactly (docs/design.md §3.4)."""
 
 import numpy as np
 import pytest

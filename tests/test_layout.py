@@ -1,4 +1,4 @@
-"""Packing rules of DESIGN.md §2: feature-major blocks of 2T, interleaved heads, rotations."""
+"""Packing rules of docs/design.md §3: feature-major blocks of 2T, interleaved heads, rotations."""
 
 import numpy as np
 import pytest

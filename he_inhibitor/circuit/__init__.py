@@ -1,2 +1,2 @@
 """Compile the inhibitor student into a CKKS circuit: packing layout, linear layers,
-attention, circuit IR, compiler and executors (DESIGN.md §2)."""
+attention, circuit IR, compiler and executors (docs/design.md §3)."""

@@ -1,6 +1,6 @@
 """Dot-product attention (ReLU substitute for softmax) over all query/key pairs, same layout.
 
-The comparison the project reports (DESIGN.md §4): the inhibitor against
+The comparison the project reports (docs/design.md §10): the inhibitor against
 dot-product attention compiled by the same compiler, on the same packing.
 Q, K, V arrive from the Q/K/V linear layer with zero second halves and heads
 interleaved. K and V get their first halves copied into their second halves

@@ -1,4 +1,4 @@
-"""Feature-major packing of T x d activations into CKKS slot vectors (DESIGN.md §2).
+"""Feature-major packing of T x d activations into CKKS slot vectors (docs/design.md §3.1).
 
 A ciphertext holds S = N/2 slots, cut into blocks of 2T slots. Block b holds the
 T token values of one feature in its first half; the second half is zero (after

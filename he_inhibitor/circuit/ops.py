@@ -2,7 +2,7 @@
 
 Linear layers, attention and pooling are written once, against `Ops`, and run
 on several backends: `SlotOps` executes them on numpy slot vectors (the layout
-model of DESIGN.md §2), while the IR builder records the same calls as a
+model of docs/design.md §3), while the IR builder records the same calls as a
 circuit graph. One algorithm, one source of truth for what the circuit does.
 """
 

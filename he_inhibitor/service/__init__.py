@@ -1,4 +1,4 @@
-"""Client/server over HTTP (DESIGN.md §3): the server holds only public evaluation keys.
+"""Client/server over HTTP (docs/design.md §7): the server holds only public evaluation keys.
 
 Modules, one job each:
     protocol   wire format: framing, headers, limits, the circuit signature

@@ -22,7 +22,7 @@ Endpoints (all under /v1):
 X-Job naming the evaluation to continue), plus X-Server-Seconds. Errors are
 JSON {"error": code, "detail": message} with a 4xx status.
 
-What each side learns (DESIGN.md §3): the server sees the number of tokens
+What each side learns (docs/design.md §8): the server sees the number of tokens
 (X-Tokens; the key masks and pooling weights depend on it), the number and
 timing of requests, and ciphertexts under a key it does not hold. The client
 sees the embedding table (it embeds) and, at each refresh, an intermediate

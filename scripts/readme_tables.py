@@ -1,0 +1,180 @@
+"""Results tables of README.md and docs/*.md, generated from the committed JSON they summarise.
+
+    python scripts/readme_tables.py           # rewrite every marked block in place
+    python scripts/readme_tables.py --check   # exit 1 (naming the blocks) if any is stale
+
+A block is the text between ``<!-- table:NAME -->`` and ``<!-- /table:NAME -->``;
+NAME picks a generator below, which reads only files under ``docs/`` and the
+shipped student's ``metrics.json``. No figure in a table is typed by hand, so a
+new bench or distillation run changes the tables by rewriting its JSON and
+rerunning this script; tests/test_readme_tables.py fails while they disagree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Callable
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+from results_table import markdown as results_markdown  # noqa: E402  (a sibling script, not a package)
+
+DOCS = ("README.md", "docs/design.md", "docs/log.md")
+BLOCK = re.compile(r"(<!-- table:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /table:(?P=name) -->)", re.S)
+
+SHIPPED_METRICS = "he_inhibitor/assets/student/metrics.json"
+BENCH = "docs/bench/shipped.json"
+TEACHER_BY_LENGTH = "docs/distillation/by_length_teacher.json"
+
+
+def _load(root: Path, rel: str) -> dict | list:
+    return json.loads((root / rel).read_text())
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _mb(n: float) -> str:
+    return f"{n / 1e6:.1f} MB"
+
+
+def headline(root: Path) -> str:
+    """The README's one results table: accuracy from eval and bench, then the encrypted run's costs."""
+    teacher, m, b = _load(root, TEACHER_BY_LENGTH), _load(root, SHIPPED_METRICS), _load(root, BENCH)
+    enc, b32, b64 = b["encrypted_sentences"], b["buckets"]["32"], b["buckets"]["64"]
+    rows = [
+        ["SST-2 dev accuracy, teacher (MiniLM-L6 fine-tuned)", f"{teacher['accuracy']:.4f}", f"`{TEACHER_BY_LENGTH}`"],
+        ["SST-2 dev accuracy, student, exact \\|x\\| and ReLU", f"{m['dev_exact']:.4f}", f"`{SHIPPED_METRICS}`"],
+        ["SST-2 dev accuracy, student as the circuit computes it (polynomials)", f"**{m['dev_poly']:.4f}**",
+         f"`{SHIPPED_METRICS}`"],
+        [f"plain circuit, all {b['sentences']} dev sentences ({b['truncated']} truncated)", f"{b['accuracy']:.4f}",
+         f"`{BENCH}`"],
+        [f"encrypted: accuracy / agreement with plain ({enc} random dev sentences)",
+         f"{b['encrypted_accuracy']:.2f} / {round(b['agreement'] * enc)}/{enc}", f"`{BENCH}`"],
+        ["largest logit error / that sentence's predicted bound", f"{b['max_error_over_bound']:.2f}", f"`{BENCH}`"],
+        ["levels SEAL consumed = predicted depth, every run", str(b["levels_as_predicted"]), f"`{BENCH}`"],
+        ["median latency per sentence, 2 processes, T = 32 / T = 64",
+         f"{b32['median_seconds']:.1f} s / {b64['median_seconds']:.1f} s", f"`{BENCH}`"],
+        ["evaluation keys (both buckets), sent once", _mb(b["eval_key_bytes"]), f"`{BENCH}`"],
+        ["query / reply / refresh traffic per sentence, T = 32",
+         f"{_mb(b32['query_bytes'])} / {_mb(b32['reply_bytes'])} / {_mb(b32['refresh_bytes'])}", f"`{BENCH}`"],
+    ]
+    return _table(["quantity", "value", "from"], rows)
+
+
+def bench_buckets(root: Path) -> str:
+    b = _load(root, BENCH)
+    rows = []
+    for T, r in sorted(b["buckets"].items(), key=lambda kv: int(kv[0])):
+        rows.append([str(r["T"]), str(r["sentences"]), str(r["encrypted_sentences"]), str(r["depth"]),
+                     str(r["chain_levels"]), f"{r['refreshes']} ({r['refresh_round_trips']} round trips)",
+                     " ".join(str(s) for s in r["rotation_steps"]), f"{r['floor_seconds']:.1f} s",
+                     f"{r['median_seconds']:.1f} s", f"{r['measured_over_floor']:.2f}",
+                     f"{r['predicted_error_bound']:.2e}", f"{r['max_poly_input_ratio']:.2f}",
+                     f"{_mb(r['query_bytes'])} / {_mb(r['reply_bytes'])} / {_mb(r['refresh_bytes'])}"])
+    return _table(["T", "dev sentences", "run encrypted", "depth", "chain levels", "refreshes", "rotation steps",
+                   "floor, 1 process", "median, 2 processes", "median / floor", "predicted error bound",
+                   "max poly input / B", "query / reply / refresh"], rows)
+
+
+_STAGE_COLS = ("levels", "rotations", "relinearizations", "plaintext_multiplications", "rescales", "refreshes")
+
+
+def bench_stages(root: Path) -> str:
+    b = _load(root, BENCH)
+    rows = []
+    for name, s in list(b["stages"].items()) + [("total", b["totals"])]:
+        rows.append([name] + [str(s[c]) for c in _STAGE_COLS]
+                    + [f"{s['predicted_seconds']:.2f}", f"{s['measured_seconds']:.2f}"])
+    return _table(["stage"] + [c.replace("_", " ") for c in _STAGE_COLS] + ["floor s", "measured s"], rows)
+
+
+def bench_totals(root: Path) -> str:
+    b = _load(root, BENCH)
+    rows = [
+        ["ring degree N / coefficient modulus bits", f"{b['poly_modulus_degree']} / {b['coeff_bits']} "
+                                                     f"({sum(b['coeff_bits'])} bits)"],
+        ["keygen (both buckets' steps)", f"{b['keygen_seconds']:.1f} s"],
+        ["evaluation keys", _mb(b["eval_key_bytes"])],
+        ["median / p95 latency, all encrypted runs", f"{b['median_seconds']:.1f} s / {b['p95_seconds']:.1f} s"],
+        ["CPU seconds per sentence, both processes (median)", f"{b['cpu_median_seconds']:.1f} s"],
+        ["max logit error / predicted bound (largest over runs)",
+         f"{b['max_abs_error']:.2e} / {b['predicted_error_bound']:.2e}; ratio {b['max_error_over_bound']:.2f}"],
+    ]
+    return _table(["quantity", "value"], rows)
+
+
+def base_vs_dot(root: Path) -> str:
+    d = _load(root, "docs/bench/base_vs_dot.json")
+    sides = [d, d["compare"]] if isinstance(d.get("compare"), dict) else [d] + list(d["compare"])
+    fields = [("plain accuracy, dev truncated to T = 32", lambda r: f"{r['accuracy']:.4f}"),
+              ("depth / chain levels / refreshes", lambda r: f"{r['depth']} / {r['chain_levels']} / {r['refreshes']}"),
+              ("rotations / relinearizations / plaintext mults / rescales",
+               lambda r: " / ".join(str(r["totals"][c]) for c in
+                                    ("rotations", "relinearizations", "plaintext_multiplications", "rescales"))),
+              ("floor, 1 process", lambda r: f"{r['floor_seconds']:.2f} s"),
+              (f"median latency, 2 processes ({d['latency_sentences']} sentences)",
+               lambda r: f"{r['median_seconds']:.1f} s"),
+              ("max logit error / predicted bound", lambda r: f"{r['max_abs_error']:.1e} / {r['predicted_error_bound']:.1e}"),
+              ("evaluation keys", lambda r: _mb(r["eval_key_bytes"]))]
+    return _table([""] + [s["name"] for s in sides], [[label] + [f(s) for s in sides] for label, f in fields])
+
+
+def ablations(root: Path) -> str:
+    return results_markdown(_load(root, "docs/distillation/results.json")) + "\n"
+
+
+BY_LENGTH = [("teacher", "by_length_teacher.json"), ("session 2", "by_length_session2_student.json"),
+             ("session 3", "by_length_session3_student.json"), ("weighted", "by_length_shipped.json"),
+             ("h16_dir_seed1 (shipped)", "by_length_h16_dir_seed1.json")]
+
+
+def by_length(root: Path) -> str:
+    runs = [(label, _load(root, f"docs/distillation/{f}")) for label, f in BY_LENGTH]
+    rows = []
+    for i, bucket in enumerate(runs[-1][1]["by_length"]):
+        rows.append([bucket["tokens"], f"{bucket['n']} / {runs[0][1]['by_length'][i]['n']}"]
+                    + [f"{r['by_length'][i]['accuracy']:.3f}" for _, r in runs])
+    rows.append(["all", str(runs[-1][1]["n"])] + [f"{r['accuracy']:.4f}" for _, r in runs])
+    return _table(["word pieces", "sentences (student / teacher tokenizer)"] + [label for label, _ in runs], rows)
+
+
+TABLES: dict[str, Callable[[Path], str]] = {
+    "headline": headline, "bench-buckets": bench_buckets, "bench-stages": bench_stages,
+    "bench-totals": bench_totals, "base-vs-dot": base_vs_dot, "ablations": ablations, "by-length": by_length,
+}
+
+
+def render(text: str, root: Path = ROOT) -> str:
+    """text with every marked block's body replaced by its generated table; unknown names raise KeyError."""
+    return BLOCK.sub(lambda mt: mt.group(1) + TABLES[mt.group("name")](root) + mt.group(4), text)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--check", action="store_true", help="change nothing; exit 1 if a block is stale")
+    args = ap.parse_args()
+    stale = []
+    for rel in DOCS:
+        path = ROOT / rel
+        old = path.read_text()
+        new = render(old)
+        if new != old:
+            stale.append(rel)
+            if not args.check:
+                path.write_text(new)
+    if args.check and stale:
+        print("stale tables in: " + ", ".join(stale) + " (run python scripts/readme_tables.py)")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
