@@ -146,9 +146,34 @@ def by_length(root: Path) -> str:
     return _table(["word pieces", "sentences (student / teacher tokenizer)"] + [label for label, _ in runs], rows)
 
 
+def degree_sweep(root: Path) -> str:
+    d = _load(root, "docs/distillation/degree_sweep.json")
+    rows = [[s["abs"], s["attn_relu"], s["ffn_relu"], f"{s['dev_poly']:.4f}"] for s in d["settings"]]
+    rows.append(["exact", "exact", "exact", f"{d['dev_exact']:.4f}"])
+    return _table(["abs", "attention ReLU", "FFN ReLU", f"dev accuracy ({d['run']})"], rows)
+
+
+# (file, model as recorded) -> label, where the recorded path no longer says which student it was
+WORD_ORDER = ("word_order.json", "word_order_h16_rel.json", "word_order_h16_dir.json")
+_WORD_ORDER_LABELS = {("word_order.json", "../shared/models/minilm-l6-sst2"): "teacher",
+                      ("word_order.json", "/work/main/he_inhibitor/assets/student"): "runs/weighted (shipped then)",
+                      ("word_order_h16_dir.json", "he_inhibitor/assets/student"): "runs/h16_dir_seed1 (shipped)"}
+
+
+def word_order(root: Path) -> str:
+    rows = []
+    for f in WORD_ORDER:
+        for r in _load(root, f"docs/distillation/{f}")["rows"]:
+            rows.append([_WORD_ORDER_LABELS.get((f, r["model"]), r["model"]), f"{r['accuracy']:.4f}",
+                         " / ".join(f"{a:.4f}" for a in r["shuffled"]), f"{r['shuffled_mean']:.4f}",
+                         f"{100 * r['drop']:.1f}", f"`docs/distillation/{f}`"])
+    return _table(["model", "dev", "words shuffled (3 permutations)", "mean shuffled", "drop, points", "from"], rows)
+
+
 TABLES: dict[str, Callable[[Path], str]] = {
     "headline": headline, "bench-buckets": bench_buckets, "bench-stages": bench_stages,
     "bench-totals": bench_totals, "base-vs-dot": base_vs_dot, "ablations": ablations, "by-length": by_length,
+    "degree-sweep": degree_sweep, "word-order": word_order,
 }
 
 
