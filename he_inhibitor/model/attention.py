@@ -13,22 +13,20 @@ sum of the paper). b_h(j - i) is an optional learned bias per head and
 signed token offset (``rel_offsets``; T5's relative position bias, added to
 the inhibition instead of to a logit), zero without it; Z >= 0 holds only
 then. It gives each head a direction and a reach (inhibit keys far away or
-on one side) directly, where absolute position embeddings left the students
-bags of words: shuffling each dev sentence's words cost the 4-head
-runs/weighted student 0.3 point and its teacher 8.7 (scripts/word_order.py,
-three permutations). Trained with the bias from zero (runs/h16_rel, README) a
-student learns symmetric locality (neighbours inhibited less than the token
-itself) but stays order-blind, 0.3 point again; started one-sided
-(``one_sided_bias``), the shipped student loses 3.1 points, and the config
-gains 1.6 on dev (exact form, mean of three seeds). In
-the circuit query i meets key (i + s) mod T at shift s, so the offsets of a
-shift are public constants: one plaintext per shift, added at no level. Unnormalised, H grows with the number of keys that pass
-the ReLU: the 4-head runs/weighted student's first-layer output norm grows from
-2.8 on sentences under 12 pieces to 6.5 on those of 36 or more
-(scripts/attention_norm_by_length.py), while the frozen norms after it have
-one scale for every length.
-p = 0.5 flattens that. The length is public (the server holds the key masks
-in the clear), so in the circuit n^-p only scales the mask: no level, no cost.
+on one side) directly: with absolute position embeddings alone a student
+distilled from SST-2's phrases stays a bag of words (scripts/word_order.py
+measures it; docs/log.md). Started at zero, the bias learns symmetric
+locality but no direction; started one-sided (``one_sided_bias``), it gives
+the student an order-sensitive input from the first step. In the circuit
+query i meets key (i + s) mod T at shift s, so the offsets of a shift are
+public constants: one plaintext per shift, added at no level.
+
+Unnormalised, H grows with the number of keys that pass the ReLU, while the
+frozen norms after it have one scale for every length
+(scripts/attention_norm_by_length.py measures the growth); p = 0.5 flattens
+that. The length is public (the server holds the key masks in the clear), so
+in the circuit n^-p only scales the mask: no level, no cost
+(docs/design.md §3.4).
 
 No dot products and no softmax: only the |x| and ReLU the circuit evaluates as
 polynomials. ``m_j`` (1 for a real token, 0 for padding) multiplies each key's
@@ -138,7 +136,7 @@ def one_sided_bias(n_heads: int, L: int, c: float) -> torch.Tensor:
     the second, zero elsewhere.
 
     Started at zero, a head's bias learns only symmetric locality and the
-    student stays a bag of words (runs/h16_rel); inhibiting one side outright
+    student stays a bag of words; inhibiting one side outright
     gives the left-looking and right-looking heads an order-sensitive
     input ("not" before "good") from the first step.
     """
