@@ -55,7 +55,7 @@ def plain_logits(compiled: Compiled, x0: np.ndarray, n: int) -> np.ndarray:
 @pytest.fixture(scope="module")
 def toy():
     compiled = toy_circuit()
-    app = create_app(compiled, PARAMS, limits=Limits(max_context_bytes=8 << 20, max_keys=4))
+    app = create_app(compiled, PARAMS, limits=Limits(max_keys=4))
     with LocalServer(app) as server, Client(server.url) as client:
         client.generate_keys()
         client.register_keys()
@@ -71,7 +71,7 @@ def good_request_succeeds(compiled: Compiled, client: Client, seed: int = 7) -> 
 
 def test_toy_circuit_has_a_refresh(toy):
     compiled, app, _, _ = toy
-    sig = app.state.signature
+    (sig,) = app.state.signature.buckets
     assert sig.refreshes == 1 and sig.rotation_steps == (1,) and sig.logit_slots == (0, T)
 
 
@@ -86,6 +86,11 @@ def _bad_contexts(public_blob: bytes, secret: bytes) -> dict[str, tuple[bytes, i
     header_len = struct.unpack_from("<Q", public_blob, 8)[0]
     header = public_blob[16 : 16 + header_len].replace(b"}", b', "secret_key": "AAAA"}')
     header_secret = public_blob[:8] + struct.pack("<Q", len(header)) + header + public_blob[16 + header_len :]
+
+    def with_header(text: bytes) -> bytes:
+        return public_blob[:8] + struct.pack("<Q", len(text)) + text + public_blob[16 + header_len :]
+
+    params = b'"poly_modulus_degree": 8192, "coeff_bits": [40, 30, 30, 30, 60], "scale_bits": 30'
     relin_len = struct.unpack_from("<Q", public_blob, 16 + header_len)[0]
     secret_as_relin = (public_blob[: 16 + header_len] + struct.pack("<Q", len(secret)) + secret
                        + public_blob[16 + header_len + 8 + relin_len :])
@@ -95,7 +100,16 @@ def _bad_contexts(public_blob: bytes, secret: bytes) -> dict[str, tuple[bytes, i
         "trailing": (public_blob + b"\0" * 9, 400, "malformed"),
         "other chain": (other_chain, 422, "mismatch"),
         "missing Galois keys": (no_galois, 422, "mismatch"),
-        "secret key as extra part": (extra_part, 403, "secret_key_refused"),
+        "secret key as extra part": (extra_part, 400, "malformed"),  # refused from its length prefix, unread
+        "duplicated steps": (with_header(b"{" + params + b', "rotation_steps": [1, 1]}'), 422, "mismatch"),
+        "a step the circuit never uses": (with_header(b"{" + params + b', "rotation_steps": [1, 2]}'), 422,
+                                          "mismatch"),
+        "float ring degree": (with_header(b"{" + params.replace(b"8192", b"8192.9") + b', "rotation_steps": [1]}'),
+                              400, "malformed"),
+        "deep header": (with_header(b"{" + params + b', "rotation_steps": [[[1]]]}'), 400, "malformed"),
+        "50,000-deep header": (with_header(b"[" * 50_000 + b"]" * 50_000), 400, "malformed"),
+        "header claims 1 GB": (public_blob[:8] + struct.pack("<Q", 1 << 30) + b"{", 400, "malformed"),
+        "relin part claims 1 TB": (public_blob[: 16 + header_len] + struct.pack("<Q", 1 << 40), 400, "malformed"),
         "secret key in header": (header_secret, 403, "secret_key_refused"),
         "secret key instead of relin keys": (secret_as_relin, 403, "secret_key_refused"),
     }
@@ -106,12 +120,12 @@ def test_bad_contexts_are_refused_and_not_stored(toy, tmp_path):
     secret = client.keys.secret.to_bytes()
     cases = _bad_contexts(client.keys.public_blob, secret)
     cases["client key file"] = (client.save_keys(tmp_path / "keys").read_bytes(), 403, "secret_key_refused")
-    cases["over the size limit"] = (b"\0" * ((8 << 20) + 1), 413, "too_large")
-    before = [p.to_bytes() for p in app.state.registry.stored()]
+    cases["over the size limit"] = (b"\0" * (32 << 20), 413, "too_large")
+    before = app.state.registry.ids()
     for name, (body, status, code) in cases.items():
         r = _post(server.url, "/v1/keys", body)
         assert (r.status_code, r.json()["error"]) == (status, code), name
-        assert [p.to_bytes() for p in app.state.registry.stored()] == before, name
+        assert app.state.registry.ids() == before, name
         good_request_succeeds(compiled, client)
     r = _post(server.url, "/v1/keys", client.keys.public_blob, content_type="application/json")
     assert r.status_code == 415
@@ -120,7 +134,7 @@ def test_bad_contexts_are_refused_and_not_stored(toy, tmp_path):
 
 def test_bad_evaluations_get_4xx(toy):
     compiled, app, server, client = toy
-    sig = app.state.signature
+    (sig,) = app.state.signature.buckets
     x0, n = sentence(3)
     good = client.encrypt(x0)
     keys = client.keys
@@ -161,7 +175,7 @@ def test_bad_refresh_keeps_the_evaluation(toy):
     (masked,) = unpack_frames(r.content, 1)
     keys = client.keys
     values = keys.decrypt(serial.ciphertext_from_bytes(masked, keys.context))
-    fresh = keys.encrypt_bytes(values, app.state.signature.input_level)
+    fresh = keys.encrypt_bytes(values, app.state.signature.buckets[0].input_level)
     done = _post(server.url, f"/v1/jobs/{job}", pack_frames([fresh]))
     assert done.headers["X-Status"] == "done"
     (out,) = unpack_frames(done.content, 1)

@@ -4,10 +4,18 @@ The pipeline, one method each:
     fetch_signature -> generate_keys | load_keys -> register_keys
     embed (Embedder) -> encrypt -> evaluate (HTTP, incl. refresh round trips) -> decrypt
 `classify` runs the whole pipeline and returns the label with its latency
-split (client / network / server) and bytes up and down.
+split (client / network / server) and bytes up and down. A sentence runs in
+the smallest token bucket that holds it; one longer than the largest bucket
+is cut to it (its first T-1 word pieces and [SEP]) and flagged `truncated`.
+
+The client trusts the server no further than the signature: it answers at
+most the bucket's number of refresh round trips, and waits out 503/429
+answers only as long as `retry_s`.
 
 Key files hold the secret key, so they are written owner-only (0600)
-atomically and refused on load when anyone else may read them.
+atomically and refused on load when anyone else may read them; the secret
+key is serialized in memory only (sealio: an anonymous memory file), never
+through a temporary file.
 """
 
 from __future__ import annotations
@@ -23,13 +31,15 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import tenseal.sealapi as seal
 
-from he_inhibitor.ckks import CkksParams, ClientKeys, SecretKey, keygen, make_context, serial
+from he_inhibitor.ckks import CkksParams, ClientKeys, SecretKey, keygen, make_context
 from he_inhibitor.circuit.layout import Layout
+from he_inhibitor.service import sealio
 from he_inhibitor.service.embed import Embedder
 from he_inhibitor.service.protocol import (
     CONTENT_TYPE, H_JOB, H_KEY_ID, H_SERVER_SECONDS, H_STATUS, H_TOKENS, KEY_FILE_MAGIC, STATUS_DONE, STATUS_REFRESH,
-    Signature, key_id_of, pack_frames, unpack_frames,
+    ServiceSignature, Signature, container_parts, key_id_of, pack_frames, unpack_frames,
 )
 
 
@@ -64,11 +74,13 @@ class Prediction:
     logits: np.ndarray
     n_tokens: int
     traffic: Traffic = field(default_factory=Traffic)
+    truncated: bool = False  # the sentence was longer than the largest bucket and cut to it
+    bucket: int = 0
 
     def to_json(self) -> dict:
         t = self.traffic
         return {"label": self.label, "confidence": self.confidence, "logits": self.logits.tolist(),
-                "tokens": self.n_tokens, "seconds": {"client": t.client_s, "network": t.network_s,
+                "tokens": self.n_tokens, "truncated": self.truncated, "bucket": self.bucket, "seconds": {"client": t.client_s, "network": t.network_s,
                                                      "server": t.server_s, "total": t.total_s},
                 "bytes_up": t.bytes_up, "bytes_down": t.bytes_down, "round_trips": t.round_trips}
 
@@ -79,13 +91,19 @@ def _softmax(z: np.ndarray) -> np.ndarray:
 
 
 class Client:
-    def __init__(self, url: str, timeout_s: float = 600.0, progress: Callable[[str], None] | None = None) -> None:
-        self.http = httpx.Client(base_url=url, timeout=timeout_s)
+    """One client of one server. `token`: bearer token for servers started with --tokens; `retry_s`: how
+    long in all to wait out 503/429 answers (Retry-After) per request before giving up."""
+
+    def __init__(self, url: str, timeout_s: float = 600.0, progress: Callable[[str], None] | None = None,
+                 token: str | None = None, retry_s: float = 120.0) -> None:
+        headers = {"authorization": f"Bearer {token}"} if token else {}
+        self.http = httpx.Client(base_url=url, timeout=timeout_s, headers=headers)
         self.progress = progress or (lambda msg: None)
+        self.retry_s = retry_s
         self.keys: ClientKeys | None = None
         self.key_id: str | None = None
         self.context_bytes = 0
-        self._signature: Signature | None = None
+        self._signature: ServiceSignature | None = None
 
     def close(self) -> None:
         self.http.close()
@@ -98,9 +116,17 @@ class Client:
 
     # -- HTTP ---------------------------------------------------------------------------
     def _post(self, path: str, body: bytes, headers: dict[str, str], traffic: Traffic | None) -> httpx.Response:
-        t0 = time.perf_counter()
-        r = self.http.post(path, content=body, headers={"content-type": CONTENT_TYPE, **headers})
-        wall = time.perf_counter() - t0
+        """POST, waiting out 503/429 (as Retry-After says) for at most retry_s; ServerError on an error answer."""
+        give_up = time.monotonic() + self.retry_s
+        while True:
+            t0 = time.perf_counter()
+            r = self.http.post(path, content=body, headers={"content-type": CONTENT_TYPE, **headers})
+            wall = time.perf_counter() - t0
+            wait = _retry_after(r)
+            if wait is None or time.monotonic() + wait > give_up:
+                break
+            self.progress(f"server busy ({r.status_code}): retrying in {wait:.0f} s")
+            time.sleep(wait)
         if r.status_code >= 400:
             try:
                 err = r.json()
@@ -117,12 +143,12 @@ class Client:
         return r
 
     @property
-    def signature(self) -> Signature:
-        """The circuit's signature, fetched once (its parameters are re-checked for 128-bit security)."""
+    def signature(self) -> ServiceSignature:
+        """The server's signature (every bucket), fetched once; its parameters are re-checked for 128-bit security."""
         if self._signature is None:
             r = self.http.get("/v1/signature")
             r.raise_for_status()
-            self._signature = Signature.from_json(r.json())
+            self._signature = ServiceSignature.from_json(r.json())
             _ = self._signature.params  # constructing CkksParams raises InsecureParametersError on a weak set
         return self._signature
 
@@ -144,7 +170,7 @@ class Client:
         keys = self._require_keys()
         header = json.dumps({"poly_modulus_degree": keys.params.poly_modulus_degree,
                              "coeff_bits": list(keys.params.coeff_bits), "scale_bits": keys.params.scale_bits})
-        data = KEY_FILE_MAGIC + pack_frames([header.encode(), keys.secret.to_bytes(), keys.public_blob])
+        data = KEY_FILE_MAGIC + pack_frames([header.encode(), sealio.to_bytes(keys.secret.key), keys.public_blob])
         path = Path(path)
         fd, tmp = tempfile.mkstemp(prefix=".keys-", dir=path.parent)  # mkstemp creates it 0600
         try:
@@ -172,8 +198,8 @@ class Client:
         if params != self.signature.params:
             raise ValueError(f"{path} holds keys for {params}, the server's circuit needs {self.signature.params}")
         context = make_context(params)
-        self.keys = ClientKeys(params, SecretKey.from_bytes(sk, context), public, context)
-        self.key_id = key_id_of(public)  # evaluate() registers only if the server no longer has it
+        self.keys = ClientKeys(params, SecretKey(sealio.load(seal.SecretKey(), sk, context)), public, context)
+        self.key_id = key_id_of(container_parts(public)[1:])  # evaluate() registers only if the server lost it
         return self.keys
 
     def register_keys(self) -> str:
@@ -191,16 +217,28 @@ class Client:
         return self.keys
 
     # -- the pipeline -------------------------------------------------------------------
+    def bucket(self, n_tokens: int) -> Signature:
+        """The bucket a sentence of n_tokens (1..the largest bucket) runs in."""
+        return self.signature.bucket(n_tokens)
+
     def encrypt(self, x0: np.ndarray) -> list[bytes]:
-        """x0 [T, d] packed into the circuit's layout, one seeded ciphertext per input."""
-        sig, keys = self.signature, self._require_keys()
-        layout = Layout(sig.T, sig.n_slots, sig.block_of)
-        return [keys.encrypt_bytes(row, sig.input_level) for row in layout.pack(x0)]
+        """x0 [T, d] (T: a bucket's) packed into that bucket's layout, one seeded ciphertext per input."""
+        keys = self._require_keys()
+        b = self._bucket_of_width(x0.shape[0])
+        layout = Layout(b.T, b.n_slots, b.block_of)
+        return [keys.encrypt_bytes(row, b.input_level) for row in layout.pack(x0)]
+
+    def _bucket_of_width(self, T: int) -> Signature:
+        for b in self.signature.buckets:
+            if b.T == T:
+                return b
+        raise ValueError(f"the server has buckets {[b.T for b in self.signature.buckets]}, not T={T}")
 
     def evaluate(self, inputs: list[bytes], n_tokens: int, traffic: Traffic) -> list[bytes]:
-        """Send the ciphertexts; answer each refresh round trip; return the output ciphertexts."""
+        """Send the ciphertexts; answer at most the bucket's refresh round trips; return the output ciphertexts."""
         if self.key_id is None:
             self.register_keys()
+        b = self.bucket(n_tokens)
         body = pack_frames(inputs)
         try:
             r = self._post("/v1/evaluate", body, {H_KEY_ID: self.key_id, H_TOKENS: str(n_tokens)}, traffic)
@@ -209,42 +247,68 @@ class Client:
                 raise
             self.register_keys()  # evicted from the server's bounded registry: register once more
             r = self._post("/v1/evaluate", body, {H_KEY_ID: self.key_id, H_TOKENS: str(n_tokens)}, traffic)
-        sig = self.signature
-        while r.headers[H_STATUS] == STATUS_REFRESH:
-            self.progress(f"evaluating: refresh round trip {traffic.round_trips}/{sig.refreshes}")
+        refreshes = 0
+        while r.headers.get(H_STATUS) == STATUS_REFRESH:
+            refreshes += 1
+            if refreshes > b.refreshes:
+                raise ServerError(r.status_code, "protocol", f"the server asked for refresh {refreshes}; "
+                                  f"the T={b.T} circuit has {b.refreshes}")
+            self.progress(f"evaluating: refresh round trip {refreshes}/{b.refreshes}")
             t0 = time.perf_counter()
             (masked,) = unpack_frames(r.content, 1)
-            fresh = self.keys.encrypt_bytes(self.keys.decrypt(serial.ciphertext_from_bytes(masked, self.keys.context)),
-                                            sig.input_level)
+            fresh = self.keys.encrypt_bytes(self.keys.decrypt(sealio.ciphertext(masked, self.keys.context)),
+                                            b.input_level)
             traffic.client_s += time.perf_counter() - t0
             r = self._post(f"/v1/jobs/{r.headers[H_JOB]}", pack_frames([fresh]), {}, traffic)
-        if r.headers[H_STATUS] != STATUS_DONE:
-            raise ServerError(r.status_code, "protocol", f"unexpected status {r.headers[H_STATUS]!r}")
-        return unpack_frames(r.content, len(sig.outputs))
+        if r.headers.get(H_STATUS) != STATUS_DONE:
+            raise ServerError(r.status_code, "protocol", f"unexpected status {r.headers.get(H_STATUS)!r}")
+        if refreshes != b.refreshes:
+            raise ServerError(r.status_code, "protocol", f"done after {refreshes} refreshes; the T={b.T} circuit "
+                              f"has {b.refreshes}")
+        return unpack_frames(r.content, len(b.outputs))
 
-    def decrypt(self, outputs: list[bytes]) -> np.ndarray:
-        """The logits from the decrypted output slots the signature names."""
+    def decrypt(self, outputs: list[bytes], T: int) -> np.ndarray:
+        """The logits from the decrypted output slots bucket T's signature names."""
         keys = self._require_keys()
         (out,) = outputs
-        vec = keys.decrypt(serial.ciphertext_from_bytes(out, keys.context))
-        return vec[list(self.signature.logit_slots)]
+        vec = keys.decrypt(sealio.ciphertext(out, keys.context))
+        return vec[list(self._bucket_of_width(T).logit_slots)]
 
-    def classify_embedded(self, x0: np.ndarray, n_tokens: int, client_s: float = 0.0) -> Prediction:
-        """Encrypt -> evaluate -> decrypt for an embedded sentence."""
+    def classify_embedded(self, x0: np.ndarray, n_tokens: int, client_s: float = 0.0,
+                          truncated: bool = False) -> Prediction:
+        """Encrypt -> evaluate -> decrypt for a sentence embedded at its bucket's width (x0 [T, d])."""
         traffic = Traffic(client_s=client_s)
         t0 = time.perf_counter()
         inputs = self.encrypt(x0)
         traffic.client_s += time.perf_counter() - t0
         outputs = self.evaluate(inputs, n_tokens, traffic)
         t0 = time.perf_counter()
-        logits = self.decrypt(outputs)
+        logits = self.decrypt(outputs, x0.shape[0])
         traffic.client_s += time.perf_counter() - t0
         p = _softmax(logits)
         k = int(np.argmax(p))
-        return Prediction(self.signature.labels[k], float(p[k]), logits, n_tokens, traffic)
+        return Prediction(self.signature.labels[k], float(p[k]), logits, n_tokens, traffic, truncated, x0.shape[0])
+
+    def embed(self, text: str, embedder: Embedder) -> tuple[np.ndarray, int, bool]:
+        """x0 at its bucket's width, the token count, and whether it was cut to the largest bucket."""
+        longest = self.signature.max_tokens
+        truncated = embedder.n_tokens(text) > longest
+        T = longest if truncated else self.bucket(max(embedder.n_tokens(text), 1)).T
+        x0, n = embedder.embed(text, T, truncate=truncated)
+        return x0, n, truncated
 
     def classify(self, text: str, embedder: Embedder) -> Prediction:
-        """Tokenize and embed in the clear, then the encrypted pipeline."""
+        """Tokenize and embed in the clear (cut to the largest bucket if longer), then the encrypted pipeline."""
         t0 = time.perf_counter()
-        x0, n = embedder.embed(text, self.signature.T)
-        return self.classify_embedded(x0, n, time.perf_counter() - t0)
+        x0, n, truncated = self.embed(text, embedder)
+        return self.classify_embedded(x0, n, time.perf_counter() - t0, truncated)
+
+
+def _retry_after(r: httpx.Response) -> float | None:
+    """Seconds to wait before sending the request again (503 / 429 with Retry-After), else None."""
+    if r.status_code not in (429, 503):
+        return None
+    try:
+        return max(0.0, float(r.headers.get("retry-after", "")))
+    except ValueError:
+        return None

@@ -39,11 +39,16 @@ class Embedder:
     def d(self) -> int:
         return self.word.shape[1]
 
+    def n_tokens(self, text: str) -> int:
+        """The sentence's length in word pieces, [CLS] and [SEP] included (before any truncation)."""
+        return len(self.tokenizer.encode(text).ids)
+
     def embed(self, text: str, T: int, truncate: bool = False) -> tuple[np.ndarray, int]:
         """x0 [T, d] (zero at padding) and the number of tokens.
 
-        Beyond T tokens: SentenceTooLongError, or with ``truncate`` (benchmarks
-        only, and counted there) the first T-1 tokens and the final [SEP].
+        Beyond T tokens: SentenceTooLongError, or with ``truncate`` the first
+        T-1 tokens and the final [SEP] (the client does so beyond its largest
+        bucket and flags the answer `truncated`).
         """
         if T > self.pos.shape[0]:
             raise ValueError(f"the circuit takes {T} tokens, the position table only {self.pos.shape[0]}")

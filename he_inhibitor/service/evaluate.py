@@ -22,11 +22,13 @@ from collections.abc import Generator
 import numpy as np
 import tenseal.sealapi as seal
 
-from he_inhibitor.ckks import CkksParams, PublicContext, serial
+from he_inhibitor.ckks import CkksParams, PublicContext
 from he_inhibitor.circuit.compile import Compiled
 from he_inhibitor.circuit.encrypted import EncryptedExecutor
 from he_inhibitor.circuit.ir import OpKind, depth
 from he_inhibitor.circuit.plain import last_uses
+from he_inhibitor.service import sealio
+from he_inhibitor.service.cancel import checkpoint
 from he_inhibitor.service.protocol import Signature
 
 Evaluation = Generator[seal.Ciphertext, seal.Ciphertext, dict[str, seal.Ciphertext]]
@@ -68,11 +70,11 @@ class CircuitEvaluator:
     server's memory by the registry size.
     """
 
-    def __init__(self, compiled: Compiled, params: CkksParams, public: PublicContext, mask_bound: float = 16.0) -> None:
+    def __init__(self, compiled: Compiled, params: CkksParams, public: PublicContext) -> None:
         self.compiled = compiled
         self.params = params
         self.public = public
-        self.mask_bound = mask_bound
+        self._q_last = float(public.context.last_context_data().parms().coeff_modulus()[0].value())
         self._ex = EncryptedExecutor(compiled, params, keys=_PublicOnly(public), cache=False)
         self._rng = np.random.default_rng()  # OS entropy: the client must not predict the masks
         self._seal = seal.Evaluator(public.context)
@@ -87,6 +89,7 @@ class CircuitEvaluator:
         values: dict[int, object] = {}
         outputs: dict[str, seal.Ciphertext] = {}
         for i, node in enumerate(circuit.nodes):
+            checkpoint()  # a disconnected client's evaluation stops here (service/cancel.py)
             if node.op is OpKind.CONST:
                 values[i] = (node.arg, circuit.consts[node.arg])
             elif node.op is OpKind.INPUT:
@@ -107,10 +110,23 @@ class CircuitEvaluator:
         """A ciphertext the client will only decrypt, mod-switched to the last level: fewer limbs, same message."""
         out = seal.Ciphertext()
         self._seal.mod_switch_to(ct, self.public.context.last_parms_id(), out)
-        return serial.to_bytes(out)
+        return sealio.to_bytes(out)
+
+    def mask_bound(self, scale: float) -> float:
+        """Half-width R of the refresh mask for a value at `scale`: half the headroom of the reply's level.
+
+        The reply is mod-switched to the last level, modulus q_0; a value v
+        decodes there while |v| * scale < q_0 / 2. R = q_0 / (4 scale) leaves
+        the other half to the activation itself (|m| < R, far above any
+        activation the polynomial bounds allow), and is as wide as the level
+        allows: a slot's m + r is then within total-variation distance
+        |m| / (2R) of r alone (with the shipped chain, q_0 ~ 2^40 and scale
+        2^30: R ~ 256, distance ~ |m| / 512).
+        """
+        return self._q_last / (4.0 * scale)
 
     def _refresh(self, ct: seal.Ciphertext) -> Evaluation:
-        """Add a uniform mask, let the client re-encrypt, subtract the mask."""
-        r = self._rng.uniform(-self.mask_bound, self.mask_bound, self.params.slots)
+        """Add a uniform mask in [-R, R] (mask_bound), let the client re-encrypt, subtract the mask."""
+        r = self._rng.uniform(-1.0, 1.0, self.params.slots) * self.mask_bound(ct.scale)
         fresh = yield self._ex.ev.add_plain(ct, r)
         return self._ex.ev.add_plain(fresh, -r)

@@ -1,5 +1,8 @@
 """A uvicorn server in a background thread on 127.0.0.1 and a free port (demo and tests).
 
+It runs with the same settings as `he-inhibitor serve` (server.server_config:
+connection cap, head timeout), so tests exercise what is deployed.
+
 The socket is bound here (port 0: the kernel picks a free port) and handed to
 uvicorn, so there is no window in which another process can take the port.
 Leaving the context stops the server and joins its thread: nothing outlives it.
@@ -15,6 +18,8 @@ from types import TracebackType
 import uvicorn
 from fastapi import FastAPI
 
+from he_inhibitor.service.server import server_config
+
 
 class LocalServer:
     def __init__(self, app: FastAPI, host: str = "127.0.0.1", start_timeout_s: float = 30.0) -> None:
@@ -22,7 +27,7 @@ class LocalServer:
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._sock.bind((host, 0))
         self.url = f"http://{host}:{self._sock.getsockname()[1]}"
-        self._server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+        self._server = uvicorn.Server(server_config(app, log_level="warning", lifespan="off"))
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._sock]}, daemon=True)
         self._timeout = start_timeout_s
 

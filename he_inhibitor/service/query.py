@@ -27,6 +27,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--client", type=Path, default=SHIPPED_CLIENT,
                    help="client bundle: tokenizer.json + model.safetensors (default: the shipped student)")
     p.add_argument("--keys", type=Path, default=None, help="key file to load, or to create (mode 0600) if missing")
+    p.add_argument("--token", default=None, help="bearer token, for servers started with --tokens")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("text", nargs="+", help="sentences to classify")
     p.set_defaults(func=run)
@@ -46,7 +47,8 @@ def prepare(client: Client, keys: Path | None) -> None:
 def describe(text: str, p: Prediction) -> str:
     t = p.traffic
     return (f"{text!r}\n"
-            f"  label    {p.label} (confidence {p.confidence:.3f}, {p.n_tokens} tokens)\n"
+            f"  label    {p.label} (confidence {p.confidence:.3f}, {p.n_tokens} tokens"
+            f"{', truncated to the largest bucket' if p.truncated else ''})\n"
             f"  latency  {t.total_s:.2f} s = client {t.client_s:.2f} + network {t.network_s:.2f}"
             f" + server {t.server_s:.2f}\n"
             f"  bytes    up {megabytes(t.bytes_up)}, down {megabytes(t.bytes_down)} ({t.round_trips} round trips)")
@@ -56,13 +58,13 @@ def run(args: argparse.Namespace) -> int:
     progress = Progress()
     try:
         embedder = Embedder.load(args.client)
-        with Client(args.url, progress=progress) as client:
+        with Client(args.url, progress=progress, token=args.token) as client:
             prepare(client, args.keys)
             results = []
             for text in args.text:
                 results.append((text, client.classify(text, embedder)))
             key_bytes = client.context_bytes
-    except (OSError, ValueError, ServerError, httpx.HTTPError) as err:  # incl. SentenceTooLongError
+    except (OSError, ValueError, ServerError, httpx.HTTPError) as err:
         progress.clear()
         print(f"he-inhibitor query: error: {err}", file=sys.stderr)
         return 2

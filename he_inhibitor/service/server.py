@@ -1,46 +1,77 @@
-"""The evaluation server (FastAPI + uvicorn) and `he-inhibitor serve`.
+"""The evaluation server (FastAPI + uvicorn) and `he-inhibitor serve`: every token bucket, every resource bounded.
 
-It holds the compiled circuit and, per client, only public evaluation keys;
-it never sees a secret key or a plaintext. Handlers read bodies under a size
-limit, validate them (validate.py: every failure is a typed 4xx), and run the
-SEAL work in the thread pool behind a semaphore, so a bad request costs one
-answer and nothing else: the next request is served as if it never happened.
-Per request it is stateless apart from the key registry and the evaluations
-paused at a refresh round trip (registry.py, both bounded).
+It holds the compiled circuits (one per token bucket) and, per client, only
+public evaluation keys; it never sees a secret key or a plaintext. What a
+request may cost is decided before the cost is paid:
+- bodies are read as they arrive (body.py) under a cap derived from the
+  circuit, at most `max_uploads` at once, charged to the memory budget while
+  held, and parsed from their first bytes (validate.py), so a wrong magic,
+  header or part count is refused before the rest is read;
+- key sets and evaluations are charged what they hold in memory
+  (registry.py) against `--memory-budget`; evaluations are admitted (job
+  counts, per-key and per-token quotas, rates) before their body is read;
+- SEAL work runs in a small pool (`max_concurrent` threads) behind a queue of
+  `max_queue`; beyond it the answer is 503 with Retry-After at once. The
+  handlers themselves are async and only wait, so /v1/health answers while
+  every worker is busy (within one SEAL operation: SEAL holds the GIL while
+  an operation runs);
+- a client that disconnects cancels its evaluation between two operations
+  (cancel.py) and its job is dropped; request heads must arrive within
+  `header_timeout_s` (uvicorn has no such timeout; `_HeadTimeoutH11`).
+Every refusal is a typed 4xx (or 503 with Retry-After); nothing a client
+sends should produce a 5xx.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import threading
 import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any, TypeVar
 
+import h11
 import tenseal.sealapi as seal
+import uvicorn
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
-from starlette.concurrency import run_in_threadpool
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from he_inhibitor.ckks import CkksParams, make_context
 from he_inhibitor.ckks.context import level_scales
 from he_inhibitor.circuit.compile import Compiled
-from he_inhibitor.service.artifacts import load_circuit
+from he_inhibitor.circuit.ir import Circuit, OpKind
+from he_inhibitor.circuit.plain import last_uses
+from he_inhibitor.service.auth import Principal, Tokens
+from he_inhibitor.service.body import BodyReader
+from he_inhibitor.service.cancel import Cancelled, scope
 from he_inhibitor.service.evaluate import CircuitEvaluator, signature_of
 from he_inhibitor.service.protocol import (
     CONTENT_TYPE, H_JOB, H_KEY_ID, H_SERVER_SECONDS, H_STATUS, H_TOKENS, STATUS_DONE, STATUS_REFRESH, Limits,
-    pack_frames,
+    ServiceSignature, Signature, ciphertext_bytes, key_switch_bytes, key_switch_wire_bound, pack_frames,
 )
-from he_inhibitor.service.registry import Job, JobTable, KeyRegistry
+from he_inhibitor.service.registry import (
+    Job, JobTable, KeyRegistry, KeySet, MemoryBudget, OverQuota, RateLimit, Reservation,
+)
 from he_inhibitor.service.validate import (
-    Mismatch, RequestError, TooLarge, check_ciphertexts, check_context, check_tokens,
+    MAX_HEADER_BYTES, Busy, Mismatch, RequestError, TooLarge, UnknownJob, check_ciphertexts, check_tokens, load_context,
+    read_context, read_frames,
 )
 
 DEFAULT_LABELS = ("negative", "positive")  # SST-2
 _BINARY = {"content": {CONTENT_TYPE: {"schema": {"type": "string", "format": "binary"}}}}
 _ERRORS = {s: {"description": d} for s, d in (
-    (400, "malformed body or headers"), (403, "the context carries a secret key (refused, not stored)"),
-    (404, "unknown key id or job"), (413, "body over the size limit"), (415, "body is not application/octet-stream"),
-    (422, "parameters, levels or scales do not match the circuit"), (503, "too many paused evaluations"))}
+    (400, "malformed body or headers"), (401, "missing or unknown bearer token (servers started with --tokens)"),
+    (403, "the context carries a secret key (refused, not stored)"), (404, "unknown key id or job"),
+    (408, "the body did not arrive in time"), (413, "body over the size limit"),
+    (415, "body is not application/octet-stream"), (422, "parameters, levels or scales do not match the circuit"),
+    (429, "over a per-key or per-token quota (Retry-After)"), (503, "server full: retry after Retry-After seconds"))}
+_R = TypeVar("_R")
 
 
 class UnsupportedMedia(RequestError):
@@ -48,116 +79,395 @@ class UnsupportedMedia(RequestError):
     code = "unsupported_media_type"
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    """The body, refused with 413 as soon as it passes `limit` bytes (declared or streamed)."""
-    if request.headers.get("content-type", "").split(";")[0].strip() != CONTENT_TYPE:
-        raise UnsupportedMedia(f"send the body as {CONTENT_TYPE}")
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise TooLarge(f"body of {declared} bytes exceeds the limit of {limit}")
-    buf = bytearray()
-    async for chunk in request.stream():
-        buf += chunk
-        if len(buf) > limit:
-            raise TooLarge(f"body exceeds the limit of {limit} bytes")
-    return bytes(buf)
+class ClientGone(RequestError):
+    """The client disconnected while its request waited or ran; nobody reads this answer.
+
+    `started`: whether the work had begun (then the worker stops it at its next
+    operation and settles its job; otherwise nothing ran).
+    """
+
+    status = 499
+    code = "client_closed_request"
+
+    def __init__(self, message: str, started: bool) -> None:
+        super().__init__(message)
+        self.started = started
 
 
-def create_app(compiled: Compiled, params: CkksParams, labels: tuple[str, ...] = DEFAULT_LABELS,
-               limits: Limits = Limits()) -> FastAPI:
-    """A server for one compiled circuit under `params`."""
-    sig = signature_of(compiled, params, labels)
-    scales = level_scales(make_context(params), params.scale)
-    registry = KeyRegistry(lambda public: CircuitEvaluator(compiled, params, public),
-                           limits.max_keys, limits.max_key_bytes)
-    jobs = JobTable(limits.max_jobs, limits.job_ttl_s)
-    running = threading.BoundedSemaphore(limits.max_concurrent)
-    frame_limit = len(sig.inputs) * (sig.max_ciphertext_bytes + 8) + 8
+def peak_live_ciphertexts(circuit: Circuit) -> int:
+    """Most ciphertexts alive at once while the circuit runs (inputs included, constants not)."""
+    drops = last_uses(circuit)
+    live: set[int] = set()
+    peak = 0
+    for i, node in enumerate(circuit.nodes):
+        if node.op is not OpKind.CONST:
+            live.add(i)
+        peak = max(peak, len(live))
+        live.difference_update(drops[i])
+    return peak
 
-    app = FastAPI(title="he-inhibitor", version="1",
+
+def key_set_bytes(sig: ServiceSignature) -> int:
+    """Memory a registered key set costs: a relinearization key and one Galois key per step, as SEAL holds them."""
+    return (1 + len(sig.rotation_steps)) * key_switch_bytes(sig.params)
+
+
+class SealPool:
+    """A few threads for SEAL work and a bounded queue in front of them: a request beyond it gets 503 at once.
+
+    `run` waits for the work while watching the connection: if the client
+    disconnects, queued work is cancelled and running work is told to stop
+    (its `cancel` event); the caller gets ClientGone.
+    """
+
+    def __init__(self, workers: int, queue: int, retry_after_s: int) -> None:
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="seal")
+        self._capacity, self._retry_after_s = workers + queue, retry_after_s
+        self.pending = 0
+        self._lock = threading.Lock()
+
+    def _done(self, _: Future) -> None:
+        with self._lock:
+            self.pending -= 1
+
+    async def run(self, request: Request, cancel: threading.Event, fn: Callable[..., _R], *args: Any) -> _R:
+        with self._lock:
+            if self.pending >= self._capacity:
+                raise Busy(f"{self._capacity} requests are already waiting for or running SEAL work")
+            self.pending += 1
+        fut = self._pool.submit(fn, *args)
+        fut.add_done_callback(self._done)
+        work = asyncio.wrap_future(fut)
+        gone = asyncio.ensure_future(_disconnected(request))
+        try:
+            await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+        if not work.done():
+            cancel.set()
+            raise ClientGone("the client disconnected", started=not fut.cancel())
+        return work.result()
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns when the client has gone (the body must have been read before)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+class _HeadTimeoutH11(H11Protocol):
+    """uvicorn's h11 protocol plus a deadline for each request head.
+
+    uvicorn times out idle keep-alive connections but not a head that arrives
+    a byte at a time, so 300 slow clients could hold 300 connections for ever.
+    While the peer is between requests (h11 state IDLE) and sending bytes, a
+    timer runs; if the head is still incomplete when it fires, the connection
+    is closed.
+    """
+
+    head_timeout_s = 10.0
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._arm()
+
+    def _arm(self) -> None:
+        if self._head_timer is None:
+            self._head_timer = self.loop.call_later(self.head_timeout_s, self._head_timeout)
+
+    def _disarm(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self.conn.their_state is h11.IDLE:
+            self._arm()
+        else:
+            self._disarm()
+
+    def _head_timeout(self) -> None:
+        self._head_timer = None
+        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+            self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+
+def server_config(app: FastAPI, **kwargs: Any) -> uvicorn.Config:
+    """uvicorn settings for an app made by create_app: connection cap, head and keep-alive timeouts."""
+    limits: Limits = app.state.limits
+    protocol = type("HeadTimeoutH11", (_HeadTimeoutH11,), {"head_timeout_s": limits.header_timeout_s})
+    return uvicorn.Config(app, http=protocol, limit_concurrency=limits.max_connections, timeout_keep_alive=5,
+                          h11_max_incomplete_event_size=16 << 10, **kwargs)
+
+
+def create_app(circuits: Compiled | Mapping[int, Compiled], params: CkksParams,
+               labels: tuple[str, ...] = DEFAULT_LABELS, limits: Limits = Limits(),
+               tokens: Tokens | None = None) -> FastAPI:
+    """A server for one compiled circuit, or one per token bucket ({T: Compiled}), under `params`."""
+    by_T = dict(circuits) if isinstance(circuits, Mapping) else {circuits.T: circuits}
+    sig = ServiceSignature.of([signature_of(c, params, labels) for c in by_T.values()])
+    context = make_context(params)  # one SEAL context for every key set and ciphertext
+    scales = level_scales(context, params.scale)
+    budget = MemoryBudget(limits.memory_budget)
+    registry = KeyRegistry(budget, limits.max_keys)
+    jobs = JobTable(registry, limits.max_jobs, limits.job_ttl_s)
+    pool = SealPool(limits.max_concurrent, limits.max_queue, limits.retry_after_s)
+    job_bytes = {T: (peak_live_ciphertexts(c.circuit) + 2) * ciphertext_bytes(params) for T, c in by_T.items()}
+    keys_bytes = key_set_bytes(sig)
+    context_cap = (8 + 8 + MAX_HEADER_BYTES + 16 + (1 + len(sig.rotation_steps)) * key_switch_wire_bound(params))
+    frame_cap = {b.T: b.max_ciphertext_bytes for b in sig.buckets}
+    uploads = {"now": 0}
+
+    app = FastAPI(title="he-inhibitor", version="2",
                   description="Encrypted sentiment inference: the server evaluates a CKKS circuit on "
-                              "ciphertexts with public evaluation keys only.")
+                              "ciphertexts with public evaluation keys only.",
+                  docs_url=None if tokens else "/docs", redoc_url=None,
+                  openapi_url=None if tokens else "/openapi.json")
     app.state.registry, app.state.jobs, app.state.signature = registry, jobs, sig
+    app.state.limits, app.state.budget, app.state.pool = limits, budget, pool
+    app.state.job_bytes, app.state.key_set_bytes = job_bytes, keys_bytes
 
     @app.exception_handler(RequestError)
     async def _client_error(request: Request, err: RequestError) -> JSONResponse:
-        return JSONResponse({"error": err.code, "detail": str(err)}, status_code=err.status)
+        headers = {}
+        if isinstance(err, OverQuota):
+            headers["Retry-After"] = str(max(1, int(err.retry_after_s)))
+        elif err.status == 503:
+            headers["Retry-After"] = str(limits.retry_after_s)
+        return JSONResponse({"error": err.code, "detail": str(err)}, status_code=err.status, headers=headers)
 
-    def advance(job: Job, fresh: seal.Ciphertext | None, t0: float) -> Response:
-        """Run the evaluation to its next refresh (answer: the masked ciphertext) or to its end.
+    def authorize(request: Request) -> Principal | None:
+        return None if tokens is None else tokens.check(request.headers.get("authorization"))
 
-        X-Server-Seconds counts from t0, when the handler started parsing the ciphertexts.
+    @asynccontextmanager
+    async def upload(request: Request, cap: int) -> AsyncIterator[BodyReader]:
+        """A body reader under `cap`, one of max_uploads, its bytes charged to the budget while it is open."""
+        if request.headers.get("content-type", "").split(";")[0].strip() != CONTENT_TYPE:
+            raise UnsupportedMedia(f"send the body as {CONTENT_TYPE}")
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > cap:
+            raise TooLarge(f"body of {declared} bytes exceeds the limit of {cap}")
+        if uploads["now"] >= limits.max_uploads:
+            raise Busy(f"{limits.max_uploads} request bodies are being received")
+        size = int(declared) if declared.isdigit() else cap
+        charge = budget.reserve(size, "a request body")
+        uploads["now"] += 1
+        try:
+            deadline = time.monotonic() + limits.body_timeout_s + size / limits.min_upload_rate
+            yield BodyReader(request.stream(), cap, limits.body_idle_timeout_s, deadline)
+        finally:
+            uploads["now"] -= 1
+            charge.release()
+
+    def step(job: Job, fresh: seal.Ciphertext | None, t0: float) -> Response:
+        """Run the evaluation to its next refresh (answer: the masked ciphertext) or to its end (pool thread).
+
+        X-Server-Seconds counts from t0, when the ciphertexts started to load.
+        The job is finished here on every path but a pause, where it is parked.
         """
-        with running:
-            try:
+        try:
+            with scope(job.cancel):
                 out = job.evaluation.send(fresh)
-                status, cts = STATUS_REFRESH, [out]
-            except StopIteration as stop:
-                status, cts = STATUS_DONE, [stop.value[name] for name in sig.outputs]
-            except (RuntimeError, ValueError) as err:  # SEAL refused these ciphertexts mid-circuit
-                raise Mismatch(f"evaluation failed on these ciphertexts: {err}") from err
-            body = pack_frames([job.evaluator.reply_bytes(ct) for ct in cts])
-        headers = {H_STATUS: status, H_SERVER_SECONDS: f"{time.perf_counter() - t0:.6f}"}
-        if status == STATUS_REFRESH:
-            headers[H_JOB] = jobs.park(job)
-        return Response(body, media_type=CONTENT_TYPE, headers=headers)
+            if job.refreshes_left == 0:
+                raise RuntimeError(f"the circuit asked for more than its {job.bucket.refreshes} refreshes")
+            job.refreshes_left -= 1
+            body = pack_frames([job.evaluator.reply_bytes(out)])
+        except StopIteration as stop:
+            body = pack_frames([job.evaluator.reply_bytes(stop.value[name]) for name in job.bucket.outputs])
+            jobs.finish(job)
+            return Response(body, media_type=CONTENT_TYPE, headers={
+                H_STATUS: STATUS_DONE, H_SERVER_SECONDS: f"{time.perf_counter() - t0:.6f}"})
+        except Cancelled:
+            jobs.finish(job)
+            raise
+        except (RuntimeError, ValueError) as err:  # SEAL refused these ciphertexts mid-circuit
+            jobs.finish(job)
+            raise Mismatch(f"evaluation failed on these ciphertexts: {err}") from err
+        if job.cancel.is_set():
+            jobs.finish(job)
+            raise Cancelled("the client disconnected")
+        return Response(body, media_type=CONTENT_TYPE, headers={
+            H_STATUS: STATUS_REFRESH, H_JOB: jobs.park(job),
+            H_SERVER_SECONDS: f"{time.perf_counter() - t0:.6f}"})
+
+    async def run_step(request: Request, job: Job, work: Callable[[], Response], job_id: str | None) -> Response:
+        """`work` in the pool. Work that never started is settled here: a first step's job is finished, a
+        continuation's parked again under its id and deadline (the client retries it after Retry-After);
+        work that started settles its job itself (`step`)."""
+        try:
+            return await pool.run(request, job.cancel, work)
+        except Busy:
+            if job_id is None:
+                jobs.finish(job)
+            else:
+                jobs.park(job, job_id)
+            raise
+        except ClientGone as gone:
+            if not gone.started:
+                jobs.finish(job)
+            raise
 
     @app.get("/v1/health")
-    def health() -> dict:
-        return {"status": "ok", "keys": len(registry), "key_bytes": registry.nbytes, "paused_jobs": len(jobs)}
+    async def health(request: Request) -> dict:
+        """Liveness; occupancy too for callers with a token (any caller when the server has no tokens)."""
+        try:
+            authorize(request)
+        except RequestError:
+            return {"status": "ok"}
+        jobs.purge()
+        return {"status": "ok", "keys": len(registry), "key_bytes": registry.nbytes, "paused_jobs": len(jobs),
+                "active_jobs": jobs.active, "memory_used": budget.used, "memory_budget": budget.total,
+                "queued_or_running": pool.pending, "uploads": uploads["now"]}
 
     @app.get("/v1/signature")
-    def signature() -> dict:
+    async def signature(request: Request) -> dict:
+        authorize(request)
         return sig.to_json()
+
+    if tokens is not None:
+        @app.get("/openapi.json", include_in_schema=False)
+        async def openapi(request: Request) -> dict:
+            authorize(request)
+            return app.openapi()
+
+        @app.get("/docs", include_in_schema=False)
+        async def docs(request: Request) -> HTMLResponse:
+            authorize(request)
+            return get_swagger_ui_html(openapi_url="/openapi.json", title="he-inhibitor")
 
     @app.post("/v1/keys", status_code=201, responses=_ERRORS, openapi_extra={"requestBody": _BINARY})
     async def register(request: Request) -> dict:
-        """Register a public context (relin + Galois keys, never a secret key) once; returns its key id."""
-        body = await _read_body(request, limits.max_context_bytes)
-        public = await run_in_threadpool(check_context, body, sig)
-        kid = await run_in_threadpool(registry.register, public)
-        return {"key_id": kid, "bytes": len(body), "rotation_steps": list(public.rotation_steps)}
+        """Register a public context (relin + Galois keys for exactly the signature's steps) once; returns its id."""
+        principal = authorize(request)
+        if principal is not None and registry.owned_by(principal.name) >= principal.key_sets:
+            raise OverQuota(f"token {principal.name!r} holds its {principal.key_sets} key sets", limits.job_ttl_s)
+        async with upload(request, context_cap) as reader:
+            parts = await read_context(reader, sig)
+            received = reader.received
+            if not registry.touch(parts.key_id):
+                charge = budget.reserve(keys_bytes, "a key set")
+                try:
+                    entry = await pool.run(request, threading.Event(), load_key_set, parts, charge, principal)
+                except BaseException:
+                    charge.release()
+                    raise
+                registry.add(entry)
+        return {"key_id": parts.key_id, "bytes": received, "rotation_steps": list(sig.rotation_steps)}
+
+    def load_key_set(parts, charge: Reservation, principal: Principal | None) -> KeySet:
+        public = load_context(parts, sig, context)
+        evaluators = {T: CircuitEvaluator(c, params, public) for T, c in by_T.items()}
+        return KeySet(parts.key_id, public, evaluators, charge, None if principal is None else principal.name,
+                      RateLimit(limits.evaluations_per_minute))
 
     @app.post("/v1/evaluate", responses={200: _BINARY, **_ERRORS}, openapi_extra={"requestBody": _BINARY})
     async def evaluate(request: Request) -> Response:
-        """Input ciphertexts (one frame per signature input) -> output ciphertexts or a refresh request."""
-        kid = request.headers.get(H_KEY_ID)
-        evaluator = registry.get(kid)
-        n_tokens = check_tokens(request.headers.get(H_TOKENS), sig.T)
-        body = await _read_body(request, frame_limit)
+        """Input ciphertexts (one frame per input of the bucket X-Tokens falls in) -> outputs or a refresh."""
+        principal = authorize(request)
+        n_tokens = check_tokens(request.headers.get(H_TOKENS), sig.max_tokens)
+        bucket = sig.bucket(n_tokens)
+        keys = registry.checkout(request.headers.get(H_KEY_ID), limits.max_jobs_per_key)
+        try:
+            keys.rate.take("this key set")
+            if principal is not None:
+                principal.rate.take(f"token {principal.name!r}")
+        except RequestError:
+            registry.checkin(keys)
+            raise
+        jobs.admit(keys, None if principal is None else principal.name, None if principal is None else principal.jobs)
+        job = Job(None, keys, bucket, Reservation(budget, 0), None if principal is None else principal.name,  # type: ignore[arg-type]
+                  bucket.refreshes)
+        try:
+            job.charge = budget.reserve(job_bytes[bucket.T], "an evaluation")
+            async with upload(request, len(bucket.inputs) * (frame_cap[bucket.T] + 8) + 8) as reader:
+                blobs = await read_frames(reader, len(bucket.inputs), frame_cap[bucket.T])
+        except BaseException:
+            jobs.finish(job)
+            raise
 
         def work() -> Response:
             t0 = time.perf_counter()
-            cts = check_ciphertexts(body, len(sig.inputs), evaluator.public, sig.input_level, scales[sig.input_level])
-            return advance(Job(evaluator.run(cts, n_tokens), evaluator), None, t0)
+            try:
+                cts = check_ciphertexts(blobs, context, bucket.input_level, scales[bucket.input_level])
+            except RequestError:
+                jobs.finish(job)
+                raise
+            job.evaluation = job.evaluator.run(cts, n_tokens)
+            return step(job, None, t0)
 
-        return await run_in_threadpool(work)
+        return await run_step(request, job, work, None)
 
     @app.post("/v1/jobs/{job_id}", responses={200: _BINARY, **_ERRORS}, openapi_extra={"requestBody": _BINARY})
     async def refresh(job_id: str, request: Request) -> Response:
         """The client's re-encryption of the masked ciphertext it was sent; continues the evaluation."""
-        body = await _read_body(request, sig.max_ciphertext_bytes + 16)
+        principal = authorize(request)
         job = jobs.take(job_id)
+        if principal is not None and job.owner != principal.name:
+            jobs.park(job, job_id)
+            raise UnknownJob(f"no evaluation {job_id!r} of this token awaits a refresh")
+        try:
+            async with upload(request, frame_cap[job.bucket.T] + 16) as reader:
+                (blob,) = await read_frames(reader, 1, frame_cap[job.bucket.T])
+        except RequestError:
+            jobs.park(job, job_id)  # a bad refresh body does not cost the client its evaluation (nor its deadline)
+            raise
+        except BaseException:
+            jobs.finish(job)
+            raise
 
         def work() -> Response:
             t0 = time.perf_counter()
             try:
-                (fresh,) = check_ciphertexts(body, 1, job.evaluator.public, sig.input_level, scales[sig.input_level])
+                (fresh,) = check_ciphertexts([blob], context, job.bucket.input_level,
+                                             scales[job.bucket.input_level])
             except RequestError:
-                jobs.park(job, job_id)  # a bad refresh body does not cost the client its evaluation
+                jobs.park(job, job_id)
                 raise
-            return advance(job, fresh, t0)
+            return step(job, fresh, t0)
 
-        return await run_in_threadpool(work)
+        return await run_step(request, job, work, job_id)
 
     return app
 
 
-def serve(circuit: Path | None, host: str, port: int, limits: Limits = Limits()) -> None:
-    import uvicorn
+def load_buckets(path: Path | None) -> tuple[dict[int, Compiled], CkksParams]:
+    """Every bucket of a compiled bundle (default: the shipped one), recompiled and hash-checked."""
+    from he_inhibitor.circuit.bundle import buckets_of, load_bundle
+    from he_inhibitor.service.artifacts import SHIPPED_CIRCUIT
 
-    compiled, params = load_circuit(circuit)
-    uvicorn.run(create_app(compiled, params, limits=limits), host=host, port=port)
+    bundle = SHIPPED_CIRCUIT if path is None else path
+    Ts = buckets_of(bundle)
+    if not Ts:
+        raise FileNotFoundError(f"{bundle}: no circuit-t<T>.json: not a circuit bundle")
+    plans = {T: load_bundle(bundle, T) for T in Ts}
+    params = {p.params for p in plans.values()}
+    if len(params) != 1:
+        raise ValueError(f"{bundle}: buckets use different parameters {sorted(map(str, params))}")
+    return {T: p.compiled for T, p in plans.items()}, params.pop()
+
+
+def serve(circuit: Path | None, host: str, port: int, limits: Limits = Limits(), tokens: Path | None = None) -> None:
+    circuits, params = load_buckets(circuit)
+    app = create_app(circuits, params, limits=limits, tokens=None if tokens is None else Tokens.load(tokens))
+    uvicorn.Server(server_config(app, host=host, port=port)).run()
+
+
+def _bytes(text: str) -> int:
+    """'4G', '512M', '300000000' -> bytes."""
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    try:
+        return int(float(text[:-1]) * units[text[-1].upper()]) if text[-1:].upper() in units else int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a size like 4G, 512M or a byte count, not {text!r}") from None
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -165,4 +475,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--circuit", type=Path, default=None, help="compiled bundle directory (default: the shipped one)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
-    p.set_defaults(func=lambda a: serve(a.circuit, a.host, a.port) or 0)
+    p.add_argument("--memory-budget", type=_bytes, default=Limits.memory_budget,
+                   help="bytes of client-driven state (key sets as held in memory, evaluations, bodies), e.g. 4G")
+    p.add_argument("--max-keys", type=int, default=Limits.max_keys, help="key sets held at once")
+    p.add_argument("--tokens", type=Path, default=None,
+                   help="JSON file of bearer tokens with per-token quotas (see he_inhibitor/service/auth.py)")
+    p.set_defaults(func=lambda a: serve(a.circuit, a.host, a.port, Limits(memory_budget=a.memory_budget,
+                                                                          max_keys=a.max_keys), a.tokens) or 0)
