@@ -48,7 +48,13 @@ def is_teacher(model_dir: Path) -> bool:
 
 
 def predictions(model_dir: Path, form: str, sentences: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Predicted labels and lengths in word pieces ([CLS], [SEP] included) of a student or the teacher."""
+    """Predicted labels and lengths in word pieces ([CLS], [SEP] included) of a student or the teacher.
+
+    A sentence longer than the student's positions is cut to them (first
+    max_len - 1 pieces and [SEP]), as the service does beyond its largest
+    bucket, so one long sentence never stops an evaluation; `truncated_count`
+    says how many were.
+    """
     if is_teacher(model_dir):
         from he_inhibitor.teacher import load_teacher, load_tokenizer, logits
 
@@ -60,7 +66,17 @@ def predictions(model_dir: Path, form: str, sentences: list[str]) -> tuple[np.nd
     from he_inhibitor.vocab import load_tokenizer
 
     student, tok = load_student(model_dir).set_form(form), load_tokenizer(model_dir)
-    return predict(student, tok, sentences), np.array([len(e.ids) for e in tok.encode_batch(sentences)])
+    return (predict(student, tok, sentences, truncate=True),
+            np.array([len(e.ids) for e in tok.encode_batch(sentences)]))
+
+
+def truncated_count(model_dir: Path, lengths: np.ndarray) -> int:
+    """Sentences longer than a student's max_len (the teacher takes 512: none)."""
+    if is_teacher(model_dir):
+        return 0
+    from he_inhibitor.model.student import load_student
+
+    return int((lengths > load_student(model_dir).cfg.max_len).sum())
 
 
 def by_length(correct: np.ndarray, lengths: np.ndarray, edges: list[int]) -> list[dict]:
@@ -90,7 +106,7 @@ def range_report(student, tokenizer, sentences: list[str]) -> dict:
         for s in sentences:
             for _, m in student.nonlinearities():
                 m.max_ratio.zero_()
-            ids, mask = encode(tokenizer, [s], student.cfg.max_len)
+            ids, mask = encode(tokenizer, [s], student.cfg.max_len, truncate=True)
             student(torch.from_numpy(ids), torch.from_numpy(mask))
             worst.append(max(float(m.max_ratio) for _, m in student.nonlinearities()))
     return {"beyond_bound": sum(w > 1.0 for w in worst), "max_input_ratio": max(worst),
@@ -108,7 +124,8 @@ def _run(args: argparse.Namespace) -> int:
         raise SystemExit(f"error: {err}")
     correct = preds == np.asarray(labels)
     form = "teacher" if teacher else args.form
-    out = {"accuracy": float(correct.mean()), "n": len(sentences), "form": form}
+    out = {"accuracy": float(correct.mean()), "n": len(sentences), "form": form,
+           "truncated": truncated_count(args.model, lengths)}
     if args.by_length:
         out["by_length"] = by_length(correct, lengths, args.by_length)
     if args.ranges:
@@ -119,7 +136,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(out))
         return 0
-    print(f"accuracy {out['accuracy']:.4f} on {len(sentences)} sentences ({form} form, model {args.model})")
+    print(f"accuracy {out['accuracy']:.4f} on {len(sentences)} sentences ({form} form, model {args.model}); "
+          f"{out['truncated']} truncated to the model's length")
     for row in out.get("by_length", []):
         acc = "-" if row["accuracy"] is None else f"{row['accuracy']:.4f}"
         print(f"  {row['tokens']:>7} word pieces: {acc} on {row['n']}")
