@@ -66,7 +66,8 @@ def test_predict_modes_and_buckets(bundle, capsys):
     assert main(["predict", "--circuit", str(bundle), "--mode", "encrypted", "--json", LONG]) == 0
     r = json.loads(capsys.readouterr().out)
     assert {"label", "logits", "plain_logits", "max_abs_error", "predicted_error_bound", "depth", "seconds"} <= set(r)
-    assert r["workers"] == 2 and r["levels_used"] == r["depth"]  # SEAL consumed what the simulator predicted
+    assert r["lanes"] == 2 and r["ray_workers"] == 1  # lane 1 on a Ray actor (embedded Ray)
+    assert r["levels_used"] == r["depth"]  # SEAL consumed what the simulator predicted
     assert 0 < r["max_abs_error"] <= r["predicted_error_bound"]
     assert r["label"] == ["negative", "positive"][int(np.argmax(r["plain_logits"]))]
 

@@ -140,3 +140,58 @@ def test_killed_worker_beyond_its_restarts_is_reported(student, cluster):
         lanes.on_submit = lambda k, seg: os.kill(pids[(seg.lane - 1) % len(pids)], signal.SIGKILL)
         with pytest.raises(LaneError, match="lane worker failed"):
             lanes.run(x0, m)
+
+
+@pytest.mark.slow
+def test_dot_product_student_on_ray_lanes(cluster):
+    from test_circuit_dot import dot_student
+    from test_circuit_dot import sentence as dot_sentence
+
+    model = dot_student(n_layers=1, degree=6)
+    plan = plan_student(from_torch(model), T, n=8192, precision=Precision(30, 40, 60))
+    ex = EncryptedExecutor(plan.compiled, plan.params, seed=0)
+    _, x0, m = dot_sentence(model, 5)
+    sim = simulate(plan.compiled, NoiseModel.of(plan.params), x0, m, chain=plan.params.depth)
+    res = ex.run(x0, m)
+    with RayLaneExecutor(ex) as lanes:  # lane 1 (half the shifts) on a Ray actor: same levels, same bound
+        res2 = lanes.run(x0, m)
+    assert res2.chain_index == res.chain_index
+    assert np.abs(res2.logits - sim.logits).max() <= sim.noise_bound
+
+
+@pytest.fixture(scope="module")
+def cli_bundle(tmp_path_factory):
+    """The CLI tests' tiny bundle (one layer, buckets 8 and 16, N = 8192)."""
+    from test_circuit_cli import WORDS
+
+    from he_inhibitor.cli import main
+    from he_inhibitor.model.student import save_student
+    from he_inhibitor.vocab import SPECIALS, make_tokenizer
+
+    d = tmp_path_factory.mktemp("ray-cli")
+    torch.manual_seed(0)
+    cfg = StudentConfig(vocab_size=len(SPECIALS) + len(WORDS), max_len=16, d_model=16, n_heads=4, d_ff=32,
+                        n_layers=1, dropout=0.0, abs_poly=PolySpec(6), relu_poly=PolySpec(6))
+    save_student(Student(cfg).eval(), d / "student")
+    make_tokenizer(list(SPECIALS) + WORDS).save(str(d / "student" / "tokenizer.json"))
+    assert main(["compile", "--model", str(d / "student"), "--out", str(d / "b"), "--buckets", "8", "16",
+                 "--n", "8192"]) == 0
+    return d / "b"
+
+
+@pytest.mark.slow
+def test_predict_reports_its_lanes(cluster, cli_bundle, capsys):
+    import json
+
+    from test_circuit_cli import SHORT
+
+    from he_inhibitor.cli import main
+
+    # three lanes: the bundle (two lanes) recompiled, lanes 1 and 2 on two Ray actors
+    assert main(["predict", "--circuit", str(cli_bundle), "--mode", "encrypted", "--lanes", "3", "--json", SHORT]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["lanes"] == 3 and r["ray_workers"] == 2 and r["store_bytes"] > 0
+    assert r["levels_used"] == r["depth"] and 0 < r["max_abs_error"] <= r["predicted_error_bound"]
+    assert main(["predict", "--circuit", str(cli_bundle), "--mode", "encrypted", "--lanes", "1", "--json", SHORT]) == 0
+    r1 = json.loads(capsys.readouterr().out)
+    assert r1["lanes"] == 1 and r1["ray_workers"] == 0 and r1["label"] == r["label"]

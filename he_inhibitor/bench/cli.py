@@ -32,8 +32,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="token buckets (default: a bundle's own; 32 64 for a student directory)")
     p.add_argument("--n", type=int, default=16384, help="ring degree when compiling a student directory")
     p.add_argument("--scale-bits", type=int, default=30, help="scale when compiling a student directory")
-    p.add_argument("--workers", type=int, choices=(1, 2), default=1,
-                   help="processes per encrypted evaluation (2: half the attention shifts in a worker)")
+    p.add_argument("--lanes", type=int, default=1,
+                   help="lanes per encrypted evaluation: the attention shifts split K ways, lanes 1..K-1 on Ray "
+                        "actors (a bundle is recompiled for K > 2)")
+    p.add_argument("--ray", default=None, metavar="ADDRESS",
+                   help="run the lanes on the Ray cluster at ADDRESS (default: Ray embedded, 2 CPUs)")
     p.add_argument("--reps", type=int, default=3, help="repetitions per primitive in the cost table")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, default=None, help="write the results as JSON")
@@ -60,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
         sentences, labels = sentences[:args.sentences], labels[:args.sentences]
         paths = [args.circuit or SHIPPED_CIRCUIT] + ([args.compare] if args.compare else [])
         progress("compiling / loading " + ", ".join(str(p) for p in paths))
-        targets = [load_target(p, args.client, args.buckets, args.n, Precision(scale_bits=args.scale_bits))
+        targets = [_with_lanes(load_target(p, args.client, args.buckets, args.n,
+                                           Precision(scale_bits=args.scale_bits)), p, args.lanes)
                    for p in paths]
     except (OSError, ValueError) as err:
         raise SystemExit(f"error: {err}")
@@ -83,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
         progress.clear()
         try:
             results.append(bench_target(t, corpus, costs[t.plan.params.poly_modulus_degree],
-                                        args.encrypted_sentences, args.seed, workers=args.workers,
+                                        args.encrypted_sentences, args.seed, lanes=args.lanes, ray=args.ray,
                                         log=args.log / f"{t.name}.jsonl" if args.log else None))
         except ValueError as err:  # a run log that does not belong to this circuit
             raise SystemExit(f"error: {err}")
@@ -102,3 +106,20 @@ def run(args: argparse.Namespace) -> int:
     if args.plot:
         print(f"plot: {plot_stages(results, args.plot)}")
     return 0
+
+
+def _with_lanes(target, path: Path, lanes: int):
+    """The target with its circuits recompiled for `lanes` lanes when they have fewer (bundles only)."""
+    from dataclasses import replace
+
+    from he_inhibitor.circuit.bundle import load_weights
+    from he_inhibitor.circuit.ray_lanes import lanes_of, with_lanes
+
+    if lanes < 1:
+        raise ValueError("--lanes must be at least 1")
+    if all(lanes <= len(lanes_of(p.compiled.circuit)) for p in target.plans.values()):
+        return target
+    if not (Path(path) / "student.json").exists():
+        raise ValueError(f"{path}: --lanes {lanes} recompiles a circuit bundle; compile this student first")
+    weights = load_weights(path)
+    return replace(target, plans={T: with_lanes(p, lanes, weights) for T, p in target.plans.items()})

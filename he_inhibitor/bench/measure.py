@@ -17,10 +17,10 @@
   error held against the simulator's bound for that very sentence. With a
   log file every run is appended as it finishes and a rerun resumes where the
   log stops: an 872-sentence run takes hours.
-* With workers = 2 the circuit's lane 1 (half the attention shifts) runs in a
-  second process (circuit.parallel); the floor stays the one-core sum of all
-  ops. CPU seconds (both processes) are reported too: on a loaded machine
-  they are the steadier figure.
+* With lanes = K > 1 the circuit's lanes 1..K-1 (attention shifts) run on Ray
+  actors (circuit.ray_lanes; the circuit recompiled for K lanes when it has
+  fewer); the floor stays the one-core sum of all ops. CPU seconds (every
+  process) are reported too: on a loaded machine they are the steadier figure.
 * Accuracy is the plain executor's on all N sentences, batched per bucket:
   every op of the plain executor is slot-wise or a roll of the last axis, so
   a stack of sentences runs through the circuit at once.
@@ -160,13 +160,15 @@ class RunLog:
 
 
 def _encrypted_runs(target: Target, keys: dict[int, ClientKeys], corpus: Corpus, sample: np.ndarray,
-                    plain_out: np.ndarray, costs: CostTable, seed: int, workers: int, log: RunLog) -> dict[int, float]:
+                    plain_out: np.ndarray, costs: CostTable, seed: int, lanes: int, log: RunLog,
+                    ray: str | None = None) -> dict[int, float]:
     """Run every sample sentence not yet in the log; returns the per-bucket set-up seconds."""
-    from he_inhibitor.circuit.parallel import ParallelExecutor, lanes_of
+    from he_inhibitor.circuit.ray_lanes import RayLaneExecutor, RayLanes, lanes_of
 
     todo = [int(i) for i in sample if int(i) not in log.records]
     setup: dict[int, float] = {}
     runners: dict[int, object] = {}
+    pool = None
     with ExitStack() as stack:
         for i in tqdm(todo, desc=f"{target.name}: encrypted", unit="sentence", dynamic_ncols=True):
             T = int(corpus.T[i])
@@ -175,8 +177,11 @@ def _encrypted_runs(target: Target, keys: dict[int, ClientKeys], corpus: Corpus,
                 t = time.perf_counter()
                 ex = EncryptedExecutor(plan.compiled, plan.params, keys=keys[T], seed=seed)
                 ex.prepare()
-                par = workers == 2 and lanes_of(plan.compiled.circuit) == [0, 1]
-                runners[T] = stack.enter_context(ParallelExecutor(ex)) if par else ex
+                runners[T] = ex
+                if lanes > 1 and len(lanes_of(plan.compiled.circuit)) > 1:
+                    if pool is None:
+                        pool = stack.enter_context(RayLanes(lanes - 1, ray))
+                    runners[T] = RayLaneExecutor(ex, pool)
                 setup[T] = time.perf_counter() - t
             run = runners[T]
             t = time.perf_counter()
@@ -215,7 +220,7 @@ def _bucket_result(plan: Plan, sim, runs: list[dict], traffic: dict, routed: int
 
 
 def bench_target(target: Target, corpus: Corpus, costs: CostTable, k: int | None = None, seed: int = 0,
-                 batch: int = 16, workers: int = 1, log: Path | None = None) -> dict:
+                 batch: int = 16, lanes: int = 1, log: Path | None = None, ray: str | None = None) -> dict:
     """Everything the report prints for one target (see module docstring); k: encrypted runs (None: all)."""
     run_log = RunLog(log, target)
     logits = corpus_logits(target, corpus, batch)
@@ -223,7 +228,7 @@ def bench_target(target: Target, corpus: Corpus, costs: CostTable, k: int | None
     fits = ~corpus.truncated
     sample = np.random.default_rng(seed).permutation(len(corpus))[: k or len(corpus)]
     keys, key_bytes, keygen_seconds = shared_keys(target)
-    setup = _encrypted_runs(target, keys, corpus, sample, logits, costs, seed, workers, run_log)
+    setup = _encrypted_runs(target, keys, corpus, sample, logits, costs, seed, lanes, run_log, ray)
     runs = [run_log.records[int(i)] for i in sample]
     buckets = {}
     for T, plan in target.plans.items():
@@ -255,7 +260,7 @@ def bench_target(target: Target, corpus: Corpus, costs: CostTable, k: int | None
         "p95_seconds": float(np.percentile([r["seconds"] for r in runs], 95)),
         "server_median_seconds": float(np.median([r["server_seconds"] for r in runs])),
         "cpu_median_seconds": float(np.median([r["cpu_seconds"] for r in runs])),
-        "workers": workers,
+        "lanes": lanes,
         "encrypted_accuracy": float(np.mean(labels == np.array([r["gold"] for r in runs]))),
         "agreement": float(np.mean(labels == np.array([r["plain_label"] for r in runs]))),
         "max_abs_error": max(r["max_abs_error"] for r in runs),

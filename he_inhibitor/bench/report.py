@@ -23,7 +23,7 @@ SUMMARY = [
     ("p95 latency s", "p95_seconds", "{:.2f}"),
     ("server median s", "server_median_seconds", "{:.2f}"),
     ("CPU median s (all processes)", "cpu_median_seconds", "{:.2f}"),
-    ("processes", "workers", "{}"),
+    ("lanes (1..K-1 on Ray)", "lanes", "{}"),
     ("floor s (op counts x costs, T min)", "floor_seconds", "{:.2f}"),
     ("measured / floor (T min)", "measured_over_floor", "{:.2f}"),
     ("keygen s", "keygen_seconds", "{:.2f}"),

@@ -5,9 +5,12 @@ is recompiled for the sentence's bucket. Every mode also runs the plain
 executor (the reference the encrypted logits are held against); `simulate`
 and `encrypted` run the simulator for the predicted error bound, the op
 counts and the op-count floor (the cost table's seconds for exactly the
-primitives that run; per process when two run). Key generation, encoding
-the weights and starting the worker are set-up, timed apart: the bar is
-encryption to decryption. CPU seconds are reported beside wall clock because
+primitives that run; the critical path when lanes run on their own cores).
+With --lanes K > 1 the circuit is recompiled with its attention shifts on K
+lanes and lanes 1..K-1 run on Ray actors (circuit/ray_lanes.py; embedded Ray,
+or the cluster at --ray ADDRESS). Key generation, encoding the weights and
+starting the lane workers are set-up, timed apart: the bar is encryption to
+decryption. CPU seconds are reported beside wall clock because
 on a loaded machine wall clock measures the load as much as the circuit.
 """
 
@@ -32,37 +35,54 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=int, default=None, help="with --data: the first N sentences")
     p.add_argument("--circuit", type=Path, default=SHIPPED_BUNDLE, help=f"bundle directory (default {SHIPPED_BUNDLE})")
     p.add_argument("--mode", choices=MODES, default="encrypted")
-    p.add_argument("--workers", type=int, choices=(1, 2), default=2,
-                   help="processes for the encrypted run (2: part of the attention shifts in a worker)")
+    p.add_argument("--lanes", type=int, default=2,
+                   help="lanes for the encrypted run: the attention shifts split K ways, lanes 1..K-1 on Ray "
+                        "actors (1: one process, no Ray; at most T)")
+    p.add_argument("--ray", default=None, metavar="ADDRESS",
+                   help="run the lanes on the Ray cluster at ADDRESS (default: Ray embedded, 2 CPUs)")
     p.add_argument("--json", action="store_true", help="print one JSON object (per sentence with --data)")
     p.set_defaults(func=run)
 
 
 class Predictor:
     """A bundle's client and server halves; per bucket the recompiled circuit and, for encrypted
-    mode, keys and executor (with its worker process) made once and reused. Close it when done."""
+    mode, keys and executor (with its Ray lane workers) made once and reused. Close it when done."""
 
-    def __init__(self, bundle: Path, mode: str = "encrypted", workers: int = 2) -> None:
+    def __init__(self, bundle: Path, mode: str = "encrypted", lanes: int = 2, ray: str | None = None) -> None:
         from he_inhibitor.circuit.client_bundle import ClientBundle
 
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}: expected one of {MODES}")
-        self.bundle, self.mode, self.workers = Path(bundle), mode, workers
+        if lanes < 1:
+            raise ValueError("lanes must be at least 1")
+        self.bundle, self.mode, self.lanes, self.ray = Path(bundle), mode, lanes, ray
         self.client = ClientBundle.load(bundle)
         self._plans: dict[int, object] = {}
         self._runners: dict[int, tuple] = {}
+        self._pool = None  # RayLanes, started with the first encrypted run on more than one lane
 
     def _plan(self, T: int):
-        from he_inhibitor.circuit.bundle import load_bundle
+        """The bundled circuit (hash-checked), recompiled when asked for more lanes than it has."""
+        from he_inhibitor.circuit.bundle import load_bundle, load_weights
+        from he_inhibitor.circuit.ray_lanes import lanes_of, with_lanes
 
         if T not in self._plans:
-            self._plans[T] = load_bundle(self.bundle, T)
+            plan = load_bundle(self.bundle, T)
+            if self.lanes > len(lanes_of(plan.compiled.circuit)):
+                plan = with_lanes(plan, self.lanes, load_weights(self.bundle))
+            self._plans[T] = plan
         return self._plans[T]
 
+    def lanes_for(self, plan) -> int:
+        """Lanes an encrypted run of this plan uses (at most the circuit's, 1 without Ray)."""
+        from he_inhibitor.circuit.ray_lanes import lanes_of
+
+        return min(self.lanes, len(lanes_of(plan.compiled.circuit)))
+
     def _runner(self, T: int) -> tuple:
-        """(runner, key bytes, seconds to make the keys, seconds to encode the weights and start the worker)."""
+        """(runner, key bytes, seconds to make the keys, seconds to encode the weights and start the workers)."""
         from he_inhibitor.circuit.encrypted import EncryptedExecutor
-        from he_inhibitor.circuit.parallel import ParallelExecutor, lanes_of
+        from he_inhibitor.circuit.ray_lanes import RayLaneExecutor, RayLanes
         from he_inhibitor.ckks import keygen
 
         if T not in self._runners:
@@ -73,8 +93,11 @@ class Predictor:
             key_seconds = time.perf_counter() - t
             t = time.perf_counter()
             ex.prepare()
-            parallel = self.workers == 2 and lanes_of(plan.compiled.circuit) == [0, 1]
-            runner = ParallelExecutor(ex) if parallel else ex
+            runner = ex
+            if self.lanes_for(plan) > 1:
+                if self._pool is None:
+                    self._pool = RayLanes(self.lanes - 1, self.ray)
+                runner = RayLaneExecutor(ex, self._pool)
             self._runners[T] = (runner, len(keys.public_blob), key_seconds, time.perf_counter() - t)
         return self._runners[T]
 
@@ -102,8 +125,8 @@ class Predictor:
                            CostTable.shipped(params.poly_modulus_degree), chain=params.depth, strict=False)
             one = float(sum(sim.seconds.values()))
             out.update(predicted_error_bound=sim.noise_bound, approx_error=sim.approx_error,
-                       counts=dict(sim.totals()), floor_seconds=sim.parallel_seconds if self.workers == 2 else one,
-                       floor_seconds_one_process=one,
+                       counts=dict(sim.totals()), floor_seconds=sim.parallel_seconds if self.lanes_for(plan) > 1
+                       else one, floor_seconds_one_process=one,
                        worst_range=max(max(r.ratio, r.garbage_ratio) for r in sim.ranges),
                        seconds=time.perf_counter() - t, max_abs_error=None)
             logits = sim.logits
@@ -116,28 +139,27 @@ class Predictor:
 
     def _encrypted(self, prep, out: dict) -> np.ndarray:
         from he_inhibitor.circuit.encrypted import measured_depth
-        from he_inhibitor.circuit.parallel import ParallelExecutor
+        from he_inhibitor.circuit.ray_lanes import RayLaneExecutor
 
         runner, key_bytes, key_seconds, setup_seconds = self._runner(prep.T)
-        parallel = isinstance(runner, ParallelExecutor)
+        parallel = isinstance(runner, RayLaneExecutor)
         t = time.perf_counter()
         res = runner.run(prep.x0, prep.m)
         out.update(seconds=time.perf_counter() - t, stage_seconds=res.seconds, client_seconds=res.client_seconds,
                    key_seconds=key_seconds, setup_seconds=setup_seconds, key_bytes=key_bytes,
-                   workers=2 if parallel else 1,
+                   lanes=runner.lanes if parallel else 1, ray_workers=len(self._pool.actors) if parallel else 0,
                    levels_used=measured_depth(runner.compiled.circuit, res.chain_index),
                    refresh_round_trips=res.refreshes, cpu_seconds=res.cpu_seconds,
                    worker_cpu_seconds=runner.worker_cpu_seconds if parallel else None,
-                   transfer_seconds=runner.transfer_seconds if parallel else None)
+                   transfer_seconds=runner.transfer_seconds if parallel else None,
+                   store_bytes=runner.last.get("store_bytes") if parallel else None)
         return res.logits
 
     def close(self) -> None:
-        from he_inhibitor.circuit.parallel import ParallelExecutor
-
-        for runner, *_ in self._runners.values():
-            if isinstance(runner, ParallelExecutor):
-                runner.close()
         self._runners.clear()
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
 
     def __enter__(self) -> Predictor:
         return self
@@ -146,9 +168,9 @@ class Predictor:
         self.close()
 
 
-def predict(bundle: Path, text: str, mode: str = "encrypted", workers: int = 2) -> dict:
+def predict(bundle: Path, text: str, mode: str = "encrypted", lanes: int = 2, ray: str | None = None) -> dict:
     """One sentence, keys made for it alone (see Predictor to reuse them)."""
-    with Predictor(bundle, mode, workers) as p:
+    with Predictor(bundle, mode, lanes, ray) as p:
         return p.predict(text)
 
 
@@ -180,14 +202,14 @@ def _text(r: dict) -> str:
                      f"levels used {r['levels_used']} (simulator: {r['depth']}); "
                      f"{r['refresh_round_trips']} client refreshes")
         cpu = f"CPU {r['cpu_seconds']:.2f} s"
-        if r["workers"] == 2:
-            cpu += f" + worker {r['worker_cpu_seconds']:.2f} s"
+        if r["lanes"] > 1:
+            cpu += f" + lane workers {r['worker_cpu_seconds']:.2f} s"
         floor = ("no cost table for this N" if r["floor_seconds_one_process"] == 0 else
                  f"{r['floor_seconds']:.2f} s ({r['floor_seconds_one_process']:.2f} s on one process)")
-        lines.append(f"encryption to decryption {r['seconds']:.2f} s on {r['workers']} process(es) ({cpu}); "
+        lines.append(f"encryption to decryption {r['seconds']:.2f} s on {r['lanes']} lane(s) ({cpu}); "
                      f"op-count floor {floor}")
         lines.append(f"set-up (not timed above): keys {r['key_seconds']:.1f} s, {r['key_bytes'] / 1e6:.1f} MB; "
-                     f"weights encoded and worker started {r['setup_seconds']:.1f} s")
+                     f"weights encoded and lane workers started {r['setup_seconds']:.1f} s")
         stages = {**r["stage_seconds"], "client (encrypt, refresh, decrypt)": r["client_seconds"]}
         lines += [f"  {k:36s} {v:7.2f} s" for k, v in stages.items() if k]
     return "\n".join(lines)
@@ -196,7 +218,7 @@ def _text(r: dict) -> str:
 def run(args: argparse.Namespace) -> int:
     if (args.text is None) == (args.data is None):
         raise SystemExit("predict takes either TEXT or --data FILE.tsv")
-    with Predictor(args.circuit, args.mode, args.workers) as p:
+    with Predictor(args.circuit, args.mode, args.lanes, args.ray) as p:
         if args.text is not None:
             r = p.predict(args.text)
             print(json.dumps(r) if args.json else _text(r))

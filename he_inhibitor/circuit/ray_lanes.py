@@ -467,7 +467,8 @@ class RayLink:
         if node not in self._outs:
             raise LaneError(f"node {node}: its segment was never submitted (inputs missing)")
         s = self.reg.segments[self.reg.owner[node]]
-        data = self.pool._get(self._outs.pop(node), f"lane {s.lane} (nodes {s.nodes[0]}..{s.nodes[-1]})")
+        # kept, not popped: a later segment may read the same value worker to worker
+        data = self.pool._get(self._outs[node], f"lane {s.lane} (nodes {s.nodes[0]}..{s.nodes[-1]})")
         self.bytes_in += len(data)
         t = time.perf_counter()
         ct = serial.ciphertext_from_bytes(data, self.context)

@@ -1,0 +1,286 @@
+"""`he-inhibitor bench-lanes`: what lanes on Ray buy, measured here and predicted beyond this machine.
+
+Measured, in one run on one key set and one prepared executor (the bundle's
+own circuit, lanes [0, 1]):
+* latency of one sentence with 1 lane (EncryptedExecutor alone) and 2 lanes
+  (lane 1 on a Ray actor), plus the old two-process executor (circuit.parallel)
+  while it exists; encryption to decryption, set-up excluded, wall and CPU;
+* throughput with C concurrent clients (threads, one sentence each) through
+  the same executors: the old one serializes them (one pipe, one run at a
+  time), the Ray one takes them all at once.
+Predicted, by the simulator on the circuit recompiled for each lane count
+(1-64, capped at T shifts): the critical path when every lane has its own
+core (simulate's makespan, per-primitive costs of circuit/data/costs_n*.json),
+the one-core sum, the serial part (lane 0 outside the shift ranges), and the
+object-store bytes per sentence (every ciphertext that crosses a lane,
+serialized size at its level).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+SENTENCES = (
+    "a gripping , beautifully acted film .",
+    "the plot is dull and the jokes fall flat .",
+    "not bad at all .",
+    "an utterly forgettable sequel .",
+    "a warm , funny and moving story .",
+    "it drags on far too long .",
+    "the cast is wonderful .",
+    "a mess from start to finish .",
+)
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench-lanes", help="latency and throughput against lanes on Ray; the simulator's curve")
+    p.add_argument("--circuit", type=Path, default=None, help="circuit bundle (default: the shipped one)")
+    p.add_argument("--reps", type=int, default=2, help="latency runs per configuration")
+    p.add_argument("--clients", type=int, default=8, help="concurrent clients for throughput (0: skip)")
+    p.add_argument("--predict", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32, 64],
+                   help="lane counts for the simulator's curve")
+    p.add_argument("--buckets", type=int, nargs="+", default=None, help="buckets for the curve (default: all)")
+    p.add_argument("--predict-only", action="store_true", help="skip every encrypted run")
+    p.add_argument("--no-old", action="store_true", help="skip the old two-process executor")
+    p.add_argument("--ray", default=None, metavar="ADDRESS", help="join this Ray cluster (default: embedded)")
+    p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--plot", type=Path, default=None, help="PNG for the curve and the measured points")
+    p.set_defaults(func=run)
+
+
+# -- prediction ---------------------------------------------------------------------------------
+
+
+def ciphertext_bytes(params) -> dict[int, int]:
+    """Serialized bytes of a ciphertext at each chain index (SEAL's zstd, as the lanes send them)."""
+    from he_inhibitor.ckks import CkksEvaluator, keygen, serial
+
+    keys = keygen(params, [])
+    ev = CkksEvaluator(keys.public_context())
+    ct = keys.encrypt(np.random.default_rng(0).uniform(-1, 1, params.slots), params.depth)
+    return {c: len(serial.to_bytes(ct if c == params.depth else ev.drop_to(ct, c))) for c in range(0, params.depth + 1)}
+
+
+def lane_traffic(circuit, depth: int, sizes: dict[int, int]) -> dict:
+    """Ciphertexts and bytes through the object store per sentence, from the segments alone."""
+    from he_inhibitor.circuit.ir import levels_and_degrees
+    from he_inhibitor.circuit.ray_lanes import segments_of
+
+    levels, _ = levels_and_degrees(circuit)
+    segs = segments_of(circuit)
+    put = {i for s in segs for i in s.inputs}  # put once, read by every lane that needs it
+    back = {i for s in segs for i in s.outputs}
+    size = lambda i: sizes[depth - int(levels[i])]  # noqa: E731
+    return {"segments": len(segs), "ciphertexts": len(put) + len(back),
+            "bytes": int(sum(size(i) for i in put | back)),
+            # what the workers fetch: each segment its inputs (on one node they share one copy)
+            "fetched_bytes": int(sum(size(i) for s in segs for i in s.inputs + s.links))}
+
+
+def predict_curve(bundle: Path, buckets: list[int], lanes: list[int]) -> list[dict]:
+    from he_inhibitor.circuit.bundle import load_bundle, load_weights
+    from he_inhibitor.circuit.costs import CostTable
+    from he_inhibitor.circuit.ir import OpKind
+    from he_inhibitor.circuit.noise import NoiseModel
+    from he_inhibitor.circuit.ray_lanes import lanes_of, with_lanes
+    from he_inhibitor.circuit.simulate import simulate
+
+    weights = load_weights(bundle)
+    rows = []
+    for T in buckets:
+        base = load_bundle(bundle, T)
+        params = base.params
+        costs = CostTable.shipped(params.poly_modulus_degree)
+        sizes = ciphertext_bytes(params)
+        x0 = np.zeros((T, base.compiled.layout.d))
+        m = (np.arange(T) < T // 2).astype(np.float64)
+        for k in lanes:
+            plan = with_lanes(base, k, weights)
+            c = plan.compiled.circuit
+            sim = simulate(plan.compiled, NoiseModel.of(params), x0, m, costs, chain=params.depth, strict=False)
+            one = float(sum(sim.seconds.values()))
+            rows.append({"T": T, "lanes": k, "effective_lanes": len(lanes_of(c)),
+                         "predicted_seconds": float(sim.parallel_seconds), "one_core_seconds": one,
+                         "rotation_keys": len(c.rotation_steps()),
+                         "refreshes": len(c.of_kind(OpKind.REFRESH)), **{f"store_{k2}": v for k2, v in
+                                                                         lane_traffic(c, params.depth,
+                                                                                      sizes).items()}})
+        _amdahl([r for r in rows if r["T"] == T], T)
+    return rows
+
+
+def _amdahl(rows: list[dict], T: int) -> None:
+    """Serial and parallel seconds from the curve's ends: makespan(K) ~ S + P / K (K effective lanes).
+
+    The serial part S is lane 0's work outside the shift ranges (Q/K/V and
+    output projections, half copies, the lane sums, FFN, pooling, refreshes):
+    no lane count removes it.
+    """
+    one = [r for r in rows if r["effective_lanes"] == 1]
+    most = max(rows, key=lambda r: r["effective_lanes"])
+    if not one or most["effective_lanes"] == 1:
+        return
+    k = most["effective_lanes"]
+    par = (one[0]["predicted_seconds"] - most["predicted_seconds"]) * k / (k - 1)
+    for r in rows:
+        r["serial_seconds"] = one[0]["predicted_seconds"] - par
+        r["parallel_seconds"] = par
+
+
+# -- measurement --------------------------------------------------------------------------------
+
+
+def _timed(runner, x0, m) -> dict:
+    cpu = time.process_time()
+    t = time.perf_counter()
+    res = runner.run(x0, m)
+    wall = time.perf_counter() - t
+    last = getattr(runner, "last", None) or {}
+    return {"seconds": wall, "driver_cpu_seconds": time.process_time() - cpu,
+            "worker_cpu_seconds": getattr(runner, "worker_cpu_seconds", 0.0),
+            "logits": [float(v) for v in res.logits], **{k: v for k, v in last.items() if k.startswith("store")}}
+
+
+def _throughput(runner, prepared: list, clients: int, serialize: bool) -> dict:
+    """`clients` threads, one sentence each, started together; sentences per hour over the whole wall time."""
+    lock = threading.Lock()
+
+    def one(p):
+        if serialize:
+            with lock:
+                return _timed(runner, p.x0, p.m)
+        return _timed(runner, p.x0, p.m)
+
+    t = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        runs = list(pool.map(one, [prepared[i % len(prepared)] for i in range(clients)]))
+    wall = time.perf_counter() - t
+    return {"clients": clients, "wall_seconds": wall, "sentences_per_hour": 3600 * clients / wall,
+            "median_latency_seconds": float(np.median([r["seconds"] for r in runs])),
+            "max_latency_seconds": float(max(r["seconds"] for r in runs))}
+
+
+def measure(bundle: Path, reps: int, clients: int, old: bool, address: str | None, log) -> dict:
+    from he_inhibitor.circuit.bundle import load_bundle
+    from he_inhibitor.circuit.client_bundle import ClientBundle
+    from he_inhibitor.circuit.encrypted import EncryptedExecutor
+    from he_inhibitor.circuit.executors import PlainExecutor
+    from he_inhibitor.circuit.ray_lanes import RayLaneExecutor
+    from he_inhibitor.ckks import keygen
+
+    client = ClientBundle.load(bundle)
+    prepared = [client.prepare(s) for s in SENTENCES]
+    T = min(p.T for p in prepared)
+    prepared = [p for p in prepared if p.T == T]
+    plan = load_bundle(bundle, T)
+    plain = PlainExecutor(plan.compiled)
+    t = time.perf_counter()
+    keys = keygen(plan.params, sorted(plan.compiled.circuit.rotation_steps()))
+    ex = EncryptedExecutor(plan.compiled, plan.params, keys)
+    ex.prepare()
+    out: dict = {"T": T, "sentences": len(prepared), "setup_seconds": {"keys_and_weights": time.perf_counter() - t},
+                 "latency": {}, "throughput": {}}
+    runners = {"1 lane (one process)": (ex, True)}
+    if old:
+        try:
+            from he_inhibitor.circuit.parallel import ParallelExecutor  # the home-made executor, while it exists
+        except ImportError:
+            log("old two-process executor: gone (see docs/bench for its last measurement)")
+        else:
+            t = time.perf_counter()
+            runners["2 lanes, old two-process executor"] = (ParallelExecutor(ex), True)
+            out["setup_seconds"]["old_worker"] = time.perf_counter() - t
+    t = time.perf_counter()
+    ray_runner = RayLaneExecutor(ex, address=address)
+    out["setup_seconds"]["ray_start_and_warm"] = time.perf_counter() - t
+    runners["2 lanes on Ray"] = (ray_runner, False)
+    try:
+        for name, (runner, _) in runners.items():
+            runs = []
+            for r in range(reps):
+                p = prepared[r % len(prepared)]
+                log(f"latency: {name}, run {r + 1}/{reps}")
+                run = _timed(runner, p.x0, p.m)
+                run["max_abs_error"] = float(np.abs(np.array(run["logits"]) - plain.run(p.x0, p.m).logits).max())
+                runs.append(run)
+            out["latency"][name] = {"median_seconds": float(np.median([r["seconds"] for r in runs])),
+                                    "runs": runs}
+        if clients:
+            for name, (runner, serialize) in runners.items():
+                if name.startswith("1 lane"):
+                    continue  # one process answers one sentence at a time: its latency says it
+                log(f"throughput: {name}, {clients} concurrent clients")
+                out["throughput"][name] = _throughput(runner, prepared, clients, serialize)
+        out["ray_workers"] = ray_runner.pool.stats()
+    finally:
+        for runner, _ in runners.values():
+            if runner is not ex:
+                runner.close()
+    return out
+
+
+# -- report -------------------------------------------------------------------------------------
+
+
+def plot(result: dict, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    rows = result["predicted"]
+    for T in sorted({r["T"] for r in rows}):
+        pts = [r for r in rows if r["T"] == T]
+        ax.plot([r["lanes"] for r in pts], [r["predicted_seconds"] for r in pts], "o-", label=f"predicted, T = {T}")
+    meas = result.get("measured") or {}
+    for name, lat in meas.get("latency", {}).items():
+        k = 1 if name.startswith("1 lane") else 2
+        ax.plot([k], [lat["median_seconds"]], "x" if "old" in name else "s", ms=9,
+                label=f"measured (T = {meas['T']}): {name}")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("lanes (cores)")
+    ax.set_ylabel("seconds per sentence")
+    ax.set_title("One sentence against lanes: critical path from per-primitive costs")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def run(args: argparse.Namespace) -> int:
+    from he_inhibitor.circuit.bundle import buckets_of
+    from he_inhibitor.service.artifacts import SHIPPED_CIRCUIT
+
+    bundle = args.circuit or SHIPPED_CIRCUIT
+    log = (lambda msg: print(f"[bench-lanes] {msg}", flush=True))
+    result: dict = {"bundle": str(bundle)}
+    if not args.predict_only:
+        result["measured"] = measure(bundle, args.reps, args.clients, not args.no_old, args.ray, log)
+    log("predicting the curve")
+    result["predicted"] = predict_curve(bundle, args.buckets or buckets_of(bundle), args.predict)
+    for row in result["predicted"]:
+        print(f"T={row['T']:3d} lanes {row['lanes']:3d} ({row['effective_lanes']:2d} effective): "
+              f"{row['predicted_seconds']:7.2f} s (one core {row['one_core_seconds']:.2f} s), "
+              f"{row['store_ciphertexts']} ciphertexts, {row['store_bytes'] / 1e6:.1f} MB through the store, "
+              f"{row['rotation_keys']} rotation keys")
+    for name, lat in result.get("measured", {}).get("latency", {}).items():
+        print(f"latency {name}: median {lat['median_seconds']:.2f} s")
+    for name, tp in result.get("measured", {}).get("throughput", {}).items():
+        print(f"throughput {name}: {tp['sentences_per_hour']:.0f} sentences/hour ({tp['clients']} clients)")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=1) + "\n")
+    if args.plot:
+        print(f"plot: {plot(result, args.plot)}")
+    return 0
