@@ -141,6 +141,20 @@ def key_id_of(public_blob: bytes) -> str:
     return hashlib.sha256(public_blob).hexdigest()[:32]
 
 
+def public_blob(public: Any) -> bytes:
+    """A PublicContext's bytes; rebuilt from its SEAL objects when it kept none (the service drops them)."""
+    from he_inhibitor.ckks import serial
+    from he_inhibitor.ckks.keys import _pack
+
+    if public.to_bytes():
+        return public.to_bytes()
+    p = public.params
+    blobs = [serial.to_bytes(public.relin_keys)] + ([serial.to_bytes(public.galois_keys)] if public.galois_keys
+                                                     is not None else [])
+    return _pack({"poly_modulus_degree": p.poly_modulus_degree, "coeff_bits": list(p.coeff_bits),
+                  "scale_bits": p.scale_bits, "rotation_steps": list(public.rotation_steps)}, blobs)
+
+
 def with_lanes(plan: Any, lanes: int, weights: Any) -> Any:
     """The plan recompiled with its attention shifts on `lanes` lanes (same chain, same levels).
 
@@ -170,6 +184,18 @@ def load_plan(bundle: str | Path, T: int, lanes: int) -> Any:
 
     plan = load_bundle(bundle, T)
     return with_lanes(plan, lanes, load_weights(bundle))
+
+
+def ray_buckets(bundle: str | Path | None, circuits: dict[int, Compiled], params: Any, lanes: int,
+                address: str | None) -> tuple[dict[int, Compiled], RayLanes]:
+    """`serve --ray`: the bundle's buckets with `lanes` lanes (recompiled when they have fewer) and a pool."""
+    from he_inhibitor.paths import SHIPPED_BUNDLE
+
+    out = {}
+    for T, comp in circuits.items():
+        out[T] = comp if len(lanes_of(comp.circuit)) >= min(lanes, T) else \
+            load_plan(SHIPPED_BUNDLE if bundle is None else bundle, T, lanes).compiled
+    return out, RayLanes(lanes - 1, address)
 
 
 # -- Ray ------------------------------------------------------------------------------------
@@ -300,15 +326,21 @@ class RayLanes:
                        .remote() for _ in range(workers)]
         self.timeout_s = timeout_s
         self._circuits: dict[str, _Registered] = {}
+        self._ids: dict[int, str] = {}  # id(compiled) -> circuit id (the registered entry keeps it alive)
         self._keys: OrderedDict[str, Any] = OrderedDict()
         self._lock = threading.Lock()
         self.store_bytes_once = 0  # keys and circuits put into the object store
 
     def register(self, compiled: Compiled, params: Any) -> str:
+        """The circuit's id, after putting it (stripped) into the object store the first time."""
         import ray
 
+        with self._lock:
+            if id(compiled) in self._ids:
+                return self._ids[id(compiled)]
         cid = circuit_id_of(compiled)
         with self._lock:
+            self._ids[id(compiled)] = cid
             if cid not in self._circuits:
                 segs = segments_of(compiled.circuit)
                 owner = {i: k for k, s in enumerate(segs) for i in s.nodes}
@@ -349,9 +381,20 @@ class RayLanes:
     def stats(self) -> list[dict]:
         return self._get([a.stats.remote() for a in self.actors], "stats")
 
-    def link(self, circuit_id: str, key_id: str, m: np.ndarray, context: Any) -> RayLink:
-        return RayLink(self, self._circuits[circuit_id], circuit_id, key_id, self._keys[key_id],
-                       np.asarray(m, dtype=np.float64), context)
+    def link(self, circuit_id: str, key_id: str, m: np.ndarray, context: Any,
+             blob: Callable[[], bytes]) -> RayLink:
+        """One sentence's link; the keys (`blob()`) are put again if the pool's LRU dropped them."""
+        with self._lock:
+            keys = self._keys.get(key_id)
+            if keys is not None:
+                self._keys.move_to_end(key_id)
+        if keys is None:
+            if self.register_keys(blob()) != key_id:
+                raise ValueError("these keys are not the ones registered under this key id")
+            with self._lock:
+                keys = self._keys[key_id]
+        return RayLink(self, self._circuits[circuit_id], circuit_id, key_id, keys, np.asarray(m, dtype=np.float64),
+                       context)
 
     def actor_for(self, lane: int) -> Any:
         return self.actors[(lane - 1) % len(self.actors)]
@@ -517,7 +560,7 @@ class RayLaneExecutor:
         self.on_submit: Callable[[int, Segment], None] | None = None  # test hook
 
     def run(self, x0: np.ndarray, m: np.ndarray) -> Any:
-        link = self.pool.link(self.circuit_id, self.key_id, m, self.ex.ctx)
+        link = self.pool.link(self.circuit_id, self.key_id, m, self.ex.ctx, self.ex.public.to_bytes)
         link.on_submit = self.on_submit
         try:
             res = self.ex.run(x0, m, link)

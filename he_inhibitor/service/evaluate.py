@@ -18,6 +18,7 @@ evaluates one non-refresh, non-output op; CONST values are (const id, payload).
 from __future__ import annotations
 
 from collections.abc import Generator
+from typing import Any
 
 import numpy as np
 import tenseal.sealapi as seal
@@ -70,7 +71,7 @@ class CircuitEvaluator:
     server's memory by the registry size.
     """
 
-    def __init__(self, compiled: Compiled, params: CkksParams, public: PublicContext) -> None:
+    def __init__(self, compiled: Compiled, params: CkksParams, public: PublicContext, lanes: Any = None) -> None:
         self.compiled = compiled
         self.params = params
         self.public = public
@@ -80,6 +81,13 @@ class CircuitEvaluator:
         self._seal = seal.Evaluator(public.context)
         self._names = list(compiled.pack_input(np.zeros((compiled.T, compiled.layout.d))))
         self._drops = last_uses(compiled.circuit)
+        # serve --ray: lanes 1..K-1 of each evaluation on Ray actors (circuit/ray_lanes.py, a RayLanes pool)
+        self._lanes = lanes
+        if lanes is not None:
+            from he_inhibitor.circuit.ray_lanes import public_blob
+
+            self._lane_blob = lambda: public_blob(public)  # rebuilt only if the pool dropped the keys
+            self._lane_ids = lanes.register(compiled, params), lanes.register_keys(self._lane_blob())
 
     def run(self, inputs: list[seal.Ciphertext], n_tokens: int) -> Evaluation:
         """Evaluate on ciphertexts in signature order; yields one masked ciphertext per refresh."""
@@ -88,8 +96,19 @@ class CircuitEvaluator:
         public = comp.public_plaintexts((np.arange(comp.T) < n_tokens).astype(np.float64))
         values: dict[int, object] = {}
         outputs: dict[str, seal.Ciphertext] = {}
+        link = None if self._lanes is None else self._lanes.link(
+            *self._lane_ids, (np.arange(comp.T) < n_tokens).astype(np.float64), self.public.context,
+            self._lane_blob)
         for i, node in enumerate(circuit.nodes):
             checkpoint()  # a disconnected client's evaluation stops here (service/cancel.py)
+            if link is not None and node.op is not OpKind.CONST and link.remote(i):  # on a Ray lane worker
+                for j in self._drops[i]:
+                    values.pop(j, None)
+                continue
+            if link is not None:
+                for j in node.args:
+                    if j not in values:
+                        values[j] = link.receive(j)
             if node.op is OpKind.CONST:
                 values[i] = (node.arg, circuit.consts[node.arg])
             elif node.op is OpKind.INPUT:
@@ -102,6 +121,8 @@ class CircuitEvaluator:
                     values[i] = outputs[node.name] = a[0]
                 else:
                     values[i] = self._ex.op(node, a, public)
+            if link is not None and node.op is not OpKind.CONST:
+                link.offer(i, values[i])
             for j in self._drops[i]:
                 del values[j]
         return outputs

@@ -211,8 +211,11 @@ def server_config(app: FastAPI, **kwargs: Any) -> uvicorn.Config:
 
 def create_app(circuits: Compiled | Mapping[int, Compiled], params: CkksParams,
                labels: tuple[str, ...] = DEFAULT_LABELS, limits: Limits = Limits(),
-               tokens: Tokens | None = None) -> FastAPI:
-    """A server for one compiled circuit, or one per token bucket ({T: Compiled}), under `params`."""
+               tokens: Tokens | None = None, lanes: Any = None) -> FastAPI:
+    """A server for one compiled circuit, or one per token bucket ({T: Compiled}), under `params`.
+
+    lanes: a circuit.ray_lanes.RayLanes pool (serve --ray): each evaluation's lanes 1..K-1 run on it.
+    """
     by_T = dict(circuits) if isinstance(circuits, Mapping) else {circuits.T: circuits}
     sig = ServiceSignature.of([signature_of(c, params, labels) for c in by_T.values()])
     context = make_context(params)  # one SEAL context for every key set and ciphertext
@@ -304,7 +307,7 @@ def create_app(circuits: Compiled | Mapping[int, Compiled], params: CkksParams,
         continuation's parked again under its id and deadline (the client retries it after Retry-After);
         work that started settles its job itself (`step`)."""
         try:
-            return await pool.run(request, job.cancel, work)
+            response = await pool.run(request, job.cancel, work)
         except Busy:
             if job_id is None:
                 jobs.finish(job)
@@ -315,6 +318,10 @@ def create_app(circuits: Compiled | Mapping[int, Compiled], params: CkksParams,
             if not gone.started:
                 jobs.finish(job)
             raise
+        if response.headers.get(H_JOB) and await request.is_disconnected():  # gone while the step ended
+            jobs.finish(jobs.take(response.headers[H_JOB]))
+            raise ClientGone("the client disconnected", started=True)
+        return response
 
     @app.get("/v1/health")
     async def health(request: Request) -> dict:
@@ -365,7 +372,7 @@ def create_app(circuits: Compiled | Mapping[int, Compiled], params: CkksParams,
 
     def load_key_set(parts, charge: Reservation, principal: Principal | None) -> KeySet:
         public = load_context(parts, sig, context)
-        evaluators = {T: CircuitEvaluator(c, params, public) for T, c in by_T.items()}
+        evaluators = {T: CircuitEvaluator(c, params, public, lanes) for T, c in by_T.items()}
         return KeySet(parts.key_id, public, evaluators, charge, None if principal is None else principal.name,
                       RateLimit(limits.evaluations_per_minute))
 
@@ -455,10 +462,21 @@ def load_buckets(path: Path | None) -> tuple[dict[int, Compiled], CkksParams]:
     return {T: p.compiled for T, p in plans.items()}, params.pop()
 
 
-def serve(circuit: Path | None, host: str, port: int, limits: Limits = Limits(), tokens: Path | None = None) -> None:
+def serve(circuit: Path | None, host: str, port: int, limits: Limits = Limits(), tokens: Path | None = None,
+          ray: str | None = None, lanes: int = 1) -> None:
     circuits, params = load_buckets(circuit)
-    app = create_app(circuits, params, limits=limits, tokens=None if tokens is None else Tokens.load(tokens))
-    uvicorn.Server(server_config(app, host=host, port=port)).run()
+    pool = None
+    if ray is not None or lanes > 1:  # serve --ray: see circuit/ray_lanes.py
+        from he_inhibitor.circuit.ray_lanes import ray_buckets
+
+        circuits, pool = ray_buckets(circuit, circuits, params, max(lanes, 2), None if ray == "local" else ray)
+    app = create_app(circuits, params, limits=limits, tokens=None if tokens is None else Tokens.load(tokens),
+                     lanes=pool)
+    try:
+        uvicorn.Server(server_config(app, host=host, port=port)).run()
+    finally:
+        if pool is not None:
+            pool.close()
 
 
 def _bytes(text: str) -> int:
@@ -480,5 +498,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-keys", type=int, default=Limits.max_keys, help="key sets held at once")
     p.add_argument("--tokens", type=Path, default=None,
                    help="JSON file of bearer tokens with per-token quotas (see he_inhibitor/service/auth.py)")
+    p.add_argument("--ray", default=None, metavar="ADDRESS",
+                   help="run each evaluation's attention lanes on the Ray cluster at ADDRESS ('local': Ray embedded)")
+    p.add_argument("--lanes", type=int, default=1, help="lanes per evaluation (default 2 with --ray; > 1 uses Ray)")
     p.set_defaults(func=lambda a: serve(a.circuit, a.host, a.port, Limits(memory_budget=a.memory_budget,
-                                                                          max_keys=a.max_keys), a.tokens) or 0)
+                                                                          max_keys=a.max_keys), a.tokens,
+                                        a.ray, a.lanes) or 0)
