@@ -130,9 +130,11 @@ class SealPool:
         with self._lock:
             self.pending -= 1
 
-    async def run(self, request: Request, cancel: threading.Event, fn: Callable[..., _R], *args: Any) -> _R:
+    async def run(self, request: Request, cancel: threading.Event, fn: Callable[..., _R], *args: Any,
+                  admitted: bool = False) -> _R:
+        """`admitted`: the next step of an evaluation already admitted (bounded by max_jobs), never refused."""
         with self._lock:
-            if self.pending >= self._capacity:
+            if self.pending >= self._capacity and not admitted:
                 raise Busy(f"{self._capacity} requests are already waiting for or running SEAL work")
             self.pending += 1
         fut = self._pool.submit(fn, *args)
@@ -252,16 +254,25 @@ def create_app(circuits: Compiled | Mapping[int, Compiled], params: CkksParams,
         return None if tokens is None else tokens.check(request.headers.get("authorization"))
 
     @asynccontextmanager
-    async def upload(request: Request, cap: int) -> AsyncIterator[BodyReader]:
-        """A body reader under `cap`, one of max_uploads, its bytes charged to the budget while it is open."""
+    async def upload(request: Request, cap: int, admitted: bool = False) -> AsyncIterator[BodyReader]:
+        """A body reader under `cap`, one of max_uploads, its bytes charged to the budget while it is open.
+
+        `admitted`: a refresh of an admitted evaluation, whose charge already
+        covers this one ciphertext; it is neither counted nor refused, so an
+        evaluation once started is never starved by new work.
+        """
         if request.headers.get("content-type", "").split(";")[0].strip() != CONTENT_TYPE:
             raise UnsupportedMedia(f"send the body as {CONTENT_TYPE}")
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > cap:
             raise TooLarge(f"body of {declared} bytes exceeds the limit of {cap}")
+        size = int(declared) if declared.isdigit() else cap
+        if admitted:
+            deadline = time.monotonic() + limits.body_timeout_s + size / limits.min_upload_rate
+            yield BodyReader(request.stream(), cap, limits.body_idle_timeout_s, deadline)
+            return
         if uploads["now"] >= limits.max_uploads:
             raise Busy(f"{limits.max_uploads} request bodies are being received")
-        size = int(declared) if declared.isdigit() else cap
         charge = budget.reserve(size, "a request body")
         uploads["now"] += 1
         try:
@@ -303,16 +314,13 @@ def create_app(circuits: Compiled | Mapping[int, Compiled], params: CkksParams,
             H_SERVER_SECONDS: f"{time.perf_counter() - t0:.6f}"})
 
     async def run_step(request: Request, job: Job, work: Callable[[], Response], job_id: str | None) -> Response:
-        """`work` in the pool. Work that never started is settled here: a first step's job is finished, a
-        continuation's parked again under its id and deadline (the client retries it after Retry-After);
-        work that started settles its job itself (`step`)."""
+        """`work` in the pool. A first step (job_id None) may be refused (503) and its job is then finished;
+        a continuation is never refused. Work that never started is settled here, work that started
+        settles its job itself (`step`); a client found gone as its step ended loses its parked job."""
         try:
-            response = await pool.run(request, job.cancel, work)
+            response = await pool.run(request, job.cancel, work, admitted=job_id is not None)
         except Busy:
-            if job_id is None:
-                jobs.finish(job)
-            else:
-                jobs.park(job, job_id)
+            jobs.finish(job)
             raise
         except ClientGone as gone:
             if not gone.started:
@@ -422,7 +430,7 @@ def create_app(circuits: Compiled | Mapping[int, Compiled], params: CkksParams,
             jobs.park(job, job_id)
             raise UnknownJob(f"no evaluation {job_id!r} of this token awaits a refresh")
         try:
-            async with upload(request, frame_cap[job.bucket.T] + 16) as reader:
+            async with upload(request, frame_cap[job.bucket.T] + 16, admitted=True) as reader:
                 (blob,) = await read_frames(reader, 1, frame_cap[job.bucket.T])
         except RequestError:
             jobs.park(job, job_id)  # a bad refresh body does not cost the client its evaluation (nor its deadline)
