@@ -26,6 +26,7 @@ COMMANDS: dict[str, str] = {
     "query": "he_inhibitor.service.query",
     "demo": "he_inhibitor.service.demo",
     "bench": "he_inhibitor.bench.cli",
+    "abuse-bench": "he_inhibitor.service.abuse",
     "bench-lanes": "he_inhibitor.bench.lanes",
 }
 
