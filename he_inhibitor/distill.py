@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from he_inhibitor.augment import AugmentConfig, TeacherLabeller, nearest_words
 from he_inhibitor.data import default_data_dir, load_sst2
+from he_inhibitor.model.nonlinear import PolySpec
 from he_inhibitor.model.student import Student, StudentConfig, load_student, save_student
 from he_inhibitor.teacher_cache import TeacherCache, build_cache
 from he_inhibitor.vocab import (
@@ -50,11 +51,43 @@ class LossWeights:
     range: float = 1.0
 
 
+def recipe_student() -> StudentConfig:
+    """The shipped student's architecture (``he_inhibitor/assets/student/config.json``).
+
+    StudentConfig's own defaults stay the plain inhibitor (4 heads, no bias, no length norm, Remez
+    fits), which every hand-built tiny student and every dot-product student relies on; the options
+    the shipped student adds are set here, where ``he-inhibitor distill`` reads its recipe. 16
+    interleaved heads make the circuit's head sums cheaper; the key norm and the relative bias are
+    public plaintexts in the circuit (no level); weighted fits are made by calibration from the
+    inputs each polynomial really sees (docs/design.md §2, §5).
+    """
+    return StudentConfig(n_heads=16, key_norm=0.5, rel_bias=True, rel_bias_init=1.0,
+                         abs_poly=PolySpec(14, "weighted"), relu_poly=PolySpec(14, "weighted"))
+
+
+def recipe_augment() -> AugmentConfig:
+    """The shipped recipe's augmentation: two teacher-labelled copies of every batch, word pieces
+    masked or replaced, three rows in four joined to another row to make sentence-length inputs."""
+    return AugmentConfig(copies=2, p_mask=0.15, p_replace=0.15, concat=0.75)
+
+
+def merge(base: dict, overrides: dict) -> dict:
+    """``base`` with ``overrides`` applied key by key, descending into dicts that both sides hold."""
+    out = dict(base)
+    for key, value in overrides.items():
+        both = isinstance(value, dict) and isinstance(base.get(key), dict)
+        out[key] = merge(base[key], value) if both else value
+    return out
+
+
 @dataclass
 class DistillConfig:
-    student: StudentConfig = field(default_factory=StudentConfig)
+    """A distillation run. The defaults are the shipped recipe, so ``he-inhibitor distill`` without
+    ``--config`` trains it; an experiment is a small JSON of overrides (``load_config``)."""
+
+    student: StudentConfig = field(default_factory=recipe_student)
     loss: LossWeights = field(default_factory=LossWeights)
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    augment: AugmentConfig = field(default_factory=recipe_augment)
     # the poly phase's augmentation; None: the same as ``augment``. Joined copies cost ~4x
     # there (the attention's |q - k| polynomial runs on every pair of their doubled length).
     augment_poly: AugmentConfig | None = None
@@ -64,7 +97,7 @@ class DistillConfig:
     kd_loss: str = "kl"
     # "table": PCA of the teacher's input embedding table; "contextual": PCA of the
     # teacher's hidden states (mean over layers) of each token alone, "[CLS] tok [SEP]".
-    embedding_init: str = "table"
+    embedding_init: str = "contextual"
     # train the word table as R + E P: E the (fixed) teacher rows it was initialised from, P their
     # projection to d (initialised to the PCA basis), R a free residual starting at zero. A word rare
     # in training then still moves with the words the teacher places near it. Saved as one table.
@@ -84,11 +117,11 @@ class DistillConfig:
     lr: float = 2e-3
     weight_decay: float = 0.01
     warmup: float = 0.06
-    epochs_exact: int = 4
+    epochs_exact: int = 1
     # fractions allowed: the poly phase only adapts a trained student. 0 skips it: weighted fits
     # leave the calibrated poly form about as accurate as exact, and poly training on top of them
     # lowered dev accuracy (docs/log.md, weighted fits)
-    epochs_poly: float = 1.0
+    epochs_poly: float = 0.0
     lr_poly: float = 5e-4
     calibration_batches: int = 200
     calibration_margin: float = 0.1
@@ -96,15 +129,15 @@ class DistillConfig:
     # poly form (earlier polynomials already in place) feeds it; 0 turns this off
     poly_calibration_batches: int = 25
     limit: int | None = None
-    seed: int = 0
-    threads: int = 2
+    seed: int = 1
+    threads: int = 1
     # the exact phase's inhibitor attention through torch.compile (Student.fuse_exact): 3-10x
     # faster per layer (scripts/bench_fused_attention.py), about 2x per step with 2 copies,
     # after a one-off compile of under a minute; needs a C++ compiler
-    fused_attention: bool = False
+    fused_attention: bool = True
     # learning-rate multiplier of the relative biases b_h(o): Adam moves each by at most about lr a step,
     # so in one epoch at 2e-3 a bias travels about 1, which may be too little to learn a direction
-    rel_bias_lr: float = 1.0
+    rel_bias_lr: float = 5.0
     checkpoint_every: int = 300
 
     def __post_init__(self) -> None:
@@ -121,18 +154,38 @@ class DistillConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "DistillConfig":
+        """The recipe with ``data``'s keys overridden; nested dicts override key by key, so
+        ``{"student": {"n_layers": 3}}`` changes the depth and keeps the rest of the recipe's student.
+        ``augment_poly`` has no recipe value (None: the same as ``augment``), so a dict there starts
+        from AugmentConfig's own defaults."""
         known = {f.name for f in fields(cls)}
         if set(data) - known:
             raise ValueError(f"unknown distill config keys: {sorted(set(data) - known)}")
-        data = dict(data)
-        if isinstance(data.get("student"), dict):
-            data["student"] = StudentConfig.from_dict(data["student"])
-        if isinstance(data.get("loss"), dict):
-            data["loss"] = LossWeights(**data["loss"])
+        full = merge(asdict(cls()), data)
+        full["student"] = StudentConfig.from_dict(full["student"])
+        full["loss"] = LossWeights(**full["loss"])
         for key in ("augment", "augment_poly"):
-            if isinstance(data.get(key), dict):
-                data[key] = AugmentConfig(**data[key])
-        return cls(**data)
+            if isinstance(full.get(key), dict):
+                full[key] = AugmentConfig(**full[key])
+        return cls(**full)
+
+
+def read_overrides(path: Path, _seen: tuple[Path, ...] = ()) -> dict:
+    """A config file's overrides, with those of the file its ``"extends"`` names (relative to it)
+    underneath, so that a family of experiments shares one base file of overrides."""
+    path = Path(path)
+    if path.resolve() in _seen:
+        raise ValueError(f"config files extend each other in a cycle: {path}")
+    data = json.loads(path.read_text())
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    return merge(read_overrides(path.parent / parent, (*_seen, path.resolve())), data)
+
+
+def load_config(path: Path) -> DistillConfig:
+    """The shipped recipe with a config file's overrides (``read_overrides``) applied."""
+    return DistillConfig.from_dict(read_overrides(path))
 
 
 def teacher_layers(layer_map: str | list[int], n_student: int, n_teacher: int) -> list[int]:
@@ -223,10 +276,9 @@ def position_table(teacher_pos: np.ndarray, d: int, norm: float) -> np.ndarray:
     """The teacher's position rows [T, d_teacher] by their own PCA in d dimensions, mean row norm ``norm``.
 
     Through the words' basis they keep only what happens to lie in the word
-    subspace: about 4% of a word row's norm after training, where the
-    teacher's own ratio is 0.34. No recorded run has shown it to help
-    (configs/student_h16_pos.json has no results row), so it is an option,
-    not the default.
+    subspace, a small fraction of a word row's norm, far below the teacher's
+    own ratio. No recorded run has shown it to help, so it is an option, not
+    the recipe.
     """
     centred = teacher_pos.astype(np.float64) - teacher_pos.mean(0)
     _, _, vt = np.linalg.svd(centred, full_matrices=False)
@@ -706,7 +758,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--teacher", type=Path, required=True, help="teacher directory (he-inhibitor teacher output)")
     p.add_argument("--data-dir", type=Path, default=None, help="directory with SST-2 train.tsv and dev.tsv")
     p.add_argument("--out", type=Path, required=True, help="output directory (checkpoints, log, student)")
-    p.add_argument("--config", type=Path, default=None, help="JSON DistillConfig (any subset of keys)")
+    p.add_argument("--config", type=Path, default=None,
+                   help="JSON of overrides of the shipped recipe (any subset of DistillConfig's keys; "
+                        "\"extends\": another such file underneath); without it: the shipped recipe")
     p.add_argument("--cache-dir", type=Path, default=Path("runs/cache"), help="where teacher outputs are cached")
     p.add_argument("--init", type=Path, default=None,
                    help="fine-tune this trained student (poly phase only) instead of distilling a new one")
@@ -717,7 +771,7 @@ def _run(args: argparse.Namespace) -> int:
     cfg = DistillConfig()
     if args.config is not None:
         try:
-            cfg = DistillConfig.from_dict(json.loads(args.config.read_text()))
+            cfg = load_config(args.config)
         except (OSError, json.JSONDecodeError, TypeError, ValueError) as err:
             raise SystemExit(f"error: --config {args.config}: {err}")
     data_dir = args.data_dir or default_data_dir()

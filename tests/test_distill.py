@@ -50,6 +50,44 @@ def test_config_rejects_unknown_keys() -> None:
         DistillConfig.from_dict({"augment_poly": {"concat": 2.0}})
 
 
+def test_defaults_are_the_shipped_recipe() -> None:
+    """`he-inhibitor distill` without --config trains the shipped student's recipe: its architecture is the
+    shipped config.json (the vocabulary size comes from the training text)."""
+    import json
+    from dataclasses import asdict
+
+    from he_inhibitor.paths import SHIPPED_STUDENT
+
+    shipped = json.loads((SHIPPED_STUDENT / "config.json").read_text())
+    recipe = json.loads(json.dumps(asdict(DistillConfig().student)))
+    assert {k: v for k, v in recipe.items() if k != "vocab_size"} == {k: v for k, v in shipped.items() if k != "vocab_size"}
+
+
+def test_overrides_merge_key_by_key_and_extend(tmp_path) -> None:
+    from he_inhibitor.distill import load_config
+
+    cfg = DistillConfig.from_dict({"student": {"n_layers": 3, "abs_poly": {"degree": 6}}, "augment": {"copies": 6}})
+    recipe = DistillConfig()
+    assert (cfg.student.n_layers, cfg.student.n_heads, cfg.student.rel_bias) == (3, recipe.student.n_heads, True)
+    assert cfg.student.abs_poly == PolySpec(6, recipe.student.abs_poly.method)
+    assert cfg.augment.copies == 6 and cfg.augment.concat == recipe.augment.concat
+    (tmp_path / "base.json").write_text('{"seed": 7, "student": {"n_heads": 4}}')
+    (tmp_path / "child.json").write_text('{"extends": "base.json", "student": {"d_ff": 64}}')
+    child = load_config(tmp_path / "child.json")
+    assert (child.seed, child.student.n_heads, child.student.d_ff, child.student.key_norm) == (7, 4, 64, recipe.student.key_norm)
+    (tmp_path / "base.json").write_text('{"extends": "child.json"}')
+    with pytest.raises(ValueError, match="cycle"):
+        load_config(tmp_path / "child.json")
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "configs").rglob("*.json")),
+                         ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_every_committed_config_loads(path) -> None:
+    from he_inhibitor.distill import load_config
+
+    load_config(path)
+
+
 @pytest.fixture(scope="module")
 def tiny_setup(tmp_path_factory):
     sentences, labels = load_sst2(default_data_dir(), "train")
