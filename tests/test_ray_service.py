@@ -1,8 +1,10 @@
-"""The service with each evaluation's lanes on Ray (serve --ray): the existing round-trip tests, run again.
+"""The service on Ray (serve --ray / --lanes): the existing round-trip tests, run again.
 
 The `served` fixture of test_service.py is replaced by one whose app hands
-lane 1 of every evaluation to a Ray actor (embedded Ray, 2 CPUs); the tests
-themselves are imported unchanged.
+every evaluation to Ray (embedded, 2 CPUs), twice over: lane 1 of each
+evaluation on a lane actor (serve --lanes 2), and each whole evaluation on a
+sentence actor with its refreshes relayed (serve --ray); the tests themselves
+are imported unchanged.
 """
 
 import pytest
@@ -16,15 +18,16 @@ from test_service import (  # noqa: E402,F401  (fixtures and tests, collected ag
 )
 
 from he_inhibitor.circuit.ray_lanes import RayLanes, lanes_of  # noqa: E402
+from he_inhibitor.circuit.ray_sentences import RaySentences  # noqa: E402
 from he_inhibitor.service.local import LocalServer  # noqa: E402
 from he_inhibitor.service.server import create_app  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def served(student):  # noqa: F811
+@pytest.fixture(scope="module", params=["lanes", "sentences"])
+def served(student, request):  # noqa: F811
     _, plan, _, _ = student
     assert lanes_of(plan.compiled.circuit) == [0, 1]
-    with RayLanes(1) as pool:
+    with (RayLanes(1) if request.param == "lanes" else RaySentences(2, cache_weights=False)) as pool:
         app = create_app(plan.compiled, plan.params, lanes=pool)
         app.state.lane_pool = pool
         with LocalServer(app) as server:
@@ -37,11 +40,12 @@ def test_lane_work_ran_on_ray_with_keys_sent_once(served, student):
     app, server = served
     _, _, embedder, _ = student
     pool = app.state.lane_pool
-    before = sum(s["segments_run"] for s in pool.stats())
+    work = "evaluations" if isinstance(pool, RaySentences) else "segments_run"
+    before = sum(s[work] for s in pool.stats())
     with Client(server.url) as client:
         client.generate_keys()
         for text in ("a very good film", "not fun , dull plot"):
             client.classify(text, embedder)
     stats = pool.stats()
-    assert sum(s["segments_run"] for s in stats) >= before + 2  # lane 1 of both evaluations ran on the actor
+    assert sum(s[work] for s in stats) >= before + 2  # both evaluations (or lane 1 of each) ran on Ray
     assert all(n == 1 for s in stats for n in s["key_loads"].values())  # each key set reached the actor once

@@ -2,12 +2,15 @@
 
 Measured, in one run on one key set and one prepared executor (the bundle's
 own circuit, lanes [0, 1]):
-* latency of one sentence with 1 lane (EncryptedExecutor alone) and 2 lanes
-  (lane 1 on a Ray actor), plus the old two-process executor (circuit.parallel)
-  while it exists; encryption to decryption, set-up excluded, wall and CPU;
+* latency of one sentence with 1 lane (EncryptedExecutor alone), 2 lanes
+  (lane 1 on a Ray actor), the old two-process executor (circuit.parallel)
+  while it exists, and a whole sentence on a Ray actor (ray_sentences);
+  encryption to decryption, set-up excluded, wall and CPU;
 * throughput with C concurrent clients (threads, one sentence each) through
   the same executors: the old one serializes them (one pipe, one run at a
-  time), the Ray one takes them all at once.
+  time); Ray lanes take them all at once (lane 0 of each in this process);
+  Ray sentences run whole evaluations on one actor per CPU, this process only
+  encrypting, refreshing and decrypting.
 Predicted, by the simulator on the circuit recompiled for each lane count
 (1-64, capped at T shifts): the critical path when every lane has its own
 core (simulate's makespan, per-primitive costs of circuit/data/costs_n*.json),
@@ -168,11 +171,13 @@ def _throughput(runner, prepared: list, clients: int, serialize: bool) -> dict:
 
 
 def measure(bundle: Path, reps: int, clients: int, old: bool, address: str | None, log) -> dict:
+    """Each configuration in turn on one key set and one prepared executor (see the module docstring)."""
     from he_inhibitor.circuit.bundle import load_bundle
     from he_inhibitor.circuit.client_bundle import ClientBundle
     from he_inhibitor.circuit.encrypted import EncryptedExecutor
     from he_inhibitor.circuit.executors import PlainExecutor
-    from he_inhibitor.circuit.ray_lanes import RayLaneExecutor
+    from he_inhibitor.circuit.ray_lanes import RayLaneExecutor, RayLanes, start_ray
+    from he_inhibitor.circuit.ray_sentences import RaySentenceExecutor, RaySentences
     from he_inhibitor.ckks import keygen
 
     client = ClientBundle.load(bundle)
@@ -186,23 +191,10 @@ def measure(bundle: Path, reps: int, clients: int, old: bool, address: str | Non
     ex = EncryptedExecutor(plan.compiled, plan.params, keys)
     ex.prepare()
     out: dict = {"T": T, "sentences": len(prepared), "setup_seconds": {"keys_and_weights": time.perf_counter() - t},
-                 "latency": {}, "throughput": {}}
-    runners = {"1 lane (one process)": (ex, True)}
-    if old:
-        try:
-            from he_inhibitor.circuit.parallel import ParallelExecutor  # the home-made executor, while it exists
-        except ImportError:
-            log("old two-process executor: gone (see docs/bench for its last measurement)")
-        else:
-            t = time.perf_counter()
-            runners["2 lanes, old two-process executor"] = (ParallelExecutor(ex), True)
-            out["setup_seconds"]["old_worker"] = time.perf_counter() - t
-    t = time.perf_counter()
-    ray_runner = RayLaneExecutor(ex, address=address)
-    out["setup_seconds"]["ray_start_and_warm"] = time.perf_counter() - t
-    runners["2 lanes on Ray"] = (ray_runner, False)
-    try:
-        for name, (runner, _) in runners.items():
+                 "latency": {}, "throughput": {}, "key_bytes": len(keys.public_blob)}
+
+    def bench(name: str, runner, serialize: bool, latency: bool = True, throughput: bool = True) -> None:
+        if latency:
             runs = []
             for r in range(reps):
                 p = prepared[r % len(prepared)]
@@ -210,19 +202,44 @@ def measure(bundle: Path, reps: int, clients: int, old: bool, address: str | Non
                 run = _timed(runner, p.x0, p.m)
                 run["max_abs_error"] = float(np.abs(np.array(run["logits"]) - plain.run(p.x0, p.m).logits).max())
                 runs.append(run)
-            out["latency"][name] = {"median_seconds": float(np.median([r["seconds"] for r in runs])),
-                                    "runs": runs}
-        if clients:
-            for name, (runner, serialize) in runners.items():
-                if name.startswith("1 lane"):
-                    continue  # one process answers one sentence at a time: its latency says it
-                log(f"throughput: {name}, {clients} concurrent clients")
-                out["throughput"][name] = _throughput(runner, prepared, clients, serialize)
-        out["ray_workers"] = ray_runner.pool.stats()
+            out["latency"][name] = {"median_seconds": float(np.median([r["seconds"] for r in runs])), "runs": runs}
+        if throughput and clients:
+            log(f"throughput: {name}, {clients} concurrent clients")
+            out["throughput"][name] = _throughput(runner, prepared, clients, serialize)
+
+    bench("1 lane (one process)", ex, True, throughput=False)  # one process answers one sentence at a time
+    if old:
+        try:
+            from he_inhibitor.circuit.parallel import ParallelExecutor  # the home-made executor, while it exists
+        except ImportError:
+            log("old two-process executor: gone (see docs/bench for its last measurement)")
+        else:
+            t = time.perf_counter()
+            with ParallelExecutor(ex) as par:
+                out["setup_seconds"]["old_worker"] = time.perf_counter() - t
+                bench("2 lanes, old two-process executor", par, True)
+    t = time.perf_counter()
+    started = start_ray(address)
+    out["setup_seconds"]["ray_start"] = time.perf_counter() - t
+    try:
+        t = time.perf_counter()
+        with RayLanes(1, address) as pool:
+            lanes = RayLaneExecutor(ex, pool)
+            out["setup_seconds"]["ray_lanes_warm"] = time.perf_counter() - t
+            bench("2 lanes on Ray", lanes, False)
+            out["ray_lane_workers"] = pool.stats()
+        t = time.perf_counter()
+        with RaySentences(address=address) as pool:
+            sentences = RaySentenceExecutor(ex, pool)
+            out["setup_seconds"]["ray_sentences"] = time.perf_counter() - t
+            bench(f"sentences on Ray ({len(pool.actors)} actors, 1 lane each)", sentences, False)
+            out["ray_sentence_workers"] = pool.stats()
+            out["sentence_attempts"] = sentences.attempts
     finally:
-        for runner, _ in runners.values():
-            if runner is not ex:
-                runner.close()
+        if started:
+            import ray
+
+            ray.shutdown()
     return out
 
 
@@ -242,7 +259,7 @@ def plot(result: dict, path: Path) -> Path:
         ax.plot([r["lanes"] for r in pts], [r["predicted_seconds"] for r in pts], "o-", label=f"predicted, T = {T}")
     meas = result.get("measured") or {}
     for name, lat in meas.get("latency", {}).items():
-        k = 1 if name.startswith("1 lane") else 2
+        k = 2 if name.startswith("2 lanes") else 1
         ax.plot([k], [lat["median_seconds"]], "x" if "old" in name else "s", ms=9,
                 label=f"measured (T = {meas['T']}): {name}")
     ax.set_xscale("log", base=2)

@@ -81,7 +81,8 @@ class CircuitEvaluator:
         self._seal = seal.Evaluator(public.context)
         self._names = list(compiled.pack_input(np.zeros((compiled.T, compiled.layout.d))))
         self._drops = last_uses(compiled.circuit)
-        # serve --ray: lanes 1..K-1 of each evaluation on Ray actors (circuit/ray_lanes.py, a RayLanes pool)
+        # serve --ray: lanes 1..K-1 of each evaluation on Ray actors (circuit/ray_lanes.py, a RayLanes pool),
+        # or the whole evaluation on a Ray actor (circuit/ray_sentences.py, a RaySentences pool)
         self._lanes = lanes
         if lanes is not None:
             from he_inhibitor.circuit.ray_lanes import public_blob
@@ -91,12 +92,16 @@ class CircuitEvaluator:
 
     def run(self, inputs: list[seal.Ciphertext], n_tokens: int) -> Evaluation:
         """Evaluate on ciphertexts in signature order; yields one masked ciphertext per refresh."""
+        if hasattr(self._lanes, "evaluation"):  # the whole evaluation on a Ray actor, refreshes relayed
+            return (yield from self._lanes.evaluation(*self._lane_ids, self._lane_blob,
+                                                      [sealio.to_bytes(c) for c in inputs], n_tokens,
+                                                      self.public.context))
         circuit, comp = self.compiled.circuit, self.compiled
         by_name = dict(zip(self._names, inputs, strict=True))
         public = comp.public_plaintexts((np.arange(comp.T) < n_tokens).astype(np.float64))
         values: dict[int, object] = {}
         outputs: dict[str, seal.Ciphertext] = {}
-        link = None if self._lanes is None else self._lanes.link(
+        link = None if self._lanes is None or hasattr(self._lanes, "evaluation") else self._lanes.link(
             *self._lane_ids, (np.arange(comp.T) < n_tokens).astype(np.float64), self.public.context,
             self._lane_blob)
         for i, node in enumerate(circuit.nodes):

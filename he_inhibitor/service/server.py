@@ -474,10 +474,15 @@ def serve(circuit: Path | None, host: str, port: int, limits: Limits = Limits(),
           ray: str | None = None, lanes: int = 1) -> None:
     circuits, params = load_buckets(circuit)
     pool = None
-    if ray is not None or lanes > 1:  # serve --ray: see circuit/ray_lanes.py
+    address = None if ray == "local" else ray
+    if lanes > 1:  # each evaluation's lanes 1..K-1 on Ray actors: circuit/ray_lanes.py
         from he_inhibitor.circuit.ray_lanes import ray_buckets
 
-        circuits, pool = ray_buckets(circuit, circuits, params, max(lanes, 2), None if ray == "local" else ray)
+        circuits, pool = ray_buckets(circuit, circuits, params, lanes, address)
+    elif ray is not None:  # each whole evaluation on a Ray actor, refreshes relayed: circuit/ray_sentences.py
+        from he_inhibitor.circuit.ray_sentences import RaySentences
+
+        pool = RaySentences(address=address, cache_weights=False)
     app = create_app(circuits, params, limits=limits, tokens=None if tokens is None else Tokens.load(tokens),
                      lanes=pool)
     try:
@@ -507,8 +512,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tokens", type=Path, default=None,
                    help="JSON file of bearer tokens with per-token quotas (see he_inhibitor/service/auth.py)")
     p.add_argument("--ray", default=None, metavar="ADDRESS",
-                   help="run each evaluation's attention lanes on the Ray cluster at ADDRESS ('local': Ray embedded)")
-    p.add_argument("--lanes", type=int, default=1, help="lanes per evaluation (default 2 with --ray; > 1 uses Ray)")
+                   help="run each evaluation on a worker of the Ray cluster at ADDRESS ('local': Ray embedded)")
+    p.add_argument("--lanes", type=int, default=1,
+                   help="K > 1: split each evaluation's attention shifts K ways, lanes 1..K-1 on Ray actors "
+                        "(lane 0 in this process; with --ray on that cluster, else Ray embedded)")
     p.set_defaults(func=lambda a: serve(a.circuit, a.host, a.port, Limits(memory_budget=a.memory_budget,
                                                                           max_keys=a.max_keys), a.tokens,
                                         a.ray, a.lanes) or 0)
