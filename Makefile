@@ -1,4 +1,4 @@
-# The two set-up commands of the README. Both install what they need first.
+# The two set-up commands of the README. Both install what they need first; `test` lints (ruff), then tests.
 PY ?= python3
 PIP_TORCH = torch==2.13.0   # the local CPU wheel; any other version pulls CUDA
 
@@ -16,4 +16,5 @@ demo: install
 	he-inhibitor demo
 
 test: install-dev
+	$(PY) -m ruff check .
 	$(PY) -m pytest -q

@@ -5,9 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-torch = pytest.importorskip("torch")
-
-from he_inhibitor.augment import AugmentConfig, concatenate, nearest_words, perturb  # noqa: E402
+from he_inhibitor.augment import AugmentConfig, concatenate, nearest_words, perturb
 
 MASK, VOCAB = 103, np.array([1000, 2000, 3000])
 

@@ -4,10 +4,8 @@ import json
 
 import pytest
 
-torch = pytest.importorskip("torch")
-
-from he_inhibitor.cli import main  # noqa: E402
-from he_inhibitor.model.toy import toy_student  # noqa: E402
+from he_inhibitor.cli import main
+from he_inhibitor.model.toy import toy_student
 
 KEYS = ("median_seconds", "p95_seconds", "floor_seconds", "eval_key_bytes", "query_bytes", "accuracy",
         "agreement", "depth")

@@ -140,9 +140,9 @@ def test_distillation_steps_lower_the_loss(tiny_setup, variant) -> None:
     assert losses[-1] < 0.8 * losses[0]
 
 
-def test_mse_distillation_loss_is_the_squared_logit_error() -> None:
+def test_mse_distillation_loss_is_the_squared_logit_error(tiny_student_config) -> None:
     torch.manual_seed(0)
-    student = Student(StudentConfig(vocab_size=30, d_model=8, n_heads=2, d_ff=16, n_layers=1, dropout=0.0)).eval()
+    student = Student(tiny_student_config(dropout=0.0)).eval()
     dist = Distiller(student, 12, [1])
     ids, mask = torch.randint(0, 30, (4, 5)), torch.ones(4, 5, dtype=torch.bool)
     batch = {"ids": ids, "mask": mask, "labels": torch.tensor([0, 1, 1, 0]), "t_logits": torch.randn(4, 2) * 3,
@@ -155,7 +155,7 @@ def test_mse_distillation_loss_is_the_squared_logit_error() -> None:
         DistillConfig.from_dict({"kd_loss": "cosine"})
 
 
-def test_tied_word_table_starts_equal_and_moves_unseen_words() -> None:
+def test_tied_word_table_starts_equal_and_moves_unseen_words(tiny_student_config) -> None:
     """R + E P equals the PCA table at first; a step on one word's row moves every word through P."""
     from he_inhibitor.distill import untie_word_table
 
@@ -163,7 +163,7 @@ def test_tied_word_table_starts_equal_and_moves_unseen_words() -> None:
     students = []
     for tied in (False, True):
         torch.manual_seed(0)
-        students.append(Student(StudentConfig(vocab_size=30, d_model=8, n_heads=2, d_ff=16, n_layers=1)))
+        students.append(Student(tiny_student_config()))
         init_embeddings_from_teacher(students[-1], rows, np.zeros((64, 12), np.float32), tied=tied)
     before, student = students[0].word.weight.detach().clone(), students[1]
     torch.testing.assert_close(student.word.weight, before, atol=1e-5, rtol=0)
@@ -203,10 +203,10 @@ def test_position_norm_sets_the_ratio_to_the_word_rows() -> None:
         DistillConfig.from_dict({"position_norm": -1.0})
 
 
-def test_frozen_residual_keeps_the_table_in_the_teacher_span() -> None:
+def test_frozen_residual_keeps_the_table_in_the_teacher_span(tiny_student_config) -> None:
     """embedding_residual=False: after a step the table is still exactly E P', P' the moved projection."""
     rows = np.random.default_rng(1).normal(size=(30, 12)).astype(np.float32)
-    student = Student(StudentConfig(vocab_size=30, d_model=8, n_heads=2, d_ff=16, n_layers=1))
+    student = Student(tiny_student_config())
     init_embeddings_from_teacher(student, rows, np.zeros((64, 12), np.float32), tied=True, residual=False)
     span = student.word.parametrizations.weight
     assert not span.original.requires_grad
@@ -346,7 +346,7 @@ def test_longest_batches_and_calibration_on_them(tiny_setup) -> None:
 
 
 @needs_teacher
-def test_distill_then_finetune_a_trained_student(tmp_path) -> None:
+def test_distill_then_finetune_a_trained_student(tmp_path, pre_recipe_config) -> None:
     """`distill` end to end on a tiny config; `init` then runs only the poly phase and keeps vocabulary and bounds."""
     import json
 
@@ -354,16 +354,16 @@ def test_distill_then_finetune_a_trained_student(tmp_path) -> None:
     from he_inhibitor.model.student import load_student
 
     common = {"limit": 64, "batch_size": 32, "threads": 1}
-    cfg = DistillConfig.from_dict({
+    cfg = pre_recipe_config({
         **common, "student": {"d_model": 32, "n_heads": 2, "d_ff": 48, "abs_poly": {"degree": 6}, "relu_poly": {"degree": 6}},
         "embedding_init": "table", "embedding_tied": True, "epochs_exact": 1, "epochs_poly": 0.5, "calibration_batches": 2,
         "poly_calibration_batches": 1, "augment_poly": {"copies": 1, "p_mask": 0.2, "p_replace": 0.0}})
     first = distill(cfg, TEACHER, default_data_dir(), tmp_path / "a", tmp_path / "cache")
-    ft = DistillConfig.from_dict({**common, "epochs_poly": 1,
-                                  "augment": {"copies": 1, "concat": 1.0, "p_neighbour": 0.3, "neighbours": 3}})
+    ft = pre_recipe_config({**common, "epochs_poly": 1,
+                            "augment": {"copies": 1, "concat": 1.0, "p_neighbour": 0.3, "neighbours": 3}})
     second = distill(ft, TEACHER, default_data_dir(), tmp_path / "b", tmp_path / "cache", init=tmp_path / "a")
     with pytest.raises(ValueError, match="embedding_tied"):
-        distill(DistillConfig.from_dict({**common, "embedding_tied": True}), TEACHER, default_data_dir(),
+        distill(pre_recipe_config({**common, "embedding_tied": True}), TEACHER, default_data_dir(),
                 tmp_path / "c", tmp_path / "cache", init=tmp_path / "a")
 
     phases = {json.loads(line)["phase"] for line in (tmp_path / "b" / "log.jsonl").read_text().splitlines()}
@@ -376,15 +376,15 @@ def test_distill_then_finetune_a_trained_student(tmp_path) -> None:
     assert not torch.equal(a.layers[0].ffn.lin1.weight, b.layers[0].ffn.lin1.weight)
 
 
-def test_param_groups_scale_the_relative_bias_only() -> None:
+def test_param_groups_scale_the_relative_bias_only(tiny_student_config) -> None:
     """Every trainable parameter is in exactly one group; the relative biases get the multiplier and no decay."""
-    student = Student(StudentConfig(vocab_size=30, d_model=8, n_heads=4, d_ff=16, n_layers=2, rel_bias=True))
+    student = Student(tiny_student_config(n_heads=4, n_layers=2, rel_bias=True))
     groups = param_groups(student, 5.0)
     ids = [id(p) for g in groups for p in g["params"]]
     assert sorted(ids) == sorted(id(p) for p in student.parameters() if p.requires_grad)
     rel = [g for g in groups if g["lr_scale"] == 5.0]
     assert len(rel) == 1 and rel[0]["weight_decay"] == 0.0
     assert {id(p) for p in rel[0]["params"]} == {id(layer.attn.rel_bias) for layer in student.layers}
-    assert len(param_groups(Student(StudentConfig(vocab_size=30, d_model=8, n_heads=2, d_ff=16, n_layers=1)), 5.0)) == 1
+    assert len(param_groups(Student(tiny_student_config()), 5.0)) == 1
     with pytest.raises(ValueError, match="rel_bias_lr"):
         DistillConfig.from_dict({"rel_bias_lr": -1.0})

@@ -8,12 +8,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-torch = pytest.importorskip("torch")
-
-from he_inhibitor.cli import main  # noqa: E402
-from he_inhibitor.evaluate import by_length  # noqa: E402
-from he_inhibitor.model.student import load_student, save_student  # noqa: E402
-from he_inhibitor.model.toy import toy_student  # noqa: E402
+from he_inhibitor.cli import main
+from he_inhibitor.evaluate import by_length
+from he_inhibitor.model.student import load_student, save_student
+from he_inhibitor.model.toy import toy_student
 
 TEACHER = Path(__file__).resolve().parents[2] / "shared" / "models" / "minilm-l6-sst2"
 

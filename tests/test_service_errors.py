@@ -91,6 +91,9 @@ def _bad_contexts(public_blob: bytes, secret: bytes) -> dict[str, tuple[bytes, i
         return public_blob[:8] + struct.pack("<Q", len(text)) + text + public_blob[16 + header_len :]
 
     params = b'"poly_modulus_degree": 8192, "coeff_bits": [40, 30, 30, 30, 60], "scale_bits": 30'
+    more_keys = keygen(PARAMS, [1, 2]).public_blob  # Galois keys for steps the header does not declare
+    more_header = struct.unpack_from("<Q", more_keys, 8)[0]
+    extra_galois_keys = public_blob[: 16 + header_len] + more_keys[16 + more_header :]
     relin_len = struct.unpack_from("<Q", public_blob, 16 + header_len)[0]
     secret_as_relin = (public_blob[: 16 + header_len] + struct.pack("<Q", len(secret)) + secret
                        + public_blob[16 + header_len + 8 + relin_len :])
@@ -108,6 +111,9 @@ def _bad_contexts(public_blob: bytes, secret: bytes) -> dict[str, tuple[bytes, i
                               400, "malformed"),
         "deep header": (with_header(b"{" + params + b', "rotation_steps": [[[1]]]}'), 400, "malformed"),
         "50,000-deep header": (with_header(b"[" * 50_000 + b"]" * 50_000), 400, "malformed"),
+        # keys beyond the declared steps: here over the body cap; where compression lets them under it,
+        # load_context counts the loaded keys (422)
+        "Galois keys beyond the declared steps": (extra_galois_keys, 413, "too_large"),
         "header claims 1 GB": (public_blob[:8] + struct.pack("<Q", 1 << 30) + b"{", 400, "malformed"),
         "relin part claims 1 TB": (public_blob[: 16 + header_len] + struct.pack("<Q", 1 << 40), 400, "malformed"),
         "secret key in header": (header_secret, 403, "secret_key_refused"),

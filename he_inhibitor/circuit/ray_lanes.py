@@ -373,8 +373,6 @@ class RayLanes:
 
     def warm(self, circuit_id: str, key_id: str) -> list[int]:
         """Every actor loads the circuit and the keys now (set-up); returns their pids."""
-        import ray
-
         reg, keys = self._circuits[circuit_id], self._keys[key_id]
         return self._get([a.warm.remote(circuit_id, [reg.ref], key_id, [keys]) for a in self.actors], "warm-up")
 

@@ -42,7 +42,7 @@ import math
 import torch
 from torch import nn
 
-from he_inhibitor.model.nonlinear import Nonlinearity, PolySpec
+from he_inhibitor.model.nonlinear import Nonlinearity
 
 
 def inhibit_exact(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, m: torch.Tensor,

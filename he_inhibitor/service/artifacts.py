@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from he_inhibitor.ckks import CkksParams
-from he_inhibitor.paths import SHIPPED_BUNDLE, SHIPPED_CLIENT
+from he_inhibitor.paths import SHIPPED_BUNDLE, SHIPPED_CLIENT  # noqa: F401  (SHIPPED_CLIENT re-exported)
 from he_inhibitor.circuit.compile import Compiled
 
 SHIPPED_CIRCUIT = SHIPPED_BUNDLE

@@ -53,7 +53,7 @@ from he_inhibitor.service.cancel import Cancelled, scope
 from he_inhibitor.service.evaluate import CircuitEvaluator, signature_of
 from he_inhibitor.service.protocol import (
     CONTENT_TYPE, H_JOB, H_KEY_ID, H_SERVER_SECONDS, H_STATUS, H_TOKENS, STATUS_DONE, STATUS_REFRESH, Limits,
-    ServiceSignature, Signature, ciphertext_bytes, key_switch_bytes, key_switch_wire_bound, pack_frames,
+    ServiceSignature, ciphertext_bytes, key_switch_bytes, key_switch_wire_bound, pack_frames,
 )
 from he_inhibitor.service.registry import (
     Job, JobTable, KeyRegistry, KeySet, MemoryBudget, OverQuota, RateLimit, Reservation,

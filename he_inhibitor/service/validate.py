@@ -198,9 +198,16 @@ def _load_part(obj, blob: bytes, context: seal.SEALContext, what: str):
 def load_context(parts: ContextParts, sig: ServiceSignature, context: seal.SEALContext) -> PublicContext:
     """SEAL-load checked parts against the server's context (shared by every key set; blob not kept)."""
     relin = _load_part(seal.RelinKeys(), parts.relin, context, "relinearization keys")
+    if relin.size() != 1:
+        raise Mismatch(f"{relin.size()} relinearization keys; the circuit needs exactly 1")
     galois = None if parts.galois is None else _load_part(seal.GaloisKeys(), parts.galois, context, "Galois keys")
-    if galois is not None and not all(galois.has_key(e) for e in galois_elements(context, list(sig.rotation_steps))):
-        raise Mismatch("Galois keys do not cover the rotation steps the header declares")
+    if galois is not None:
+        # exactly the steps' keys: extra ones would cost memory the budget does not charge (and the size
+        # bound on the part, being that of uncompressed keys, would let half as many again through)
+        elements = galois_elements(context, list(sig.rotation_steps))
+        if galois.size() != len(set(elements)) or not all(galois.has_key(e) for e in elements):
+            raise Mismatch(f"Galois keys for {galois.size()} elements; the circuit needs exactly those of its "
+                           f"{len(sig.rotation_steps)} rotation steps")
     return PublicContext(sig.params, context, relin, galois, sig.rotation_steps, b"")
 
 
