@@ -186,3 +186,40 @@ def test_refreshes_beyond_the_signature_are_refused_by_the_client(toy_server):
         with pytest.raises(ServerError, match="refresh 2"):
             client.classify_embedded(x0, n)
         assert len(calls) == 2  # the evaluation and the circuit's one refresh, then it stopped
+
+
+def test_the_secret_key_never_goes_through_a_temporary_file(toy_server, tmp_path, monkeypatch):
+    """Saving, loading and using keys: the secret key is serialized in memory only.
+
+    he_inhibitor.ckks.serial goes through named temporary files (fine for
+    public keys and ciphertexts); every object it handles is recorded, and
+    none may be a secret key. The only file written with it is the key file.
+    """
+    import tempfile
+
+    import tenseal.sealapi as seal
+
+    from he_inhibitor.ckks import serial
+
+    _, _, server = toy_server
+    through_files: list[type] = []
+    real_to_bytes, real_load, real_mkstemp = serial.to_bytes, serial.load, tempfile.mkstemp
+    monkeypatch.setattr(serial, "to_bytes", lambda obj: through_files.append(type(obj)) or real_to_bytes(obj))
+    monkeypatch.setattr(serial, "load", lambda obj, *a: through_files.append(type(obj)) or real_load(obj, *a))
+    beside: list[str] = []
+
+    def mkstemp(*args, **kwargs):
+        fd, path = real_mkstemp(*args, **kwargs)
+        beside.append(path)
+        return fd, path
+
+    with Client(server.url) as first, Client(server.url) as second:
+        first.generate_keys()
+        monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+        first.save_keys(tmp_path / "keys")
+        monkeypatch.setattr(tempfile, "mkstemp", real_mkstemp)
+        second.load_keys(tmp_path / "keys")
+        x0, n = sentence(11)
+        second.classify_embedded(x0, n)
+    assert through_files and seal.SecretKey not in through_files, through_files
+    assert len(beside) == 1 and beside[0].startswith(str(tmp_path))  # the key file's atomic write
