@@ -170,7 +170,7 @@ def _throughput(runner, prepared: list, clients: int, serialize: bool) -> dict:
             "max_latency_seconds": float(max(r["seconds"] for r in runs))}
 
 
-def measure(bundle: Path, reps: int, clients: int, old: bool, address: str | None, log) -> dict:
+def measure(bundle: Path, reps: int, clients: int, old: bool, address: str | None, log, save=None) -> dict:
     """Each configuration in turn on one key set and one prepared executor (see the module docstring)."""
     from he_inhibitor.circuit.bundle import load_bundle
     from he_inhibitor.circuit.client_bundle import ClientBundle
@@ -206,6 +206,8 @@ def measure(bundle: Path, reps: int, clients: int, old: bool, address: str | Non
         if throughput and clients:
             log(f"throughput: {name}, {clients} concurrent clients")
             out["throughput"][name] = _throughput(runner, prepared, clients, serialize)
+        if save is not None:
+            save(out)  # a long run on a shared machine: keep what is measured so far
 
     bench("1 lane (one process)", ex, True, throughput=False)  # one process answers one sentence at a time
     if old:
@@ -228,8 +230,11 @@ def measure(bundle: Path, reps: int, clients: int, old: bool, address: str | Non
             out["setup_seconds"]["ray_lanes_warm"] = time.perf_counter() - t
             bench("2 lanes on Ray", lanes, False)
             out["ray_lane_workers"] = pool.stats()
+        ex._cache.clear()  # from here on this process only encrypts, refreshes and decrypts
         t = time.perf_counter()
-        with RaySentences(address=address) as pool:
+        # weights encoded per evaluation, as the service does: actors stay small on a shared machine
+        out["sentence_actor_weight_cache"] = False
+        with RaySentences(address=address, cache_weights=False) as pool:
             sentences = RaySentenceExecutor(ex, pool)
             out["setup_seconds"]["ray_sentences"] = time.perf_counter() - t
             bench(f"sentences on Ray ({len(pool.actors)} actors, 1 lane each)", sentences, False)
@@ -283,7 +288,12 @@ def run(args: argparse.Namespace) -> int:
     log = (lambda msg: print(f"[bench-lanes] {msg}", flush=True))
     result: dict = {"bundle": str(bundle)}
     if not args.predict_only:
-        result["measured"] = measure(bundle, args.reps, args.clients, not args.no_old, args.ray, log)
+        def save(measured: dict) -> None:
+            if args.json:
+                args.json.parent.mkdir(parents=True, exist_ok=True)
+                args.json.write_text(json.dumps({**result, "measured": measured, "partial": True}, indent=1) + "\n")
+
+        result["measured"] = measure(bundle, args.reps, args.clients, not args.no_old, args.ray, log, save)
     log("predicting the curve")
     result["predicted"] = predict_curve(bundle, args.buckets or buckets_of(bundle), args.predict)
     for row in result["predicted"]:

@@ -167,10 +167,10 @@ def with_lanes(plan: Any, lanes: int, weights: Any) -> Any:
     comp = plan.compiled
     if lanes < 1:
         raise ValueError("lanes must be at least 1")
-    if len(lanes_of(comp.circuit)) == min(lanes, comp.T):
+    if len(lanes_of(comp.circuit)) == min(lanes, comp.T if comp.plan is None else comp.plan.m):
         return plan
     new = compile_student(weights, comp.T, plan.params.slots, max_level=comp.max_level, lanes=lanes,
-                          main_shifts=comp.main_shifts if lanes == 2 else None)
+                          main_shifts=comp.main_shifts if lanes == 2 else None, shifts=comp.plan)
     c = new.circuit
     got = (depth(c, through_refresh=True), len(c.of_kind(OpKind.REFRESH)), refresh_round_trips(c))
     if got != (plan.depth, plan.refreshes, plan.round_trips):
@@ -178,11 +178,11 @@ def with_lanes(plan: Any, lanes: int, weights: Any) -> Any:
     return Plan(new, plan.params, plan.depth, plan.refreshes, plan.round_trips)
 
 
-def load_plan(bundle: str | Path, T: int, lanes: int) -> Any:
-    """A bundle's bucket T (its hash checked as bundled), then recompiled for `lanes` lanes."""
+def load_plan(bundle: str | Path, T: int, lanes: int, n: int | None = None) -> Any:
+    """A bundle's circuit for bucket T and n tokens (its hash checked as bundled), recompiled for `lanes` lanes."""
     from he_inhibitor.circuit.bundle import load_bundle, load_weights
 
-    plan = load_bundle(bundle, T)
+    plan = load_bundle(bundle, T, n)
     return with_lanes(plan, lanes, load_weights(bundle))
 
 
@@ -290,8 +290,10 @@ class LaneWorker:
         return (*outs, (chain, time.process_time() - cpu, sum(len(b) for b in outs)))
 
     def stats(self) -> dict:
-        return {"pid": os.getpid(), "key_loads": dict(self.key_loads), "circuit_loads": dict(self.circuit_loads),
-                "segments_run": self.segments_run}
+        import ray
+
+        return {"pid": os.getpid(), "node": ray.get_runtime_context().get_node_id(), "key_loads": dict(self.key_loads),
+                "circuit_loads": dict(self.circuit_loads), "segments_run": self.segments_run}
 
 
 @dataclass
