@@ -13,7 +13,7 @@ from he_inhibitor.circuit.encrypted import EncryptedExecutor, measured_depth  # 
 from he_inhibitor.circuit.ir import OpKind, levels_and_degrees  # noqa: E402
 from he_inhibitor.circuit.noise import NoiseModel  # noqa: E402
 from he_inhibitor.circuit.params import Precision, plan_student  # noqa: E402
-from he_inhibitor.circuit.plain import run as plain_run  # noqa: E402
+from he_inhibitor.circuit.executors import PlainExecutor  # noqa: E402
 from he_inhibitor.circuit.ray_lanes import (  # noqa: E402
     LaneError, RayLaneExecutor, RayLanes, lanes_of, segments_of, start_ray, with_lanes,
 )
@@ -74,8 +74,7 @@ def test_segments_cover_the_lanes_once(student):
     # the plain executor does not care about lanes: recompiling for more lanes changes nothing it computes
     x0, m = sentence(student[0], 5, 1)
     two = plan_student(from_torch(student[0]), T, n=8192, precision=Precision(30, 40, 60)).compiled
-    np.testing.assert_allclose(plain_run(c, plan.compiled.pack_input(x0), plan.compiled.public_plaintexts(m))["logits"],
-                               plain_run(two.circuit, two.pack_input(x0), two.public_plaintexts(m))["logits"],
+    np.testing.assert_allclose(PlainExecutor(plan.compiled).run(x0, m).logits, PlainExecutor(two).run(x0, m).logits,
                                rtol=1e-9, atol=1e-12)
 
 

@@ -299,7 +299,7 @@ class RaySentenceExecutor:
         depth = ex.params.depth
         cpu, client = time.process_time(), 0.0
         t = time.perf_counter()
-        inputs = [keys.encrypt_bytes(v, depth) for v in comp.pack_input(x0).values()]
+        inputs = [keys.encrypt_bytes(v, depth) for v in _pack(comp, x0, m).values()]
         client += time.perf_counter() - t
         n = int(np.asarray(m).sum())
         for attempt in range(self.retries + 1):
@@ -346,3 +346,12 @@ class RaySentenceExecutor:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _pack(comp: Compiled, x0: np.ndarray, m: np.ndarray) -> dict[str, np.ndarray]:
+    """comp.pack_input, with the mask where the compiler's packing takes one (n-dependent layouts)."""
+    import inspect
+
+    if len(inspect.signature(comp.pack_input).parameters) > 1:
+        return comp.pack_input(x0, m)
+    return comp.pack_input(x0)
