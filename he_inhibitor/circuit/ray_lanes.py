@@ -167,10 +167,12 @@ def with_lanes(plan: Any, lanes: int, weights: Any) -> Any:
     comp = plan.compiled
     if lanes < 1:
         raise ValueError("lanes must be at least 1")
-    if len(lanes_of(comp.circuit)) == min(lanes, comp.T if comp.plan is None else comp.plan.m):
+    shifts = getattr(comp, "plan", None)  # the n-dependent shift plan, where the compiler has one
+    if len(lanes_of(comp.circuit)) == min(lanes, comp.T if shifts is None else shifts.m):
         return plan
     new = compile_student(weights, comp.T, plan.params.slots, max_level=comp.max_level, lanes=lanes,
-                          main_shifts=comp.main_shifts if lanes == 2 else None, shifts=comp.plan)
+                          main_shifts=comp.main_shifts if lanes == 2 else None,
+                          **({} if shifts is None else {"shifts": shifts}))
     c = new.circuit
     check(c, plan.params.depth)  # the same chain holds it (refreshes where it must: their count may change)
     return Plan(new, plan.params, depth(c, through_refresh=True), len(c.of_kind(OpKind.REFRESH)),
@@ -181,7 +183,7 @@ def load_plan(bundle: str | Path, T: int, lanes: int, n: int | None = None) -> A
     """A bundle's circuit for bucket T and n tokens (its hash checked as bundled), recompiled for `lanes` lanes."""
     from he_inhibitor.circuit.bundle import load_bundle, load_weights
 
-    plan = load_bundle(bundle, T, n)
+    plan = load_bundle(bundle, T) if n is None else load_bundle(bundle, T, n)
     return with_lanes(plan, lanes, load_weights(bundle))
 
 
