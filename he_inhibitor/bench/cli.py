@@ -37,6 +37,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "actors (a bundle is recompiled for K > 2)")
     p.add_argument("--ray", default=None, metavar="ADDRESS",
                    help="run the lanes on the Ray cluster at ADDRESS (default: Ray embedded, 2 CPUs)")
+    p.add_argument("--rtt-ms", type=float, default=50.0,
+                   help="network round-trip time added per round trip (query + refreshes) in the *_with_rtt figures")
     p.add_argument("--reps", type=int, default=3, help="repetitions per primitive in the cost table")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, default=None, help="write the results as JSON")
@@ -63,14 +65,13 @@ def run(args: argparse.Namespace) -> int:
         sentences, labels = sentences[:args.sentences], labels[:args.sentences]
         paths = [args.circuit or SHIPPED_CIRCUIT] + ([args.compare] if args.compare else [])
         progress("compiling / loading " + ", ".join(str(p) for p in paths))
-        targets = [_with_lanes(load_target(p, args.client, args.buckets, args.n,
-                                           Precision(scale_bits=args.scale_bits)), p, args.lanes)
+        targets = [load_target(p, args.client, args.buckets, args.n, Precision(scale_bits=args.scale_bits), args.lanes)
                    for p in paths]
     except (OSError, ValueError) as err:
         raise SystemExit(f"error: {err}")
     chains: dict[int, list] = {}
     for t in targets:
-        chains.setdefault(t.plan.params.poly_modulus_degree, []).append(t.plan.params)
+        chains.setdefault(t.params.poly_modulus_degree, []).append(t.params)
     costs = {}
     for n, ps in chains.items():
         progress(f"measuring per-primitive costs at N = {n}")
@@ -86,9 +87,10 @@ def run(args: argparse.Namespace) -> int:
         corpus = embed_corpus(t, sentences, labels)
         progress.clear()
         try:
-            results.append(bench_target(t, corpus, costs[t.plan.params.poly_modulus_degree],
+            results.append(bench_target(t, corpus, costs[t.params.poly_modulus_degree],
                                         args.encrypted_sentences, args.seed, lanes=args.lanes, ray=args.ray,
-                                        log=args.log / f"{t.name}.jsonl" if args.log else None))
+                                        log=args.log / f"{t.name}.jsonl" if args.log else None,
+                                        rtt_ms=args.rtt_ms))
         except ValueError as err:  # a run log that does not belong to this circuit
             raise SystemExit(f"error: {err}")
     for r in results:
@@ -106,20 +108,3 @@ def run(args: argparse.Namespace) -> int:
     if args.plot:
         print(f"plot: {plot_stages(results, args.plot)}")
     return 0
-
-
-def _with_lanes(target, path: Path, lanes: int):
-    """The target with its circuits recompiled for `lanes` lanes when they have fewer (bundles only)."""
-    from dataclasses import replace
-
-    from he_inhibitor.circuit.bundle import load_weights
-    from he_inhibitor.circuit.ray_lanes import lanes_of, with_lanes
-
-    if lanes < 1:
-        raise ValueError("--lanes must be at least 1")
-    if all(lanes <= len(lanes_of(p.compiled.circuit)) for p in target.plans.values()):
-        return target
-    if not (Path(path) / "student.json").exists():
-        raise ValueError(f"{path}: --lanes {lanes} recompiles a circuit bundle; compile this student first")
-    weights = load_weights(path)
-    return replace(target, plans={T: with_lanes(p, lanes, weights) for T, p in target.plans.items()})

@@ -26,6 +26,10 @@ class Corpus:
     def __len__(self) -> int:
         return len(self.labels)
 
+    def n(self, i: int) -> int:
+        """Tokens of sentence i (after truncation)."""
+        return int(self.m[i].sum())
+
     def rows(self, T: int) -> np.ndarray:
         """Indices of the sentences routed to bucket T."""
         return np.flatnonzero(self.T == T)

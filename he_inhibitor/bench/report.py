@@ -21,6 +21,10 @@ SUMMARY = [
     ("chain levels / refreshes (T min)", None, None),
     ("median latency s (all K)", "median_seconds", "{:.2f}"),
     ("p95 latency s", "p95_seconds", "{:.2f}"),
+    ("round trips per query (1 + refreshes)", "round_trips_per_query", "{}"),
+    ("median latency s + RTT per round trip", "median_seconds_with_rtt", "{:.2f}"),
+    ("p95 latency s + RTT per round trip", "p95_seconds_with_rtt", "{:.2f}"),
+    ("RTT ms assumed", "rtt_ms", "{:.0f}"),
     ("server median s", "server_median_seconds", "{:.2f}"),
     ("CPU median s (all processes)", "cpu_median_seconds", "{:.2f}"),
     ("lanes (1..K-1 on Ray)", "lanes", "{}"),
@@ -105,4 +109,22 @@ def plot_stages(results: list[dict], out_dir: str | Path) -> Path:
     path = out / "latency_per_stage.png"
     fig.savefig(path, dpi=120)
     plt.close(fig)
+    _plot_by_length(results, out / "latency_by_length.png")
     return path
+
+
+def _plot_by_length(results: list[dict], path: Path) -> None:
+    """Encrypted latency of every sentence against its token count, one series per result."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for r in results:
+        runs = r.get("runs", [])
+        ax.scatter([x["n_tokens"] for x in runs], [x["seconds"] for x in runs], s=12, label=r["name"])
+    ax.set_xlabel("tokens in the sentence")
+    ax.set_ylabel("encryption to decryption, s")
+    ax.set_title("latency by sentence length")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -10,53 +10,91 @@ A sentence runs in the smallest bucket that holds it, as the client routes it.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from he_inhibitor.circuit.bundle import BUCKETS
-from he_inhibitor.circuit.params import Plan, Precision, plan_student
+from he_inhibitor.ckks import CkksParams
+from he_inhibitor.circuit.arrange import ShiftPlan
+from he_inhibitor.circuit.bundle import BUCKETS, Bucket, plan_bucket
+from he_inhibitor.circuit.params import Plan, Precision
 from he_inhibitor.service.embed import Embedder
 
 
 @dataclass(frozen=True)
 class Target:
+    """A bundle's (or a compiled student's) buckets; each sentence's circuit follows its length.
+
+    `circuits` holds the plans compiled so far: a circuit is (re)compiled when
+    a sentence first needs it, from the bundle or the student's weights.
+    With `lanes` > 1 a circuit with fewer lanes is recompiled for them
+    (`weights` are what it is recompiled from).
+    """
+
     name: str
-    plans: dict[int, Plan]  # by bucket T
+    buckets_by_T: dict[int, Bucket]
     embedder: Embedder
+    circuits: dict[tuple[int, ShiftPlan | None], Plan] = field(default_factory=dict)
+    lanes: int = 1
+    weights: object | None = None  # StudentWeights
 
     @property
     def buckets(self) -> list[int]:
-        return sorted(self.plans)
+        return sorted(self.buckets_by_T)
 
     @property
-    def plan(self) -> Plan:
-        """The smallest bucket's plan: the one most sentences run."""
-        return self.plans[self.buckets[0]]
+    def params(self) -> CkksParams:
+        """The smallest bucket's parameters (every shipped bucket shares them)."""
+        return self.buckets_by_T[self.buckets[0]].params
 
     def bucket(self, n_tokens: int) -> int | None:
         """The smallest bucket holding ``n_tokens``; None beyond the largest (the sentence is truncated)."""
         return next((T for T in self.buckets if n_tokens <= T), None)
 
+    def shift_plan(self, T: int, n_tokens: int) -> ShiftPlan | None:
+        return self.buckets_by_T[T].plans[n_tokens]
+
+    def plan_for(self, T: int, n_tokens: int) -> Plan:
+        """The circuit a sentence of n_tokens runs in bucket T (compiled once, kept)."""
+        key = (T, self.shift_plan(T, n_tokens))
+        if key not in self.circuits:
+            plan = self.buckets_by_T[T].plan_for(n_tokens)
+            if self.lanes > 1:
+                from he_inhibitor.circuit.ray_lanes import lanes_of, with_lanes
+
+                if self.lanes > len(lanes_of(plan.compiled.circuit)):
+                    if self.weights is None:
+                        raise ValueError(f"{self.name}: recompiling for {self.lanes} lanes needs the weights")
+                    plan = with_lanes(plan, self.lanes, self.weights)
+            self.circuits[key] = plan
+        return self.circuits[key]
+
+    def release(self, T: int, shifts: ShiftPlan | None) -> None:
+        """Forget a compiled circuit (~100 MB of diagonals) once its sentences are done."""
+        self.circuits.pop((T, shifts), None)
+
 
 def load_target(path: str | Path, client: str | Path | None = None, buckets: Sequence[int] | None = None,
-                n: int = 16384, precision: Precision = Precision()) -> Target:
+                n: int = 16384, precision: Precision = Precision(), lanes: int = 1) -> Target:
     """A bundle directory (has circuit-t<T>.json) or a student directory (has config.json).
 
     client: the client bundle for a circuit bundle (default: the shipped one);
     buckets: which token buckets (default: a bundle's own, or BUCKETS up to the student's max_len);
     n, precision: how a student directory is compiled (a bundle fixes its own).
     """
+    if lanes < 1:
+        raise ValueError("--lanes must be at least 1")
     d = Path(path)
     if any(d.glob("circuit-t*.json")):
-        from he_inhibitor.circuit.bundle import buckets_of, load_bundle
-        from he_inhibitor.service.artifacts import SHIPPED_CLIENT
+        from he_inhibitor.circuit.bundle import buckets_of, load_bucket, load_weights
+        from he_inhibitor.paths import SHIPPED_CLIENT
 
         have = buckets_of(d)
         missing = sorted(set(buckets or ()) - set(have))
         if missing:
             raise ValueError(f"{d} has buckets {have}, not {missing}")
         embedder = Embedder.load(SHIPPED_CLIENT if client is None else client)
-        return Target(d.name, {T: load_bundle(d, T) for T in (buckets or have)}, embedder)
+        return Target(d.name, {T: load_bucket(d, T) for T in (buckets or have)}, embedder, lanes=lanes,
+                      weights=load_weights(d) if lanes > 1 else None)
     if (d / "config.json").is_file():
         import torch
 
@@ -68,5 +106,6 @@ def load_target(path: str | Path, client: str | Path | None = None, buckets: Seq
         if not Ts or Ts[-1] > model.cfg.max_len:
             raise ValueError(f"buckets {Ts} do not fit the student's max_len {model.cfg.max_len}")
         sw = from_torch(model)
-        return Target(d.name, {T: plan_student(sw, T, n, precision) for T in Ts}, Embedder.load(d))
+        by_T = {T: plan_bucket(sw, T, range(lo + 1, T + 1), n, precision)[0] for lo, T in zip([0] + Ts, Ts)}
+        return Target(d.name, by_T, Embedder.load(d), lanes=lanes, weights=sw)
     raise FileNotFoundError(f"{d}: neither a circuit bundle (circuit-t<T>.json) nor a student directory (config.json)")

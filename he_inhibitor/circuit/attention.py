@@ -1,30 +1,33 @@
-"""Inhibitor attention over all query/key pairs in the packed layout (DESIGN.md §2).
+"""Inhibitor attention over all query/key pairs in the arranged layout (docs/design.md §2.4).
 
-Q, K, V arrive from the Q/K/V linear layer with zero second halves and heads
-interleaved. Copying first halves into second halves (K2 = K + rot(K, -T))
-makes rot(K2, s) hold key (i+s) mod T at offset i of every block's first half,
-so T cyclic shifts visit every (query, key) pair once. For each shift s:
+Q, K, V arrive from the Q/K/V linear layer in the arranged layout of
+arrange.py (queries in regions, keys and values cyclic over whole blocks,
+heads interleaved), so rot(K, s) puts beside every query the key of one
+cyclic offset. For each of the plan's m shifts s:
 
-    A  = c_z * p(Q - rot(K2, s))                  |x| fit, c_z folded into it
-    Z  = head rotate-and-sum of A (+ z_bias)      log2(blocks/H) rotations
-         (+ b_h((i+s) mod T - i): relative bias,  one plaintext per shift, no level)
-    H += mask_s * r(rot(V2, s) - Z)               ReLU fit (signed: minus r(-V-Z));
-                                                  mask_s[i] = m[(i+s) mod T]
+    A  = c_z * p(Q - rot(K, s))                   |x| fit, c_z folded into it
+    Z  = head rotate-and-sum of A (+ z offset)    log2(blocks/H) rotations
+         (+ b_h(j - i): relative bias, one public plaintext per shift, no level)
+    H += mask_s * r(rot(V, s) - Z)                ReLU fit (signed: minus r(-V-Z))
 
-Q is copied into its second halves too. Second halves are never read, but a
-polynomial evaluated on an out-of-range garbage slot could blow up past the
-modulus and wreck every slot of the ciphertext; with Q copied, second-half
-differences are query/key differences (of the same or the adjacent feature
-block), drawn from the distribution the bound was calibrated on, instead of
-bare keys, which |K| <= B_abs does not bound. This is a heuristic, so the
-simulator checks every slot, garbage included, against each interval.
+mask_s (a public plaintext bound per sentence) is n^-key_norm where a
+counted (query, key) pair meets and zero elsewhere: in slots that hold no
+query, at offsets beyond the sentence, and at repeated offsets. It is folded
+into the polynomial's plan (masked.py), so it costs no level. Every slot of
+Q - rot(K, s) is a difference of a real query (or zero) and a real key, so
+every slot stays inside the interval the bound was calibrated on; the
+simulator checks every slot anyway.
 
 Everything is in the scaled domain the compiler prepares: Q and K divided by
-B_abs, V and Z by B_att, so both polynomials see [-1, 1]. The key mask is a
-plaintext applied to the ReLU polynomial's output: padded keys contribute
-exactly zero, and it zeroes second halves, so H leaves with zero second
-halves. The mask is folded into the polynomial's plan (masked.py), so it
-costs no level.
+B_abs, V and Z by B_att, so both polynomials see [-1, 1].
+
+The shifts are dealt round-robin to `lanes` independent lanes (lane l runs
+s = l, l + lanes, ...: one rotation by l, then rotations by `lanes`), each
+with its own accumulator, summed on lane 0.
+
+The all-T-shift helpers at the end (half copies, contiguous lanes) serve the
+dot-product attention (dot_attention.py), whose softmax substitute needs
+every key of a query in one sum.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from he_inhibitor.circuit.ir import Plain
 from he_inhibitor.circuit.layout import Layout
 from he_inhibitor.circuit.ops import Ops, V
 from he_inhibitor.circuit.poly import PolyFn, Reflected
@@ -40,48 +44,26 @@ from he_inhibitor.circuit.poly import PolyFn, Reflected
 
 @dataclass(frozen=True)
 class AttentionSpec:
-    """One inhibitor attention in the scaled domain.
+    """One inhibitor attention in the scaled domain, over `shifts` shifts of the arranged layout.
 
     abs_fn computes c_z * |x| (c_z = B_abs * gamma / sqrt(d_h) / B_att),
     relu_fn computes ReLU(x); z_bias = alpha / B_att.
     """
 
-    layout: Layout
+    layout: Layout  # arranged (arrange.ShiftPlan.layout)
     n_heads: int
     abs_fn: PolyFn
     relu_fn: PolyFn
     z_bias: float
+    shifts: int
     signed: bool = False
-    lanes: int = 2  # independent ranges of shifts (processes a parallel executor may use)
-    main_shifts: int | None = None  # shifts on lane 0 (None: an even split)
-    rel_bias: np.ndarray | None = None  # [H, 2L - 1], scaled: b_h(o) / B_att at index o + L - 1
+    lanes: int = 2  # independent groups of shifts (processes or Ray workers a parallel executor may use)
 
     def __post_init__(self) -> None:
         if self.layout.blocks_per_ct % self.n_heads:
             raise ValueError("blocks per ciphertext must be a multiple of the head count")
-        if self.rel_bias is not None:
-            if self.rel_bias.ndim != 2 or self.rel_bias.shape[0] != self.n_heads or self.rel_bias.shape[1] % 2 == 0:
-                raise ValueError(f"relative bias must be [{self.n_heads}, 2L - 1], not {self.rel_bias.shape}")
-            if (self.rel_bias.shape[1] + 1) // 2 < self.layout.T:
-                raise ValueError(f"relative bias covers {(self.rel_bias.shape[1] + 1) // 2} positions, T={self.layout.T}")
-
-    def shift_offset(self, s: int) -> np.ndarray | float:
-        """What shift s adds to Z: z_offset, plus b_h(j - i) at offset i of head h's blocks,
-        j = (i + s) mod T the key it meets there (second halves: z_offset alone)."""
-        if self.rel_bias is None:
-            return self.z_offset
-        lay, T = self.layout, self.layout.T
-        i = np.arange(T)
-        cols = (i + s) % T - i + (self.rel_bias.shape[1] - 1) // 2  # [T]
-        heads = np.arange(lay.blocks_per_ct) % self.n_heads  # local block b holds a feature of head b mod H
-        blocks = np.zeros((lay.blocks_per_ct, lay.block_size))
-        blocks[:, :T] = self.rel_bias[heads][:, cols]
-        return blocks.reshape(-1) + self.z_offset
-
-    def key_masks(self, m: np.ndarray) -> list[np.ndarray]:
-        """mask_s for s = 0..T-1: m[(i+s) mod T] in first halves, zero in second halves."""
-        return [self.layout.token_vector(np.roll(np.asarray(m, dtype=np.float64), -s))
-                for s in range(self.layout.T)]
+        if self.shifts < 1:
+            raise ValueError("an attention needs at least one shift")
 
     @property
     def z_offset(self) -> float:
@@ -97,12 +79,67 @@ class AttentionSpec:
         return self.z_bias - unused * float(self.abs_fn(np.zeros(1))[0])
 
     @property
-    def head_sum_steps(self) -> list[int]:
-        return head_sum_steps(self.layout, self.n_heads)
+    def lane_count(self) -> int:
+        return max(1, min(self.lanes, self.shifts))
 
     @property
     def steps(self) -> set[int]:
-        return shift_steps(self.layout, self.n_heads, self.lanes, self.main_shifts)
+        """Galois steps: each lane's first shift, the lane stride, the head sums."""
+        L = self.lane_count
+        shifts = set(range(1, L)) | ({L} if self.shifts > L else set())
+        return shifts | set(head_sum_steps(self.layout, self.n_heads))
+
+
+def inhibitor_attention(
+    ops: Ops[V], spec: AttentionSpec, q: list[V], k: list[V], v: list[V],
+    masks: list[Plain], offsets: list[Plain],
+) -> list[V]:
+    """H in the arranged layout (scaled by 1/B_att: sum over counted pairs of mask * r(...)).
+
+    masks[s], offsets[s]: shift s's key mask and what it adds to Z (a float
+    or the name of a public plaintext).
+    """
+    L = spec.lane_count
+    parts = []
+    for lane in range(L):
+        ops.set_lane(lane)
+        parts.append(_lane(ops, spec, q, k, v, masks, offsets, range(lane, spec.shifts, L)))
+    ops.set_lane(0)
+    acc = parts[0]
+    for part in parts[1:]:
+        acc = [ops.add(a, b) for a, b in zip(acc, part)]
+    return acc
+
+
+def _lane(ops: Ops[V], spec: AttentionSpec, q: list[V], k: list[V], v: list[V], masks: list[Plain],
+          offsets: list[Plain], shifts: range) -> list[V]:
+    """sum over s in shifts of mask_s * r(rot(V, s) - Z^(s)): one rotation by the first shift, then by the stride."""
+    acc: list[V | None] = [None] * len(v)
+    if shifts.start:
+        k = [ops.rotate(kc, shifts.start) for kc in k]
+    for idx, s in enumerate(shifts):
+        if idx:
+            k = [ops.rotate(kc, shifts.step) for kc in k]
+            v = [ops.rotate(vc, shifts.step) for vc in v]
+        z: V | None = None
+        for qc, kc in zip(q, k, strict=True):
+            a = ops.poly(ops.sub(qc, kc), spec.abs_fn)
+            z = a if z is None else ops.add(z, a)
+        assert z is not None
+        for step in head_sum_steps(spec.layout, spec.n_heads):
+            z = ops.add(z, ops.rotate(z, step))
+        if idx == 0:  # shift V where it is used: mod-switched once, rotated at the cheaper level
+            v = [ops.align(vc, z) for vc in v]
+            if shifts.start:
+                v = [ops.rotate(vc, shifts.start) for vc in v]
+        if not (isinstance(offsets[s], float) and offsets[s] == 0.0):  # a name, a vector, or a non-zero scalar
+            z = ops.add_plain(z, offsets[s])
+        for c, vc in enumerate(v):
+            t = ops.poly(ops.sub(vc, z), spec.relu_fn, masks[s])
+            if spec.signed:
+                t = ops.sub(t, ops.poly(ops.add(vc, z), Reflected(spec.relu_fn), masks[s]))
+            acc[c] = t if acc[c] is None else ops.add(acc[c], t)
+    return [a for a in acc if a is not None]
 
 
 def head_sum_steps(layout: Layout, n_heads: int) -> list[int]:
@@ -134,20 +171,6 @@ def shift_lanes(T: int, lanes: int, main_shifts: int | None = None) -> list[rang
     return [range(a, b) for a, b in zip(cuts, cuts[1:])]
 
 
-def inhibitor_attention(
-    ops: Ops[V], spec: AttentionSpec, q: list[V], k: list[V], v: list[V], masks: list[np.ndarray]
-) -> list[V]:
-    """H (scaled by 1/B_att, i.e. sum_j m_j r(...)) as ciphertexts in spec.layout.
-
-    The shifts are split into spec.lanes contiguous ranges, each on its own
-    lane with its own accumulator, summed on lane 0: independent work that a
-    parallel executor runs in separate processes.
-    """
-    T = spec.layout.T
-    q2, k2, v2 = half_copy(ops, q, T), half_copy(ops, k, T), half_copy(ops, v, T)
-    return over_lanes(ops, T, spec.lanes, spec.main_shifts, lambda shifts: _shifts(ops, spec, q2, k2, v2, masks, shifts))
-
-
 def half_copy(ops: Ops[V], cts: list[V], T: int) -> list[V]:
     """Copy each block's first half into its (zero) second half: one rotation per ciphertext."""
     return [ops.add(c, ops.rotate(c, -T)) for c in cts]
@@ -164,35 +187,3 @@ def over_lanes(ops: Ops[V], T: int, lanes: int, main_shifts: int | None, body) -
     for part in parts[1:]:
         acc = [ops.add(a, b) for a, b in zip(acc, part)]
     return acc
-
-
-def _shifts(ops: Ops[V], spec: AttentionSpec, q2: list[V], k2: list[V], v2: list[V], masks: list[np.ndarray],
-            shifts: range) -> list[V]:
-    """sum over s in shifts of mask_s * r(rot(V2, s) - Z^(s)), starting from rot(., shifts.start)."""
-    acc: list[V | None] = [None] * len(q2)
-    if shifts.start:
-        k2 = [ops.rotate(kc, shifts.start) for kc in k2]
-    for s in shifts:
-        if s > shifts.start:
-            k2 = [ops.rotate(kc, 1) for kc in k2]
-            v2 = [ops.rotate(vc, 1) for vc in v2]
-        z: V | None = None
-        for qc, kc in zip(q2, k2, strict=True):
-            a = ops.poly(ops.sub(qc, kc), spec.abs_fn)
-            z = a if z is None else ops.add(z, a)
-        assert z is not None
-        for step in spec.head_sum_steps:
-            z = ops.add(z, ops.rotate(z, step))
-        if s == shifts.start:  # shift V where it is used: mod-switched once, rotated at the cheaper level
-            v2 = [ops.align(vc, z) for vc in v2]
-            if shifts.start:
-                v2 = [ops.rotate(vc, shifts.start) for vc in v2]
-        offset = spec.shift_offset(s)
-        if np.any(offset):
-            z = ops.add_plain(z, offset)
-        for c, vc in enumerate(v2):
-            t = ops.poly(ops.sub(vc, z), spec.relu_fn, masks[s])
-            if spec.signed:
-                t = ops.sub(t, ops.poly(ops.add(vc, z), Reflected(spec.relu_fn), masks[s]))
-            acc[c] = t if acc[c] is None else ops.add(acc[c], t)
-    return [a for a in acc if a is not None]

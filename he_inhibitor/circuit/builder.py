@@ -67,6 +67,14 @@ class Builder:
             return x  # fits, or a refresh would not help: the ops inside refresh as they must
         return self._emit(OpKind.REFRESH, (x,))
 
+    def client_map(self, xs: list[int], name: str, n_out: int) -> list[int]:
+        """The client's public map `name` (arrange.ClientMap, bound per request) of xs, freshly encrypted.
+
+        One REFRESH node per output ciphertext, all with the same inputs: they
+        travel in one round trip (ir.refresh_round_trips)."""
+        c = self._const(name)
+        return [self._emit(OpKind.REFRESH, (*xs, c), arg=j) for j in range(n_out)]
+
     def align(self, x: int, like: int) -> int:
         """x mod-switched down to like's level (no-op when x is already as deep)."""
         return self._align(x, like)[0] if self._level[x] < self._level[like] else x

@@ -6,7 +6,10 @@ A bundle stores what determines the circuits, not their derived plaintexts:
 * student.json: head count, signed flag, and each non-linearity's fit (the
   approximation library's JSON) and bound,
 * circuit-t<T>.json per bucket: T, ring degree, precision, the chosen chain,
-  and the node list (op, args, step, stage, lane) with its SHA-256,
+  the attention plan of every token count the bucket takes (arrange.py:
+  sentences of different lengths run different circuits), and the SHA-256 of
+  each plan's circuit (node list and constants), and the union of their
+  rotation steps (the bucket's key set),
 * report.json: per bucket depth, refreshes, rotation steps, serialized
   evaluation-key bytes and per-stage counts,
 * client/: all the client reads (tokenizer.json; model.safetensors holding
@@ -14,25 +17,31 @@ A bundle stores what determines the circuits, not their derived plaintexts:
   buckets, layouts, parameters and label names), so a client never opens the
   torch model or imports torch.
 
-Loading recompiles (the linear diagonals, ~100 MB at N = 16384, are cheaper to
-rebuild than to ship) with the stored chain, and refuses a bundle whose
-recompiled node list hashes differently from the stored one.
+Loading recompiles a plan's circuit when a sentence first needs it (the
+linear diagonals, ~100 MB at N = 16384, are cheaper to rebuild than to ship)
+with the stored chain, keeps the last few in memory, and refuses a circuit
+whose recompiled node list hashes differently from the stored one.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
+from functools import lru_cache
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from he_inhibitor.ckks import CkksParams
-from he_inhibitor.circuit.compile import compile_student
-from he_inhibitor.circuit.ir import Circuit, OpKind, depth, refresh_round_trips
-from he_inhibitor.circuit.params import Plan, Precision, plan_student
+from he_inhibitor.circuit.arrange import ShiftPlan, choose_plans
+from he_inhibitor.circuit.compile import Compiled, compile_student
+from he_inhibitor.circuit.costs import CostTable
+from he_inhibitor.circuit.ir import Circuit
+from he_inhibitor.circuit.noise import NoiseModel
+from he_inhibitor.circuit.params import Plan, Precision, plan_of, plan_student
+from he_inhibitor.circuit.simulate import simulate
 from he_inhibitor.circuit.poly import FitPoly
 from he_inhibitor.circuit.stats import stage_stats
 from he_inhibitor.circuit.weights import LayerWeights, Nonlin, StudentWeights
@@ -90,18 +99,147 @@ def _circuit_file(T: int) -> str:
     return f"circuit-t{T}.json"
 
 
-def key_bytes(plan: Plan) -> int:
-    """Serialized (seeded) relinearization + Galois keys for exactly the circuit's steps."""
+def key_bytes(steps: Sequence[int], params: CkksParams) -> int:
+    """Serialized (seeded) relinearization + Galois keys for exactly these steps."""
     from he_inhibitor.ckks import keygen
 
-    return len(keygen(plan.params, sorted(plan.compiled.circuit.rotation_steps())).public_blob)
+    return len(keygen(params, sorted(steps)).public_blob)
+
+
+@dataclass(frozen=True)
+class Bucket:
+    """One token bucket: its parameters, the attention plan of each token count, one circuit per plan."""
+
+    T: int
+    params: CkksParams
+    max_level: int | None
+    plans: dict[int, ShiftPlan | None]  # tokens -> plan (None: a dot-product student, one circuit)
+    hashes: dict[ShiftPlan | None, str]
+    rotation_steps: tuple[int, ...]  # the union over the plans: the bucket's key set
+    source: Path | None = None  # the bundle, whose weights a plan's circuit is rebuilt from
+    weights: StudentWeights | None = None  # or the weights themselves (a bucket compiled in memory)
+    compiled: Compiled | None = None  # or one circuit that serves every length (Bucket.of)
+    lanes: int = 2  # the attention's lanes; a bundle records circuits of 2, others are recompiled from them
+
+    @classmethod
+    def of(cls, compiled: Compiled, params: CkksParams) -> Bucket:
+        """One circuit for every token count it holds (e.g. compiled with the default plan)."""
+        plans = {n: compiled.plan for n in range(1, compiled.T + 1) if compiled.holds(n)}
+        return cls(compiled.T, params, compiled.max_level, plans, {compiled.plan: circuit_hash(compiled.circuit)},
+                   tuple(sorted(compiled.circuit.rotation_steps())), compiled=compiled)
+
+    def plan_for(self, n: int) -> Plan:
+        """The compiled circuit for sentences of n tokens (recompiled, hash-checked)."""
+        if n not in self.plans:
+            raise ValueError(f"bucket T={self.T} takes {min(self.plans)} to {max(self.plans)} tokens, not {n}")
+        if self.compiled is not None:
+            return plan_of(self.compiled, self.params)
+        if self.source is not None:
+            plan = _plan(self.source, self.T, self.plans[n])
+        elif self.weights is None:
+            raise ValueError("this bucket has neither a bundle nor weights to compile from")
+        else:
+            plan = _checked(self, self.weights, self.plans[n])
+        return plan if self.lanes == 2 else _relaned(plan, self.lanes,
+                                                      self.weights or load_weights(self.source))
+
+    def plans_json(self) -> dict[str, list[int] | None]:
+        return {str(n): (None if p is None else p.as_json()) for n, p in sorted(self.plans.items())}
+
+
+@dataclass(frozen=True)
+class PlanSummary:
+    """What a bundle records of one plan's circuit, without keeping its ~100 MB of diagonals."""
+
+    depth: int
+    refreshes: int
+    round_trips: int
+    rotation_steps: tuple[int, ...]
+    stages: dict
+    sha256: str
+    predicted_seconds: float
+
+    @classmethod
+    def of(cls, plan: Plan, n_tokens: int) -> PlanSummary:
+        c = plan.compiled.circuit
+        return cls(plan.depth, plan.refreshes, plan.round_trips, tuple(sorted(c.rotation_steps())), stage_stats(c),
+                   circuit_hash(c), _predicted_seconds(plan, n_tokens))
+
+
+def _plan_key(p: ShiftPlan | None) -> str:
+    return "all" if p is None else f"{p.B},{p.m}"
+
+
+def _predicted_seconds(plan: Plan, n_tokens: int) -> float:
+    """The simulator's predicted serial seconds for one sentence of n tokens (zero input: costs only)."""
+    comp, params = plan.compiled, plan.params
+    m = (np.arange(comp.T) < n_tokens).astype(np.float64)
+    sim = simulate(comp, NoiseModel.of(params), np.zeros((comp.T, comp.layout.d)), m,
+                   CostTable.shipped(params.poly_modulus_degree), chain=params.depth, strict=False)
+    return float(sum(sim.seconds.values()))
+
+
+def plan_bucket(sw: StudentWeights, T: int, tokens: Sequence[int], n: int = 16384,
+                precision: Precision = Precision(), all_shifts: bool = False
+                ) -> tuple[Bucket, Plan, dict[ShiftPlan | None, PlanSummary]]:
+    """Compile a bucket: the chain from the plan that holds every n <= T, then for each token count
+    the candidate plan (arrange.candidates) the simulator predicts cheapest, on that chain.
+
+    all_shifts: every token count runs the plan that holds them all (T shifts, one region): the
+    cost of a circuit that ignores the sentence's length, kept as the comparison target.
+    Returns the bucket (compiling from `sw`), the base plan's circuit and a summary of each used plan.
+    """
+    base = plan_student(sw, T, n, precision)
+    params, max_level = base.params, base.compiled.max_level
+    summaries: dict[ShiftPlan | None, PlanSummary] = {}
+
+    def summary(p: ShiftPlan | None) -> PlanSummary:
+        if p not in summaries:
+            tokens_held = max(t for t in tokens if p is None or p.holds(t))
+            plan = base if p == base.compiled.plan else plan_of(
+                compile_student(sw, T, params.slots, max_level=max_level, shifts=p), params)
+            summaries[p] = PlanSummary.of(plan, tokens_held)
+        return summaries[p]
+
+    if base.compiled.plan is None or all_shifts:  # dot-product attention: one circuit for every length
+        plans: dict[int, ShiftPlan | None] = {t: base.compiled.plan for t in tokens}
+    else:
+        plans = dict(choose_plans(tokens, T, base.compiled.layout, sw.n_heads,
+                                  lambda p: summary(p).predicted_seconds))
+    used = {p: summary(p) for p in set(plans.values())}
+    for p, s in used.items():
+        if s.round_trips > base.round_trips:
+            raise ValueError(f"plan {p} needs {s.round_trips} refresh round trips, the bucket {base.round_trips}")
+    steps = tuple(sorted({st for s in used.values() for st in s.rotation_steps}))
+    bucket = Bucket(T, params, max_level, plans, {p: s.sha256 for p, s in used.items()}, steps, weights=sw)
+    return bucket, base, used
+
+
+def _relaned(plan: Plan, lanes: int, sw: StudentWeights) -> Plan:
+    """The plan's circuit recompiled with its shifts on `lanes` lanes: the same chain, depth and round trips."""
+    comp = plan.compiled
+    new = plan_of(compile_student(sw, comp.T, plan.params.slots, max_level=comp.max_level, lanes=lanes,
+                                  shifts=comp.plan), plan.params)
+    if (new.depth, new.round_trips) != (plan.depth, plan.round_trips):
+        raise ValueError(f"{lanes} lanes change the circuit's depth or round trips")
+    return new
+
+
+def _checked(bucket: Bucket, sw: StudentWeights, shifts: ShiftPlan | None) -> Plan:
+    compiled = compile_student(sw, bucket.T, bucket.params.slots, max_level=bucket.max_level, shifts=shifts)
+    if circuit_hash(compiled.circuit) != bucket.hashes.get(shifts):
+        raise ValueError(f"the recompiled circuit of bucket T={bucket.T}, plan {shifts} differs from the bundled "
+                         "one (compiler or weights changed)")
+    return plan_of(compiled, bucket.params)
 
 
 def save_bundle(sw: StudentWeights, buckets: int | Sequence[int], out_dir: str | Path, n: int = 16384,
-                precision: Precision = Precision(), client: ClientAssets | None = None) -> dict[int, Plan]:
-    """Compile one circuit per bucket, then write the bundle; returns the plans by T."""
+                precision: Precision = Precision(), client: ClientAssets | None = None,
+                all_shifts: bool = False) -> dict[int, Bucket]:
+    """Compile every bucket (a sentence of n tokens runs in the smallest T >= n), then write the bundle."""
     Ts = sorted({buckets} if isinstance(buckets, int) else set(buckets))
-    plans = {T: plan_student(sw, T, n, precision) for T in Ts}
+    compiled = {T: plan_bucket(sw, T, range(lo + 1, T + 1), n, precision, all_shifts)
+                for lo, T in zip([0] + Ts, Ts)}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     arrays = {"sf": sw.sf, "tf": sw.tf, "wc": sw.wc, "bc": sw.bc}
@@ -113,21 +251,22 @@ def save_bundle(sw: StudentWeights, buckets: int | Sequence[int], out_dir: str |
         {"gamma": lw.gamma, "alpha": lw.alpha, "beta": lw.beta, **{k: _nonlin_json(getattr(lw, k)) for k in _NONLINS}}
         for lw in sw.layers]}
     (out / "student.json").write_text(json.dumps(student, indent=1) + "\n")
-    for T, plan in plans.items():
-        c = plan.compiled.circuit
+    for T, (bucket, _, _) in compiled.items():
         (out / _circuit_file(T)).write_text(json.dumps({
-            "T": T, "n": n, "precision": asdict(precision), "coeff_bits": list(plan.params.coeff_bits),
-            "scale_bits": plan.params.scale_bits, "refreshes": plan.refreshes,
-            "main_shifts": plan.compiled.main_shifts,
-            "sha256": circuit_hash(c), "nodes": node_list(c)}) + "\n")
-    reports = {str(T): {**report(plan), "key_bytes": key_bytes(plan)} for T, plan in plans.items()}
+            "T": T, "n": n, "precision": asdict(precision), "coeff_bits": list(bucket.params.coeff_bits),
+            "scale_bits": bucket.params.scale_bits, "max_level": bucket.max_level,
+            "plans": bucket.plans_json(), "sha256": {_plan_key(p): h for p, h in bucket.hashes.items()},
+            "rotation_steps": list(bucket.rotation_steps)}, indent=1) + "\n")
+    reports = {str(T): report(bucket, summaries) for T, (bucket, _, summaries) in compiled.items()}
     (out / "report.json").write_text(json.dumps({"buckets": reports}, indent=1) + "\n")
     if client is not None:
-        _save_client(out / CLIENT_DIR, plans, client)
-    return plans
+        _save_client(out / CLIENT_DIR, {T: b for T, (b, _, _) in compiled.items()},
+                     {T: base for T, (_, base, _) in compiled.items()}, client)
+    _plan.cache_clear()
+    return {T: replace(b, source=out.resolve(), weights=None) for T, (b, _, _) in compiled.items()}
 
 
-def _save_client(d: Path, plans: dict[int, Plan], assets: ClientAssets) -> None:
+def _save_client(d: Path, buckets: dict[int, Bucket], any_plan: dict[int, Plan], assets: ClientAssets) -> None:
     from safetensors.numpy import save_file
 
     d.mkdir(parents=True, exist_ok=True)
@@ -135,32 +274,39 @@ def _save_client(d: Path, plans: dict[int, Plan], assets: ClientAssets) -> None:
     save_file({"word.weight": np.ascontiguousarray(assets.word, dtype=np.float16),
                "pos.weight": np.ascontiguousarray(assets.pos, dtype=np.float16)}, str(d / "model.safetensors"))
     sig = {"max_len": int(assets.pos.shape[0]), "labels": list(assets.labels),
-           "buckets": {str(T): signature(plan, assets.labels) for T, plan in plans.items()}}
+           "buckets": {str(T): signature(b, any_plan[T], assets.labels) for T, b in buckets.items()}}
     (d / SIGNATURE_FILE).write_text(json.dumps(sig, indent=1) + "\n")
 
 
-def signature(plan: Plan, labels: Sequence[str]) -> dict:
-    """One bucket's client-facing description (the fields of service.protocol.Signature)."""
-    comp, params = plan.compiled, plan.params
+def signature(bucket: Bucket, plan: Plan, labels: Sequence[str]) -> dict:
+    """One bucket's client-facing description (the fields of service.protocol.Signature).
+
+    The layout of x, the head count and the plan of each token count tell the
+    client how to pack its inputs and answer the refreshes (arrange.py); the
+    depth and round trips are the same for every plan of a bucket.
+    """
+    comp, params = plan.compiled, bucket.params
     c = comp.circuit
     if len(labels) != comp.pool_w.shape[1]:
         raise ValueError(f"{len(labels)} label names for a circuit with {comp.pool_w.shape[1]} logits")
     return {
         "poly_modulus_degree": params.poly_modulus_degree, "coeff_bits": list(params.coeff_bits),
         "scale_bits": params.scale_bits, "T": comp.T, "n_slots": c.n_slots,
-        "block_of": list(comp.layout.block_of), "inputs": list(comp.pack_input(np.zeros((comp.T, comp.layout.d)))),
-        "outputs": list(c.outputs), "input_level": params.depth, "rotation_steps": sorted(c.rotation_steps()),
+        "block_of": list(comp.layout.block_of), "n_heads": comp.n_heads, "plans": bucket.plans_json(),
+        "outputs": list(c.outputs), "input_level": params.depth, "rotation_steps": list(bucket.rotation_steps),
         "logit_slots": [int(s) for s in comp.read_logits(np.arange(c.n_slots, dtype=np.float64))],
-        "labels": list(labels), "depth": plan.depth, "refreshes": plan.refreshes,
+        "labels": list(labels), "depth": plan.depth, "refreshes": plan.round_trips,
     }
 
 
-def report(plan: Plan) -> dict:
-    c = plan.compiled.circuit
-    return {"T": plan.compiled.T, "depth": plan.depth, "chain_levels": plan.params.depth,
-            "refreshes": plan.refreshes, "refresh_round_trips": plan.round_trips,
-            "rotation_steps": sorted(c.rotation_steps()), "coeff_bits": list(plan.params.coeff_bits),
-            "n": plan.params.poly_modulus_degree, "stages": stage_stats(c)}
+def report(bucket: Bucket, summaries: dict[ShiftPlan | None, PlanSummary]) -> dict:
+    """Per bucket: chain, keys, and per plan the tokens it serves, depth, round trips, op counts, predicted seconds."""
+    by_plan = {_plan_key(p): {"tokens": [t for t, q in sorted(bucket.plans.items()) if q == p],
+                              **{k: v for k, v in asdict(s).items() if k != "sha256"}}
+               for p, s in sorted(summaries.items(), key=lambda kv: _plan_key(kv[0]))}
+    return {"T": bucket.T, "chain_levels": bucket.params.depth, "coeff_bits": list(bucket.params.coeff_bits),
+            "n": bucket.params.poly_modulus_degree, "rotation_steps": list(bucket.rotation_steps),
+            "key_bytes": key_bytes(bucket.rotation_steps, bucket.params), "plans": by_plan}
 
 
 def buckets_of(bundle: str | Path) -> list[int]:
@@ -182,9 +328,9 @@ def load_weights(bundle: str | Path) -> StudentWeights:
                           float(student.get("key_norm", 0.0)))  # bundles from before key_norm: the plain sum
 
 
-def load_bundle(bundle: str | Path, T: int | None = None) -> Plan:
-    """Recompile bucket T (default: the smallest) with its stored chain; ValueError if it no longer matches."""
-    d = Path(bundle)
+def load_bucket(bundle: str | Path, T: int | None = None) -> Bucket:
+    """Bucket T (default: the smallest) of a bundle: parameters, plan table, hashes, key steps."""
+    d = Path(bundle).resolve()
     Ts = buckets_of(d)
     if not Ts:
         raise FileNotFoundError(f"{d}: no circuit-t<T>.json: not a circuit bundle")
@@ -192,12 +338,30 @@ def load_bundle(bundle: str | Path, T: int | None = None) -> Plan:
     if T not in Ts:
         raise ValueError(f"{d} has buckets {Ts}, not T={T}")
     meta = json.loads((d / _circuit_file(T)).read_text())
+    if "plans" not in meta:
+        raise ValueError(f"{d}: a bundle from before per-length attention plans; recompile it (he-inhibitor compile)")
     params = CkksParams(int(meta["n"]), tuple(meta["coeff_bits"]), int(meta["scale_bits"]))
-    compiled = compile_student(load_weights(d), T, params.slots,
-                               max_level=params.depth if meta["refreshes"] else None,
-                               main_shifts=meta["main_shifts"])
-    c = compiled.circuit
-    if circuit_hash(c) != meta["sha256"]:
-        raise ValueError(f"{d}: the recompiled circuit differs from the bundled one (compiler or weights changed)")
-    return Plan(compiled, params, depth(c, through_refresh=True), len(c.of_kind(OpKind.REFRESH)),
-                refresh_round_trips(c))
+    plans = {int(t): None if p is None else ShiftPlan(*p) for t, p in meta["plans"].items()}
+    hashes = {None if k == "all" else ShiftPlan(*map(int, k.split(","))): h for k, h in meta["sha256"].items()}
+    return Bucket(T, params, meta["max_level"], plans, hashes, tuple(meta["rotation_steps"]), d)
+
+
+@lru_cache(maxsize=6)
+def _plan(bundle: Path, T: int, shifts: ShiftPlan | None) -> Plan:
+    """One plan's circuit, recompiled from the bundle's weights; ValueError if it no longer matches.
+
+    A few stay cached: sentences of nearby lengths share plans, and each
+    circuit holds ~100 MB of diagonals."""
+    bucket = load_bucket(bundle, T)
+    compiled = compile_student(load_weights(bundle), T, bucket.params.slots, max_level=bucket.max_level,
+                               shifts=shifts)
+    if circuit_hash(compiled.circuit) != bucket.hashes.get(shifts):
+        raise ValueError(f"{bundle}: the recompiled circuit of bucket T={T}, plan {shifts} differs from the "
+                         "bundled one (compiler or weights changed)")
+    return plan_of(compiled, bucket.params)
+
+
+def load_bundle(bundle: str | Path, T: int | None = None, n: int | None = None) -> Plan:
+    """The circuit of bucket T (default: the smallest) for sentences of n tokens (default: T)."""
+    bucket = load_bucket(bundle, T)
+    return bucket.plan_for(bucket.T if n is None else n)

@@ -24,6 +24,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n", type=int, default=16384, help="CKKS ring degree")
     p.add_argument("--scale-bits", type=int, default=30)
     p.add_argument("--labels", nargs="+", default=["negative", "positive"])
+    p.add_argument("--all-shifts", action="store_true",
+                   help="every sentence runs all T shifts of its bucket (the length-blind circuit, a comparison "
+                        "target for bench --compare)")
     p.set_defaults(func=run)
 
 
@@ -41,11 +44,16 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit(f"bucket {max(args.buckets)} exceeds the student's max_len {model.cfg.max_len}")
     assets = ClientAssets((args.model / TOKENIZER_FILE).read_text(), model.word.weight.detach().numpy(),
                           model.pos.weight.detach().numpy(), tuple(args.labels))
-    save_bundle(from_torch(model), args.buckets, args.out, args.n, Precision(scale_bits=args.scale_bits), assets)
+    save_bundle(from_torch(model), args.buckets, args.out, args.n, Precision(scale_bits=args.scale_bits), assets,
+                args.all_shifts)
     rep = json.loads((args.out / "report.json").read_text())
     for T, r in rep["buckets"].items():
-        print(json.dumps({"T": int(T), **{k: v for k, v in r.items() if k not in ("stages", "T")}}))
-        for stage, counts in r["stages"].items():
-            print(f"  {stage:12s} levels {counts['levels']:3d}  rotations {counts.get('rotate', 0):4d}  "
-                  f"relins {counts.get('relinearize', 0):4d}  mul_plain {counts.get('mul_plain', 0):4d}")
+        print(json.dumps({"T": int(T), **{k: v for k, v in r.items() if k not in ("plans", "T")}}))
+        for key, plan in r["plans"].items():
+            toks = plan["tokens"]
+            print(f"  plan {key:8s} tokens {toks[0]}-{toks[-1]}  depth {plan['depth']}  "
+                  f"round trips {plan['refresh_round_trips']}")
+            for stage, counts in plan["stages"].items():
+                print(f"    {stage:12s} levels {counts['levels']:3d}  rotations {counts.get('rotate', 0):4d}  "
+                      f"relins {counts.get('relinearize', 0):4d}  mul_plain {counts.get('mul_plain', 0):4d}")
     return 0

@@ -3,22 +3,29 @@
 Stages per layer, with the levels they consume (a = depth of |x|, r = depth
 of the attention ReLU, f = depth of the FFN ReLU):
 
-    attn: QKV 1, |x| a, ReLU r (key mask folded in), Wo 1  -> 2 + a + r
-          (+1 with token convolutions after Q, K, V)
+    attn: QKV 1, |x| a, ReLU r (key mask folded in)      -> 1 + a + r, then
+          the client folds H back (a refresh), Wo 1
     ffn:  W1 1, ReLU f, W2 1                             -> 2 + f
     head: pooling weights 1                              -> 1
+
+The inhibitor attention runs in the arranged layout of a ShiftPlan
+(arrange.py, docs/design.md §2.4): layer 0's arranged queries and keys come
+with the client's input, every later layer's from a refresh of x that
+returns x, its queries and its keys in one round trip; H returns to the
+bucket layout through the refresh before Wo. Those refreshes are where the
+circuit needs the client anyway (the attention alone takes 1 + a + r of the
+chain), so the packing adds no round trip.
 
 A dot-product student (layers read as DotLayerWeights) gets
 dot_attention.dot_attention_block instead: 4 + r levels per attention.
 
-The residual stream x is the only ciphertext that crosses stage boundaries,
-so when the chain left is too short for a stage, x is refreshed through the
-client before it (see builder.Builder.headroom); a stage deeper than the
-whole chain is also refreshed inside, where the builder must (at a 9-level
-chain: the attention output before Wo, one ciphertext).
+The residual stream x is the only ciphertext that crosses the other stage
+boundaries, so when the chain left is too short for a stage, x is refreshed
+through the client before it (see builder.Builder.headroom).
 
-Key masks, token-convolution taps (times the neighbour's mask) and pooling weights depend on the sentence's mask: they are public
-plaintexts bound per request by `Compiled.public_plaintexts`.
+Key masks, relative-bias offsets, the client's maps and pooling weights
+depend on the sentence's length: they are public plaintexts bound per
+request by `Compiled.public_plaintexts`.
 """
 
 from __future__ import annotations
@@ -27,11 +34,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from he_inhibitor.circuit import arrange
+from he_inhibitor.circuit.arrange import ShiftPlan, full_plan
 from he_inhibitor.circuit.attention import AttentionSpec, inhibitor_attention
 from he_inhibitor.circuit.builder import Builder
 from he_inhibitor.circuit.dot_attention import DotSpec, dot_attention_block, mask_name
 from he_inhibitor.circuit.dot_weights import DotLayerWeights, fold_dot_layer
-from he_inhibitor.circuit.ir import Circuit
+from he_inhibitor.circuit.ir import Circuit, CircuitError
 from he_inhibitor.circuit.layout import Layout
 from he_inhibitor.circuit.linear import compile_group
 from he_inhibitor.circuit.weights import StudentWeights, fold_layer
@@ -42,53 +51,69 @@ class Compiled:
     """A compiled student: the circuit and what client and server need to use it."""
 
     circuit: Circuit
-    layout: Layout  # of the residual stream x (client packs x0 with it)
+    layout: Layout  # of the residual stream x (the bucket layout)
     pool_w: np.ndarray  # [d, n_labels]: sf o Wc
     n1: int
     max_level: int | None
-    main_shifts: int | None = None  # attention shifts on lane 0 (None: an even split)
+    main_shifts: int | None = None  # dot-product attention: shifts on lane 0 (None: an even split)
     key_norm: float = 0.0  # inhibitor key masks carry n^-key_norm (StudentWeights.key_norm)
-    convs: tuple[np.ndarray | None, ...] = ()  # per layer: LayerWeights.conv, bound to masks per request
+    plan: ShiftPlan | None = None  # the inhibitor's packing (None: a dot-product student)
+    n_heads: int = 1
+    rel_bias: tuple[np.ndarray | None, ...] = ()  # per layer, scaled b_h(o) / B_att, bound per request
+    z_offset: tuple[float, ...] = ()  # per layer: what every shift adds to Z
 
     @property
     def T(self) -> int:
         return self.layout.T
 
-    def pack_input(self, x0: np.ndarray) -> dict[str, np.ndarray]:
-        """x0 [T, d] (zero at padding) -> {input name: slot vector}."""
-        return {f"x{c}": ct for c, ct in enumerate(self.layout.pack(x0))}
+    @property
+    def att_layout(self) -> Layout | None:
+        return None if self.plan is None else self.plan.layout(self.layout, self.n_heads)
 
-    def public_plaintexts(self, m: np.ndarray) -> dict[str, np.ndarray]:
-        """Key masks m[(i+s) mod T] n^-key_norm and pooling weights (m_i / n) x (sf o Wc) for one mask.
+    def holds(self, n: int) -> bool:
+        """Whether this circuit evaluates sentences of n tokens."""
+        return 1 <= n <= self.T and (self.plan is None or self.plan.holds(n))
 
-        Dot-product students get the key masks divided by n instead (``mask_name``).
-        """
+    def _tokens(self, m: np.ndarray) -> int:
         m = np.asarray(m, dtype=np.float64)
-        if m.shape != (self.T,) or not set(np.unique(m)) <= {0.0, 1.0} or m.sum() < 1:
-            raise ValueError(f"mask must be {self.T} zeros/ones with at least one token")
-        keys = [self.layout.token_vector(np.roll(m, -s)) for s in range(self.T)]
-        n = m.sum()
-        out = {f"mask{s}": k * n**-self.key_norm for s, k in enumerate(keys)}
-        out.update({mask_name(s): k / n for s, k in enumerate(keys)})
-        for li, taps in enumerate(self.convs):
-            if taps is not None:
-                out.update(self._conv_plaintexts(li, taps, m))
+        n = int(m.sum())
+        if m.shape != (self.T,) or not np.array_equal(m, (np.arange(self.T) < n).astype(np.float64)) or n < 1:
+            raise ValueError(f"mask must be {self.T} values: ones for the sentence's tokens, then zeros")
+        if not self.holds(n):
+            raise ValueError(f"this circuit (plan {self.plan}) does not hold {n} tokens")
+        return n
+
+    def input_names(self) -> list[str]:
+        return arrange.input_names(self.layout, self.att_layout)
+
+    def pack_input(self, x0: np.ndarray, m: np.ndarray) -> dict[str, np.ndarray]:
+        """x0 [T, d] (zero at padding), mask m [T] -> {input name: slot vector}: x, and for an
+        inhibitor student layer 0's arranged queries and keys (arrange.py)."""
+        return arrange.pack_inputs(self.layout, self.att_layout, self.plan, x0, self._tokens(m))
+
+    def public_plaintexts(self, m: np.ndarray) -> dict[str, object]:
+        """What a request binds by name: the shifts' key masks (n^-key_norm where a counted pair meets),
+        relative-bias offsets, the client's maps, pooling weights (m_i / n) x (sf o Wc).
+
+        Dot-product students get the all-T-shift key masks divided by n instead (``mask_name``).
+        """
+        n = self._tokens(m)
+        m = np.asarray(m, dtype=np.float64)
+        out: dict[str, object] = {}
+        if self.plan is None:
+            out.update({mask_name(s): self.layout.token_vector(np.roll(m, -s)) / n for s in range(self.T)})
+        else:
+            att, plan = self.att_layout, self.plan
+            out.update({shift_mask_name(s): arrange.shift_mask(att, plan, n, s, n**-self.key_norm)
+                        for s in range(plan.m)})
+            for li, rb in enumerate(self.rel_bias):
+                if rb is not None:
+                    out.update({offset_name(li, s): arrange.shift_bias(att, plan, n, s, self.n_heads, rb,
+                                                                       self.z_offset[li]) for s in range(plan.m)})
+            out.update(arrange.maps(self.layout, att, plan, n))
         for c in range(self.pool_w.shape[1]):
             packed = self.layout.pack(np.outer(m / n, self.pool_w[:, c]))
             out.update({f"pool{c}_{i}": ct for i, ct in enumerate(packed)})
-        return out
-
-    def _conv_plaintexts(self, li: int, taps: np.ndarray, m: np.ndarray) -> dict[str, np.ndarray]:
-        """conv{li}.{j}.{o}_{c}: tap w_o of tensor j (Q, K, V) times m[t + o] at token t (0 outside the sentence)."""
-        half = taps.shape[1] // 2
-        out = {}
-        for o in range(-half, half + 1):
-            neighbour = np.zeros(self.T)
-            lo, hi = max(0, -o), min(self.T, self.T - o)
-            neighbour[lo:hi] = m[lo + o : hi + o]
-            for j in range(3):
-                packed = self.layout.pack(np.outer(neighbour, taps[j, o + half]))
-                out.update({conv_name(li, j, o, c): ct for c, ct in enumerate(packed)})
         return out
 
     def read_logits(self, out: np.ndarray) -> np.ndarray:
@@ -96,24 +121,12 @@ class Compiled:
         return np.array([out[c * self.T] for c in range(self.pool_w.shape[1])])
 
 
-def conv_name(layer: int, tensor: int, offset: int, ct: int) -> str:
-    return f"conv{layer}.{tensor}.{offset}_{ct}"
+def shift_mask_name(s: int) -> str:
+    return f"amask{s}"
 
 
-def token_conv(b: Builder, x: list[int], layer: int, tensor: int, kernel: int) -> list[int]:
-    """attention.TokenConv in the packed layout: y = sum_o rot(x, o) * (w_o m[t+o]), one level.
-
-    A token offset o is a rotation by o slots (tokens are consecutive within a
-    block). Reads past a block's first half land on zero second halves or
-    neighbouring blocks, where the plaintext is zero: it zeroes every token
-    whose neighbour is padding or outside the sentence, and the second halves.
-    """
-    half = kernel // 2
-    out = []
-    for c, xc in enumerate(x):
-        terms = [b.mul_plain(b.rotate(xc, o), conv_name(layer, tensor, o, c)) for o in range(-half, half + 1)]
-        out.append(b.rescale(_sum(b, terms)))
-    return out
+def offset_name(layer: int, s: int) -> str:
+    return f"zoff{layer}.{s}"
 
 
 def _sum(b: Builder, terms: list[int]) -> int:
@@ -138,7 +151,7 @@ def choose_n1(bpc: int, groups: list[tuple[int, int]], free_steps: set[int], blo
 
 def compile_student(
     sw: StudentWeights, T: int, n_slots: int, max_level: int | None = None, unit_pool_steps: bool = True,
-    lanes: int = 2, main_shifts: int | None = None,
+    lanes: int = 2, main_shifts: int | None = None, shifts: ShiftPlan | None = None,
 ) -> Compiled:
     """The student as a circuit for sentences of at most T tokens on n_slots slots.
 
@@ -146,38 +159,57 @@ def compile_student(
     deeper circuits get client-aided refreshes of the residual stream.
     unit_pool_steps: sum the pooled tokens by T-1 rotations of 1 (no new keys)
     rather than log2(T) rotations by powers of two (log2(T)-1 more keys).
-    lanes: the attention shifts split into this many independent lanes (one
-    more Galois key per extra lane; see parallel.py); main_shifts of them on
-    lane 0, which also runs everything else (None: an even split).
+    lanes: the attention shifts dealt to this many independent lanes (see
+    attention.py); main_shifts: a dot-product attention's shifts on lane 0.
+    shifts: the inhibitor's packing (default: the plan that holds every n <= T;
+    a bundle compiles one circuit per plan its sentences need, arrange.choose_plans).
     """
     if sw.wc.shape[1] > 2:
         raise ValueError("the pooled read-out places label c in half c of a block: at most 2 labels")
     H = sw.n_heads
     xl = Layout.heads(T, n_slots, sw.d, H)
     fl = Layout.natural(T, n_slots, sw.d_ff)
+    dot = isinstance(sw.layers[0], DotLayerWeights)
+    if any(isinstance(lw, DotLayerWeights) != dot for lw in sw.layers):
+        raise CircuitError("a student's layers are all inhibitor or all dot-product attention")
+    if not dot and any(getattr(lw, "conv", None) is not None for lw in sw.layers):
+        raise CircuitError("token convolutions do not commute with the arranged attention layout; "
+                           "compile a student without them")
+    plan = None if dot else (shifts or full_plan(T))
+    if plan is not None and plan.B < 2 * T:
+        raise ValueError(f"plan blocks of {plan.B} slots are narrower than the bucket's {2 * T}")
+    al = None if plan is None else plan.layout(xl, H)
     lw0 = sw.layers[0]
-    spec_steps = (DotSpec(xl, H, lw0.attn_relu.fn, lanes, main_shifts).steps if isinstance(lw0, DotLayerWeights)
-                  else AttentionSpec(xl, H, lw0.abs_fn.fn, lw0.attn_relu.fn, 0.0,
-                                     lanes=lanes, main_shifts=main_shifts).steps)
-    n1 = choose_n1(xl.blocks_per_ct, [(xl.n_cts, 3 * xl.n_cts), (xl.n_cts, xl.n_cts),
-                                      (xl.n_cts, fl.n_cts), (fl.n_cts, xl.n_cts)],
-                   spec_steps, xl.block_size)
+    spec_steps = (DotSpec(xl, H, lw0.attn_relu.fn, lanes, main_shifts).steps if dot
+                  else AttentionSpec(al, H, lw0.abs_fn.fn, lw0.attn_relu.fn, 0.0, plan.m, lanes=lanes).steps)
+    n1 = choose_n1(xl.blocks_per_ct, [(xl.n_cts, xl.n_cts), (xl.n_cts, fl.n_cts), (fl.n_cts, xl.n_cts)]
+                   + [(xl.n_cts, 3 * xl.n_cts)] * dot, spec_steps, xl.block_size)
+    n1_att = None if al is None else _shared_giant(n1, xl, al)
     b = Builder(n_slots, max_level)
     x = [b.input(f"x{c}") for c in range(xl.n_cts)]
+    if al is not None:
+        xq = [b.input(f"xq{c}") for c in range(al.n_cts)]
+        xk = [b.input(f"xk{c}") for c in range(al.n_cts)]
+    rel_biases, z_offsets = [], []
     for li, lw in enumerate(sw.layers):
         b.stage = f"layer{li}.attn"
-        if isinstance(lw, DotLayerWeights):
+        if dot:
             fw = fold_dot_layer(lw, H)
             x = dot_attention_block(b, fw, xl, H, n1, x, lanes, main_shifts)
         else:
             fw = fold_layer(lw, H)
-            conv_levels = 0 if fw.conv is None else 1
-            x = [b.headroom(xc, 2 + conv_levels + fw.abs_fn.depth + fw.attn_relu.depth) for xc in x]
-            q, k, v = compile_group([fw.wq, fw.wk, fw.wv], [fw.bq, fw.bk, fw.bv], xl, [xl] * 3, n1).apply(b, x)
-            if fw.conv is not None:
-                q, k, v = (token_conv(b, t, li, j, fw.conv.shape[1]) for j, t in enumerate((q, k, v)))
-            spec = AttentionSpec(xl, H, fw.abs_fn, fw.attn_relu, fw.z_bias, sw.signed, lanes, main_shifts, fw.rel_bias)
-            h = inhibitor_attention(b, spec, q, k, v, [f"mask{s}" for s in range(T)])
+            if li:  # x, its queries and its keys in one round trip
+                x, xq, xk = (b.client_map(x, name, lay.n_cts) for name, lay in
+                             ((arrange.MAP_X, xl), (arrange.MAP_Q, al), (arrange.MAP_K, al)))
+            (q,) = compile_group([fw.wq], [fw.bq], al, [al], n1_att).apply(b, xq)
+            k, v = compile_group([fw.wk, fw.wv], [fw.bk, fw.bv], al, [al] * 2, n1_att).apply(b, xk)
+            spec = AttentionSpec(al, H, fw.abs_fn, fw.attn_relu, fw.z_bias, plan.m, sw.signed, lanes)
+            rel_biases.append(fw.rel_bias)
+            z_offsets.append(spec.z_offset)
+            offsets = ([offset_name(li, s) for s in range(plan.m)] if fw.rel_bias is not None
+                       else [spec.z_offset] * plan.m)
+            h = inhibitor_attention(b, spec, q, k, v, [shift_mask_name(s) for s in range(plan.m)], offsets)
+            h = b.client_map(h, arrange.MAP_H, xl.n_cts)
             (o,) = compile_group([fw.wo], [fw.bo], xl, [xl], n1).apply(b, h)
             x = [b.add(xc, oc) for xc, oc in zip(x, o)]
         b.stage = f"layer{li}.ffn"
@@ -200,8 +232,14 @@ def compile_student(
         bias[c * T] = bc
     b.output(b.add_plain(y, bias), "logits")
     pool_w = sw.sf[:, None] * sw.wc
-    convs = tuple(getattr(lw, "conv", None) for lw in sw.layers)  # dot-product layers have none
-    return Compiled(b.circuit, xl, pool_w, n1, max_level, main_shifts, sw.key_norm, convs)
+    return Compiled(b.circuit, xl, pool_w, n1, max_level, main_shifts, sw.key_norm, plan, H,
+                    tuple(rel_biases), tuple(z_offsets))
+
+
+def _shared_giant(n1: int, xl: Layout, al: Layout) -> int | None:
+    """The arranged layout's baby-step width whose giant step n1_att*B is the bucket's n1*2T (no new key)."""
+    span = n1 * xl.block_size
+    return span // al.block_size if span % al.block_size == 0 and span >= al.block_size else None
 
 
 def _sum_blocks(b: Builder, y: int, lay: Layout, H: int) -> int:

@@ -37,7 +37,7 @@ class PlainExecutor:
 
     def run(self, x0: np.ndarray, m: np.ndarray) -> PlainResult:
         c = self.compiled
-        out = plain.run(c.circuit, c.pack_input(x0), c.public_plaintexts(m))
+        out = plain.run(c.circuit, c.pack_input(x0, m), c.public_plaintexts(m))
         return PlainResult(c.read_logits(out["logits"]))
 
 

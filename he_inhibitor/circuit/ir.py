@@ -55,7 +55,7 @@ class OpKind(str, Enum):
     POLY = "poly"
     RESCALE = "rescale"
     MOD_SWITCH = "mod_switch"
-    REFRESH = "refresh"  # client-aided: server masks, client re-encrypts, server unmasks
+    REFRESH = "refresh"  # client-aided: server masks, client re-encrypts (output `arg` of a public map), server unmasks
     OUTPUT = "output"
 
 

@@ -54,6 +54,7 @@ class Layout:
     T: int
     n_slots: int
     block_of: tuple[int, ...]
+    full: bool = False  # tokens fill whole blocks (the attention's arranged layout, arrange.py)
 
     def __post_init__(self) -> None:
         if self.T < 1 or self.T & (self.T - 1):
@@ -70,9 +71,9 @@ class Layout:
         return cls(T, n_slots, tuple(range(d)))
 
     @classmethod
-    def heads(cls, T: int, n_slots: int, d: int, n_heads: int) -> Layout:
+    def heads(cls, T: int, n_slots: int, d: int, n_heads: int, full: bool = False) -> Layout:
         """Heads interleaved: feature j of head h at block j*H + h."""
-        return cls(T, n_slots, tuple(int(b) for b in head_interleaved_order(d, n_heads)))
+        return cls(T, n_slots, tuple(int(b) for b in head_interleaved_order(d, n_heads)), full)
 
     @property
     def d(self) -> int:
@@ -83,6 +84,11 @@ class Layout:
         return 2 * self.T
 
     @property
+    def tokens(self) -> int:
+        """Token slots per block: the first half, or the whole block when `full`."""
+        return self.block_size if self.full else self.T
+
+    @property
     def blocks_per_ct(self) -> int:
         return self.n_slots // self.block_size
 
@@ -91,32 +97,32 @@ class Layout:
         return max(self.block_of) // self.blocks_per_ct + 1
 
     def slot_index(self) -> np.ndarray:
-        """Flat slot (over the concatenated ciphertexts) of element (i, f), shape [T, d]."""
+        """Flat slot (over the concatenated ciphertexts) of element (i, f), shape [tokens, d]."""
         blocks = np.asarray(self.block_of)
-        return blocks[None, :] * self.block_size + np.arange(self.T)[:, None]
+        return blocks[None, :] * self.block_size + np.arange(self.tokens)[:, None]
 
     def pack(self, x: np.ndarray) -> np.ndarray:
-        """[T, d] -> [n_cts, n_slots]; second halves and unused blocks are zero."""
+        """[tokens, d] -> [n_cts, n_slots]; second halves (unless `full`) and unused blocks are zero."""
         x = np.asarray(x, dtype=np.float64)
-        if x.shape != (self.T, self.d):
-            raise ValueError(f"expected shape {(self.T, self.d)}, got {x.shape}")
+        if x.shape != (self.tokens, self.d):
+            raise ValueError(f"expected shape {(self.tokens, self.d)}, got {x.shape}")
         flat = np.zeros(self.n_cts * self.n_slots)
         flat[self.slot_index()] = x
         return flat.reshape(self.n_cts, self.n_slots)
 
     def unpack(self, cts: np.ndarray) -> np.ndarray:
-        """[n_cts, n_slots] -> [T, d]: the first halves of the mapped blocks."""
+        """[n_cts, n_slots] -> [tokens, d]: the token slots of the mapped blocks."""
         cts = np.asarray(cts)
         if cts.shape != (self.n_cts, self.n_slots):
             raise ValueError(f"expected shape {(self.n_cts, self.n_slots)}, got {cts.shape}")
         return cts.reshape(-1)[self.slot_index()]
 
     def token_vector(self, values: np.ndarray) -> np.ndarray:
-        """One slot vector holding values[i] at offset i of every block's first half."""
+        """One slot vector holding values[i] at token slot i of every block."""
         values = np.asarray(values, dtype=np.float64)
-        if values.shape != (self.T,):
-            raise ValueError(f"expected {self.T} token values, got shape {values.shape}")
-        return np.tile(np.concatenate([values, np.zeros(self.T)]), self.blocks_per_ct)
+        if values.shape != (self.tokens,):
+            raise ValueError(f"expected {self.tokens} token values, got shape {values.shape}")
+        return np.tile(np.concatenate([values, np.zeros(self.block_size - self.tokens)]), self.blocks_per_ct)
 
 
 def copy_first_half(v: np.ndarray, T: int) -> np.ndarray:

@@ -9,6 +9,8 @@ where diag_{o,c,k} holds W[feature at block b+k of x_c, feature at block b of
 y_o] in the first half of block b and zero in its second half. That zero *is*
 the half-block mask: whatever garbage x carries in its second halves is
 multiplied by zero, so y's second halves are exactly zero at no extra level.
+A `full` layout (the attention's arranged layout, arrange.py) has tokens in
+the whole block, and its diagonals fill the whole block.
 
 Splitting k = g*n1 + j (baby step j, giant step g) and pre-rotating the
 diagonals by -g*n1*2T gives
@@ -97,7 +99,7 @@ class LinearGroup:
 
 def _diagonals(w: np.ndarray, src: Layout, dst: Layout) -> dict[tuple[int, int, int], np.ndarray]:
     """Non-zero block diagonals {(out_ct, in_ct, k): slot vector} of y = x w."""
-    bpc, T, S = src.blocks_per_ct, src.T, src.n_slots
+    bpc, S, width = src.blocks_per_ct, src.n_slots, dst.tokens
     gi = np.asarray(src.block_of)
     go = np.asarray(dst.block_of)
     c, bi = gi // bpc, gi % bpc
@@ -108,13 +110,13 @@ def _diagonals(w: np.ndarray, src: Layout, dst: Layout) -> dict[tuple[int, int, 
         for fo in np.nonzero(w[fi])[0]:
             key = (int(o[fo]), int(c[fi]), int(ks[fo]))
             vec = out.setdefault(key, np.zeros(S))
-            start = bo[fo] * 2 * T
-            vec[start:start + T] = w[fi, fo]
+            start = bo[fo] * dst.block_size
+            vec[start:start + width] = w[fi, fo]
     return out
 
 
 def _bias(b: np.ndarray, dst: Layout) -> np.ndarray:
-    return dst.pack(np.broadcast_to(np.asarray(b, dtype=np.float64), (dst.T, dst.d)))
+    return dst.pack(np.broadcast_to(np.asarray(b, dtype=np.float64), (dst.tokens, dst.d)))
 
 
 def best_n1(ks: set[int], n_in_cts: int, n_out_cts: int) -> int:
@@ -136,8 +138,8 @@ def compile_group(
     for w, dst in zip(weights, dsts, strict=True):
         if w.shape != (src.d, dst.d):
             raise ValueError(f"weight shape {w.shape} != {(src.d, dst.d)}")
-        if (dst.T, dst.n_slots) != (src.T, src.n_slots):
-            raise ValueError("input and output layouts must share T and the slot count")
+        if (dst.T, dst.n_slots, dst.full) != (src.T, src.n_slots, src.full):
+            raise ValueError("input and output layouts must share T, the slot count and their token width")
     diags = [_diagonals(np.asarray(w, dtype=np.float64), src, dst) for w, dst in zip(weights, dsts)]
     if any(not d for d in diags):
         raise ValueError("an all-zero weight matrix has no diagonals; use its bias as a plaintext")

@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from he_inhibitor.ckks.params import MAX_BITS_128, CkksParams
+from he_inhibitor.circuit.arrange import ShiftPlan
 from he_inhibitor.circuit.compile import Compiled, compile_student
 from he_inhibitor.circuit.ir import LevelError, OpKind, depth, refresh_round_trips
 from he_inhibitor.circuit.weights import StudentWeights
@@ -43,24 +44,34 @@ class Plan:
     round_trips: int  # refresh round trips (refreshes of equal rank travel together)
 
 
-def plan_student(sw: StudentWeights, T: int, n: int = 16384, precision: Precision = Precision()) -> Plan:
-    """Compile for ring degree n and pick the chain; refresh only where the chain is too short."""
-    compiled = compile_student(sw, T, n // 2)
+def plan_student(sw: StudentWeights, T: int, n: int = 16384, precision: Precision = Precision(),
+                 shifts: ShiftPlan | None = None) -> Plan:
+    """Compile for ring degree n and pick the chain; refresh only where the chain is too short.
+
+    shifts: the attention's packing (default: the plan that holds every n <= T).
+    """
+    compiled = compile_student(sw, T, n // 2, shifts=shifts)
     need = depth(compiled.circuit)
     avail = precision.max_levels(n)
     levels = min(need, avail)
     if need > avail:
-        compiled = compile_student(sw, T, n // 2, max_level=avail)
+        compiled = compile_student(sw, T, n // 2, max_level=avail, shifts=shifts)
         trips = refresh_round_trips(compiled.circuit)
         for shorter in range(avail - 1, 0, -1):
             try:
-                candidate = compile_student(sw, T, n // 2, max_level=shorter)
+                candidate = compile_student(sw, T, n // 2, max_level=shorter, shifts=shifts)
             except LevelError:  # a single polynomial deeper than the chain
                 break
             if refresh_round_trips(candidate.circuit) > trips:
                 break
             compiled, levels = candidate, shorter
     params = CkksParams.for_depth(levels, n, precision.scale_bits, precision.first_bits, precision.special_bits)
-    return Plan(compiled, params, need, len(compiled.circuit.of_kind(OpKind.REFRESH)),
-                refresh_round_trips(compiled.circuit))
+    return plan_of(compiled, params)
+
+
+def plan_of(compiled: Compiled, params: CkksParams) -> Plan:
+    """A compiled circuit with its parameters and the figures derived from it."""
+    c = compiled.circuit
+    return Plan(compiled, params, depth(c, through_refresh=True), len(c.of_kind(OpKind.REFRESH)),
+                refresh_round_trips(c))
 

@@ -1,7 +1,8 @@
 """The `plain` executor: the circuit evaluated on float64 slot vectors.
 
-Rescales, mod-switches and refreshes are identities on the message, so this is
-exact maths on exactly the operation sequence the server runs. Values are
+Rescales, mod-switches and plain refreshes are identities on the message (a
+refresh through a client map is that public linear map), so this is exact
+maths on exactly the operation sequence the server runs. Values are
 dropped after their last use to keep memory to the live set.
 """
 
@@ -50,6 +51,8 @@ def evaluate(node: Node, args: list, substitute: Callable[[PolyFn], PolyFn] | No
     if op is OpKind.POLY:
         y = (node.fn if substitute is None else substitute(node.fn))(args[0])
         return y if len(args) == 1 else y * args[1]  # a folded mask
+    if op is OpKind.REFRESH and len(args) > 1:  # output `arg` of the client's map of the other args
+        return args[-1].apply(args[:-1])[node.arg]
     if op in (OpKind.RESCALE, OpKind.MOD_SWITCH, OpKind.REFRESH, OpKind.OUTPUT):
         return args[0]
     raise ValueError(f"no message semantics for {op.value}")

@@ -57,21 +57,22 @@ class Predictor:
             raise ValueError("lanes must be at least 1")
         self.bundle, self.mode, self.lanes, self.ray = Path(bundle), mode, lanes, ray
         self.client = ClientBundle.load(bundle)
-        self._plans: dict[int, object] = {}
-        self._runners: dict[int, tuple] = {}
+        self._plans: dict[tuple[int, int], object] = {}
+        self._keys: dict[int, tuple] = {}
+        self._runners: dict[tuple[int, object], tuple] = {}
         self._pool = None  # RayLanes, started with the first encrypted run on more than one lane
 
-    def _plan(self, T: int):
-        """The bundled circuit (hash-checked), recompiled when asked for more lanes than it has."""
+    def _plan(self, T: int, n: int):
+        """The bundled circuit for n tokens (hash-checked), recompiled when asked for more lanes than it has."""
         from he_inhibitor.circuit.bundle import load_bundle, load_weights
         from he_inhibitor.circuit.ray_lanes import lanes_of, with_lanes
 
-        if T not in self._plans:
-            plan = load_bundle(self.bundle, T)
+        if (T, n) not in self._plans:
+            plan = load_bundle(self.bundle, T, n)
             if self.lanes > len(lanes_of(plan.compiled.circuit)):
                 plan = with_lanes(plan, self.lanes, load_weights(self.bundle))
-            self._plans[T] = plan
-        return self._plans[T]
+            self._plans[T, n] = plan
+        return self._plans[T, n]
 
     def lanes_for(self, plan) -> int:
         """Lanes an encrypted run of this plan uses (at most the circuit's, 1 without Ray)."""
@@ -79,27 +80,38 @@ class Predictor:
 
         return min(self.lanes, len(lanes_of(plan.compiled.circuit)))
 
-    def _runner(self, T: int) -> tuple:
+    def _bucket_keys(self, T: int, plan) -> tuple:
+        """(keys, seconds to make them): one key set per bucket, for every plan's rotation steps."""
+        from he_inhibitor.circuit.bundle import load_bucket
+        from he_inhibitor.ckks import keygen
+
+        if T not in self._keys:
+            t = time.perf_counter()
+            steps = set(load_bucket(self.bundle, T).rotation_steps)
+            if self.lanes > 2:  # recompiled lanes start further apart
+                steps |= set(range(1, self.lanes + 1))
+            self._keys[T] = (keygen(plan.params, sorted(steps)), time.perf_counter() - t)
+        return self._keys[T]
+
+    def _runner(self, T: int, n: int) -> tuple:
         """(runner, key bytes, seconds to make the keys, seconds to encode the weights and start the workers)."""
         from he_inhibitor.circuit.encrypted import EncryptedExecutor
         from he_inhibitor.circuit.ray_lanes import RayLaneExecutor, RayLanes
-        from he_inhibitor.ckks import keygen
 
-        if T not in self._runners:
-            plan = self._plan(T)
+        plan = self._plan(T, n)
+        key = (T, plan.compiled.plan)
+        if key not in self._runners:
+            keys, key_seconds = self._bucket_keys(T, plan)
             t = time.perf_counter()
-            keys = keygen(plan.params, sorted(plan.compiled.circuit.rotation_steps()))
             ex = EncryptedExecutor(plan.compiled, plan.params, keys)
-            key_seconds = time.perf_counter() - t
-            t = time.perf_counter()
             ex.prepare()
             runner = ex
             if self.lanes_for(plan) > 1:
                 if self._pool is None:
                     self._pool = RayLanes(self.lanes - 1, self.ray)
                 runner = RayLaneExecutor(ex, self._pool)
-            self._runners[T] = (runner, len(keys.public_blob), key_seconds, time.perf_counter() - t)
-        return self._runners[T]
+            self._runners[key] = (runner, len(keys.public_blob), key_seconds, time.perf_counter() - t)
+        return self._runners[key]
 
     def predict(self, text: str) -> dict:
         """The prediction and its accounting as one JSON-ready dict."""
@@ -110,12 +122,15 @@ class Predictor:
 
         prep = self.client.prepare(text)
         t = time.perf_counter()
-        plan = self._plan(prep.T)
+        plan = self._plan(prep.T, prep.n_tokens)
         compile_seconds = time.perf_counter() - t
         comp, params = plan.compiled, plan.params
         t = time.perf_counter()
         plain = PlainExecutor(comp).run(prep.x0, prep.m).logits
+        shifts = comp.plan
         out: dict = {"mode": self.mode, "T": prep.T, "n_tokens": prep.n_tokens, "plain_logits": plain.tolist(),
+                     "plan": None if shifts is None else {"B": shifts.B, "shifts": shifts.m,
+                                                          "regions": shifts.regions(prep.n_tokens)},
                      "depth": plan.depth, "refreshes": plan.refreshes, "compile_seconds": compile_seconds,
                      "seconds": time.perf_counter() - t, "max_abs_error": 0.0, "predicted_error_bound": None}
         logits = plain
@@ -141,7 +156,7 @@ class Predictor:
         from he_inhibitor.circuit.encrypted import measured_depth
         from he_inhibitor.circuit.ray_lanes import RayLaneExecutor
 
-        runner, key_bytes, key_seconds, setup_seconds = self._runner(prep.T)
+        runner, key_bytes, key_seconds, setup_seconds = self._runner(prep.T, prep.n_tokens)
         parallel = isinstance(runner, RayLaneExecutor)
         t = time.perf_counter()
         res = runner.run(prep.x0, prep.m)
@@ -157,6 +172,7 @@ class Predictor:
 
     def close(self) -> None:
         self._runners.clear()
+        self._keys.clear()
         if self._pool is not None:
             self._pool.close()
             self._pool = None
@@ -190,6 +206,9 @@ def summarize(rows: list[dict], labels: list[int], names: list[str]) -> dict:
 def _text(r: dict) -> str:
     lines = [f"label {r['label']}   logits {np.round(r['logits'], 4).tolist()}   "
              f"(T={r['T']}, {r['n_tokens']} tokens, mode {r['mode']})"]
+    if r["plan"] is not None:
+        p = r["plan"]
+        lines.append(f"attention: {p['shifts']} shifts over blocks of {p['B']} slots, {p['regions']} query regions")
     if r["mode"] != "plain":
         lines.append(f"plain logits {np.round(r['plain_logits'], 4).tolist()}; predicted error bound "
                      f"{r['predicted_error_bound']:.3g}; polynomial inputs reach {r['worst_range']:.0%} "

@@ -187,16 +187,12 @@ def load_plan(bundle: str | Path, T: int, lanes: int, n: int | None = None) -> A
     return with_lanes(plan, lanes, load_weights(bundle))
 
 
-def ray_buckets(bundle: str | Path | None, circuits: dict[int, Compiled], params: Any, lanes: int,
-                address: str | None) -> tuple[dict[int, Compiled], RayLanes]:
-    """`serve --ray`: the bundle's buckets with `lanes` lanes (recompiled when they have fewer) and a pool."""
-    from he_inhibitor.paths import SHIPPED_BUNDLE
+def ray_buckets(bundle: str | Path | None, circuits: dict[int, Any], params: Any, lanes: int,
+                address: str | None) -> tuple[dict[int, Any], RayLanes]:
+    """`serve --ray`: the bundle's buckets (circuit.bundle.Bucket) with `lanes` lanes and a pool."""
+    from dataclasses import replace
 
-    out = {}
-    for T, comp in circuits.items():
-        out[T] = comp if len(lanes_of(comp.circuit)) >= min(lanes, T) else \
-            load_plan(SHIPPED_BUNDLE if bundle is None else bundle, T, lanes).compiled
-    return out, RayLanes(lanes - 1, address)
+    return {T: replace(b, lanes=lanes) for T, b in circuits.items()}, RayLanes(lanes - 1, address)
 
 
 # -- Ray ------------------------------------------------------------------------------------

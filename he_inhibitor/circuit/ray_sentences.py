@@ -103,13 +103,13 @@ class SentenceWorker:
         self.evaluations += 1
         return self._step(job, None)
 
-    def resume(self, job: str, fresh: bytes) -> tuple[str, Any]:
+    def resume(self, job: str, fresh: list[bytes]) -> tuple[str, Any]:
         from he_inhibitor.ckks import serial
 
         if job not in self.jobs:
             raise JobLost(f"job {job} is not held by this worker (pid {os.getpid()})")
         ev, _ = self.jobs[job]
-        return self._step(job, serial.ciphertext_from_bytes(fresh, ev.public.context))
+        return self._step(job, [serial.ciphertext_from_bytes(b, ev.public.context) for b in fresh])
 
     def _step(self, job: str, fresh: Any) -> tuple[str, Any]:
         from he_inhibitor.ckks import serial
@@ -123,7 +123,7 @@ class SentenceWorker:
         except BaseException:
             del self.jobs[job]
             raise
-        return "refresh", serial.to_bytes(masked)
+        return "refresh", ([serial.to_bytes(c) for c in masked.cts], masked.map, masked.outputs)
 
     def drop(self, job: str) -> None:
         entry = self.jobs.pop(job, None)
@@ -229,6 +229,7 @@ class RaySentences:
         """The service's evaluation protocol, run on an actor: yields masked ciphertexts, receives fresh
         ones, returns {output name: ciphertext} (mod-switched to the last level)."""
         from he_inhibitor.ckks import serial
+        from he_inhibitor.service.evaluate import Refresh
 
         with self._lock:
             k = min(range(len(self.actors)), key=lambda i: (self.in_flight[i], (next(self._rr) + i) % len(self.actors)))
@@ -238,8 +239,10 @@ class RaySentences:
         try:
             status, payload = self._start(actor, job, circuit_id, key_id, blob, n_tokens, inputs)
             while status == "refresh":
-                fresh = yield serial.ciphertext_from_bytes(payload, context)
-                status, payload = self._get(actor.resume.remote(job, serial.to_bytes(fresh)), "evaluation")
+                blobs, name, outputs = payload
+                fresh = yield Refresh([serial.ciphertext_from_bytes(b, context) for b in blobs], name, outputs)
+                status, payload = self._get(actor.resume.remote(job, [serial.to_bytes(c) for c in fresh]),
+                                            "evaluation")
             done = True
             return {name: serial.ciphertext_from_bytes(b, context) for name, b in payload.items()}
         finally:
@@ -299,9 +302,11 @@ class RaySentenceExecutor:
         depth = ex.params.depth
         cpu, client = time.process_time(), 0.0
         t = time.perf_counter()
-        inputs = [keys.encrypt_bytes(v, depth) for v in _pack(comp, x0, m).values()]
+        packed = comp.pack_input(x0, m)
+        inputs = [keys.encrypt_bytes(packed[name], depth) for name in comp.input_names()]
         client += time.perf_counter() - t
         n = int(np.asarray(m).sum())
+        public = comp.public_plaintexts(m)  # the client's maps (arrange.py) among them
         for attempt in range(self.retries + 1):
             self.attempts += 1
             gen = self.pool.evaluation(self.circuit_id, self.key_id, lambda: public_blob(ex.public), inputs, n,
@@ -310,9 +315,12 @@ class RaySentenceExecutor:
             try:
                 fresh = None
                 while True:
-                    masked = gen.send(fresh)
+                    req = gen.send(fresh)
                     t = time.perf_counter()
-                    fresh = keys.encrypt(keys.decrypt(masked), depth)  # the client's side of a refresh
+                    values = [np.asarray(keys.decrypt(c)) for c in req.cts]  # the client's side of a refresh
+                    if req.map is not None:
+                        values = public[req.map].apply(values)
+                    fresh = [keys.encrypt(v, depth) for v in values]
                     client += time.perf_counter() - t
                     refreshes += 1
                     if self.on_refresh is not None:
@@ -346,12 +354,3 @@ class RaySentenceExecutor:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _pack(comp: Compiled, x0: np.ndarray, m: np.ndarray) -> dict[str, np.ndarray]:
-    """comp.pack_input, with the mask where the compiler's packing takes one (n-dependent layouts)."""
-    import inspect
-
-    if len(inspect.signature(comp.pack_input).parameters) > 1:
-        return comp.pack_input(x0, m)
-    return comp.pack_input(x0)

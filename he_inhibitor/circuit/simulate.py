@@ -210,7 +210,12 @@ def simulate(
             charge(st, "mul_plain", lvl - 1)
             charge(st, "rescale", lvl - 1)
         elif op is OpKind.REFRESH:
-            err[i], apx[i] = e0 + refresh, a0
+            if len(a) > 1:  # the client's map carries the inputs' errors along with their values
+                f, src = args[-1], a[:-1]
+                err[i] = _mapped(f, [err[j] for j in src], node.arg) + refresh
+                apx[i] = _mapped(f, [apx[j] for j in src], node.arg)
+            else:
+                err[i], apx[i] = e0 + refresh, a0
             counts[st]["refresh"] += 1
         elif op is OpKind.POLY:
             mask = args[1] if len(args) > 1 else None
@@ -254,11 +259,11 @@ def simulate(
     for idx in circuit.of_kind(OpKind.INPUT):  # the client's fresh encryption
         err[idx] = Err.fresh(noise.fresh, noise.k, np.zeros(circuit.n_slots))
         apx[idx] = Err(np.zeros(circuit.n_slots), np.zeros(circuit.n_slots))
-    out = plain.run(circuit, compiled.pack_input(x0), compiled.public_plaintexts(m), visit)
+    out = plain.run(circuit, compiled.pack_input(x0, m), compiled.public_plaintexts(m), visit)
     e_final, a_final = final["logits"]
     e_out, wc_out, awc_out = (compiled.read_logits(v) for v in (e_final.bound(noise.k), e_final.wc, a_final.wc))
     logits = compiled.read_logits(out["logits"])
-    exact = plain.run(circuit, compiled.pack_input(x0), compiled.public_plaintexts(m), substitute=exact_form)
+    exact = plain.run(circuit, compiled.pack_input(x0, m), compiled.public_plaintexts(m), substitute=exact_form)
 
     return SimResult(
         logits=logits,
@@ -275,6 +280,14 @@ def simulate(
         seconds=dict(seconds),
         parallel_seconds=_makespan(circuit, node_seconds),
     )
+
+
+def _mapped(f, errs: list[Err], out: int) -> Err:
+    """A client map's output `out` applied to per-slot errors: bounds and variances of summed terms add."""
+    n = f.src.n_slots
+    wc = f.apply([np.broadcast_to(e.wc, (n,)) for e in errs])[out]
+    var = f.apply([np.broadcast_to(e.var, (n,)) for e in errs])[out]
+    return Err(wc, var)
 
 
 def _makespan(circuit, node_seconds: np.ndarray) -> float:

@@ -26,6 +26,7 @@ import stat
 import tempfile
 import time
 from collections.abc import Callable
+from typing import Any
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,12 +35,12 @@ import numpy as np
 import tenseal.sealapi as seal
 
 from he_inhibitor.ckks import CkksParams, ClientKeys, SecretKey, keygen, make_context
-from he_inhibitor.circuit.layout import Layout
 from he_inhibitor.service import sealio
 from he_inhibitor.service.embed import Embedder
 from he_inhibitor.service.protocol import (
-    CONTENT_TYPE, H_JOB, H_KEY_ID, H_SERVER_SECONDS, H_STATUS, H_TOKENS, KEY_FILE_MAGIC, STATUS_DONE, STATUS_REFRESH,
-    ServiceSignature, Signature, container_parts, key_id_of, pack_frames, unpack_frames,
+    CONTENT_TYPE, H_JOB, H_KEY_ID, H_MAP, H_OUTPUTS, H_SERVER_SECONDS, H_STATUS, H_TOKENS, KEY_FILE_MAGIC,
+    STATUS_DONE, STATUS_REFRESH, ProtocolError, ServiceSignature, Signature, container_parts, key_id_of, pack_frames,
+    unpack_frames,
 )
 
 
@@ -221,12 +222,18 @@ class Client:
         """The bucket a sentence of n_tokens (1..the largest bucket) runs in."""
         return self.signature.bucket(n_tokens)
 
-    def encrypt(self, x0: np.ndarray) -> list[bytes]:
-        """x0 [T, d] (T: a bucket's) packed into that bucket's layout, one seeded ciphertext per input."""
+    def encrypt(self, x0: np.ndarray, n_tokens: int | None = None) -> list[bytes]:
+        """x0 [T, d] (T: a bucket's) of n_tokens packed as that bucket's circuit for n_tokens takes it
+        (x and, for the inhibitor, its arranged queries and keys), one seeded ciphertext per input.
+
+        n_tokens defaults to the rows of x0 up to its last non-zero one (x0 is zero at padding)."""
         keys = self._require_keys()
+        if n_tokens is None:
+            rows = np.flatnonzero(np.abs(np.asarray(x0)).sum(axis=1))
+            n_tokens = int(rows[-1]) + 1 if rows.size else 1
         b = self._bucket_of_width(x0.shape[0])
-        layout = Layout(b.T, b.n_slots, b.block_of)
-        return [keys.encrypt_bytes(row, b.input_level) for row in layout.pack(x0)]
+        packed = b.pack(x0, n_tokens)
+        return [keys.encrypt_bytes(packed[name], b.input_level) for name in b.input_names(n_tokens)]
 
     def _bucket_of_width(self, T: int) -> Signature:
         for b in self.signature.buckets:
@@ -255,17 +262,36 @@ class Client:
                                   f"the T={b.T} circuit has {b.refreshes}")
             self.progress(f"evaluating: refresh round trip {refreshes}/{b.refreshes}")
             t0 = time.perf_counter()
-            (masked,) = unpack_frames(r.content, 1)
-            fresh = self.keys.encrypt_bytes(self.keys.decrypt(sealio.ciphertext(masked, self.keys.context)),
-                                            b.input_level)
+            fresh = self._refresh(r, b, n_tokens)
             traffic.client_s += time.perf_counter() - t0
-            r = self._post(f"/v1/jobs/{r.headers[H_JOB]}", pack_frames([fresh]), {}, traffic)
+            r = self._post(f"/v1/jobs/{r.headers[H_JOB]}", pack_frames(fresh), {}, traffic)
         if r.headers.get(H_STATUS) != STATUS_DONE:
             raise ServerError(r.status_code, "protocol", f"unexpected status {r.headers.get(H_STATUS)!r}")
         if refreshes != b.refreshes:
             raise ServerError(r.status_code, "protocol", f"done after {refreshes} refreshes; the T={b.T} circuit "
                               f"has {b.refreshes}")
         return unpack_frames(r.content, len(b.outputs))
+
+    def _refresh(self, r: Any, b: Signature, n_tokens: int) -> list[bytes]:
+        """Decrypt the masked ciphertexts, apply the public map the server names (only one of this
+        sentence's, arrange.py), encrypt the result afresh. Anything else is a protocol error."""
+        name, maps = r.headers.get(H_MAP, ""), b.client_maps(n_tokens)
+        if name and name not in maps:
+            raise ServerError(r.status_code, "protocol", f"the server asked for map {name!r}; this circuit has "
+                              f"{sorted(maps) or 'none'}")
+        f = maps.get(name)
+        try:
+            outputs = int(r.headers.get(H_OUTPUTS, "1"))
+            blobs = unpack_frames(r.content, f.n_in if f is not None else outputs)
+        except (ValueError, ProtocolError) as err:
+            raise ServerError(r.status_code, "protocol", f"a malformed refresh request: {err}") from err
+        values = [self.keys.decrypt(sealio.ciphertext(blob, self.keys.context)) for blob in blobs]
+        if f is not None:
+            if outputs != f.n_out:
+                raise ServerError(r.status_code, "protocol", f"map {name!r} gives {f.n_out} ciphertexts, "
+                                  f"the server asked for {outputs}")
+            values = f.apply(values)
+        return [self.keys.encrypt_bytes(np.asarray(v), b.input_level) for v in values]
 
     def decrypt(self, outputs: list[bytes], T: int) -> np.ndarray:
         """The logits from the decrypted output slots bucket T's signature names."""
@@ -279,7 +305,7 @@ class Client:
         """Encrypt -> evaluate -> decrypt for a sentence embedded at its bucket's width (x0 [T, d])."""
         traffic = Traffic(client_s=client_s)
         t0 = time.perf_counter()
-        inputs = self.encrypt(x0)
+        inputs = self.encrypt(x0, n_tokens)
         traffic.client_s += time.perf_counter() - t0
         outputs = self.evaluate(inputs, n_tokens, traffic)
         t0 = time.perf_counter()

@@ -3,9 +3,11 @@
 `circuit.encrypted.EncryptedExecutor.run` plays both parties in one process
 (it encrypts, decrypts and refreshes with the client's keys). The server needs
 only the evaluation loop, with each client-aided refresh turned into a round
-trip: `CircuitEvaluator.run` is a generator that yields a masked ciphertext,
-receives the client's fresh re-encryption, unmasks it and goes on, and finally
-returns the output ciphertexts. The per-op semantics are the executor's own
+trip: `CircuitEvaluator.run` is a generator that yields a `Refresh` (masked
+ciphertexts and the public map the client applies to them, arrange.py),
+receives the client's fresh encryptions of the map's outputs, unmasks them
+and goes on, and finally returns the output ciphertexts. A bucket's sentences
+run the circuit of their length's attention plan (circuit/bundle.Bucket). The per-op semantics are the executor's own
 (`EncryptedExecutor.op`, weights encoded exactly as the encrypted executor
 does), so server and in-process results are the same computation.
 
@@ -18,21 +20,36 @@ evaluates one non-refresh, non-output op; CONST values are (const id, payload).
 from __future__ import annotations
 
 from collections.abc import Generator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import tenseal.sealapi as seal
 
 from he_inhibitor.ckks import CkksParams, PublicContext
+from he_inhibitor.circuit.arrange import ShiftPlan
+from he_inhibitor.circuit.bundle import Bucket
 from he_inhibitor.circuit.compile import Compiled
 from he_inhibitor.circuit.encrypted import EncryptedExecutor
-from he_inhibitor.circuit.ir import OpKind, depth
-from he_inhibitor.circuit.plain import last_uses
+from he_inhibitor.circuit.ir import OpKind
+from he_inhibitor.circuit.plain import last_uses, resolve
 from he_inhibitor.service import sealio
 from he_inhibitor.service.cancel import checkpoint
 from he_inhibitor.service.protocol import Signature
 
-Evaluation = Generator[seal.Ciphertext, seal.Ciphertext, dict[str, seal.Ciphertext]]
+
+
+@dataclass(frozen=True)
+class Refresh:
+    """One refresh round trip: masked ciphertexts for the client, who returns `outputs` fresh encryptions
+    of the public map `map` of them (arrange.MAP_*; None: of the ciphertexts themselves)."""
+
+    cts: list[seal.Ciphertext]
+    map: str | None
+    outputs: int
+
+
+Evaluation = Generator[Refresh, list[seal.Ciphertext], dict[str, seal.Ciphertext]]
 
 
 class _PublicOnly:
@@ -45,42 +62,44 @@ class _PublicOnly:
         return self._public
 
 
-def signature_of(compiled: Compiled, params: CkksParams, labels: tuple[str, ...]) -> Signature:
-    """The circuit's client-facing description (inputs in the order `Layout.pack` yields them)."""
+def signature_of(bucket: Bucket | Compiled, params: CkksParams, labels: tuple[str, ...]) -> Signature:
+    """A bucket's client-facing description: parameters, the layout of x, the plan of every length."""
+    if isinstance(bucket, Compiled):
+        bucket = Bucket.of(bucket, params)
+    compiled = bucket.plan_for(max(bucket.plans)).compiled
     circuit = compiled.circuit
     n_labels = compiled.pool_w.shape[1]
     if len(labels) != n_labels:
         raise ValueError(f"{len(labels)} label names for a circuit with {n_labels} logits")
-    inputs = tuple(compiled.pack_input(np.zeros((compiled.T, compiled.layout.d))))
     logit_slots = tuple(int(s) for s in compiled.read_logits(np.arange(circuit.n_slots, dtype=np.float64)))
     return Signature(
         poly_modulus_degree=params.poly_modulus_degree, coeff_bits=tuple(params.coeff_bits),
         scale_bits=params.scale_bits, T=compiled.T, n_slots=circuit.n_slots,
-        block_of=tuple(compiled.layout.block_of), inputs=inputs, outputs=tuple(circuit.outputs),
-        input_level=params.depth, rotation_steps=tuple(sorted(circuit.rotation_steps())),
-        logit_slots=logit_slots, labels=tuple(labels), depth=depth(circuit, through_refresh=True),
-        refreshes=len(circuit.of_kind(OpKind.REFRESH)),
+        block_of=tuple(compiled.layout.block_of), outputs=tuple(circuit.outputs),
+        input_level=params.depth, rotation_steps=tuple(bucket.rotation_steps),
+        logit_slots=logit_slots, labels=tuple(labels), depth=bucket.plan_for(max(bucket.plans)).depth,
+        refreshes=bucket.plan_for(max(bucket.plans)).round_trips, n_heads=compiled.n_heads,
+        plans={str(n): (None if p is None else p.as_json()) for n, p in sorted(bucket.plans.items())},
     )
 
 
 class CircuitEvaluator:
-    """One client's evaluation keys bound to the circuit.
+    """One client's evaluation keys bound to a bucket's circuits (one per attention plan, made when a
+    sentence first needs it).
 
     Weight plaintexts are encoded per request (cache=False): the executor's
     cache lives per instance, i.e. per registered key, and would multiply the
     server's memory by the registry size.
     """
 
-    def __init__(self, compiled: Compiled, params: CkksParams, public: PublicContext, lanes: Any = None) -> None:
-        self.compiled = compiled
+    def __init__(self, bucket: Bucket | Compiled, params: CkksParams, public: PublicContext, lanes: Any = None) -> None:
+        self.bucket = Bucket.of(bucket, params) if isinstance(bucket, Compiled) else bucket
         self.params = params
         self.public = public
         self._q_last = float(public.context.last_context_data().parms().coeff_modulus()[0].value())
-        self._ex = EncryptedExecutor(compiled, params, keys=_PublicOnly(public), cache=False)
         self._rng = np.random.default_rng()  # OS entropy: the client must not predict the masks
         self._seal = seal.Evaluator(public.context)
-        self._names = list(compiled.pack_input(np.zeros((compiled.T, compiled.layout.d))))
-        self._drops = last_uses(compiled.circuit)
+        self._executors: dict[ShiftPlan | None, EncryptedExecutor] = {}
         # serve --ray: lanes 1..K-1 of each evaluation on Ray actors (circuit/ray_lanes.py, a RayLanes pool),
         # or the whole evaluation on a Ray actor (circuit/ray_sentences.py, a RaySentences pool)
         self._lanes = lanes
@@ -88,26 +107,43 @@ class CircuitEvaluator:
             from he_inhibitor.circuit.ray_lanes import public_blob
 
             self._lane_blob = lambda: public_blob(public)  # rebuilt only if the pool dropped the keys
-            self._lane_ids = lanes.register(compiled, params), lanes.register_keys(self._lane_blob())
+            self._lane_key = lanes.register_keys(self._lane_blob())
+
+    def compiled_for(self, n_tokens: int) -> Compiled:
+        return self.bucket.plan_for(n_tokens).compiled
+
+    def _executor(self, compiled: Compiled) -> EncryptedExecutor:
+        if compiled.plan not in self._executors:
+            self._executors[compiled.plan] = EncryptedExecutor(compiled, self.params, keys=_PublicOnly(self.public),
+                                                               cache=False)
+        return self._executors[compiled.plan]
 
     def run(self, inputs: list[seal.Ciphertext], n_tokens: int) -> Evaluation:
-        """Evaluate on ciphertexts in signature order; yields one masked ciphertext per refresh."""
+        """Evaluate on ciphertexts in the order of the signature's input names for n_tokens;
+        yields one Refresh per round trip."""
+        comp = self.compiled_for(n_tokens)
+        m = (np.arange(comp.T) < n_tokens).astype(np.float64)
         if hasattr(self._lanes, "evaluation"):  # the whole evaluation on a Ray actor, refreshes relayed
-            return (yield from self._lanes.evaluation(*self._lane_ids, self._lane_blob,
-                                                      [sealio.to_bytes(c) for c in inputs], n_tokens,
-                                                      self.public.context))
-        circuit, comp = self.compiled.circuit, self.compiled
-        by_name = dict(zip(self._names, inputs, strict=True))
-        public = comp.public_plaintexts((np.arange(comp.T) < n_tokens).astype(np.float64))
+            return (yield from self._lanes.evaluation(self._lanes.register(comp, self.params), self._lane_key,
+                                                      self._lane_blob, [sealio.to_bytes(c) for c in inputs],
+                                                      n_tokens, self.public.context))
+        ex = self._executor(comp)
+        circuit = comp.circuit
+        by_name = dict(zip(comp.input_names(), inputs, strict=True))
+        public = comp.public_plaintexts(m)
+        drops = last_uses(circuit)
+        group_size: dict[tuple[int, ...], int] = {}
+        for i in circuit.of_kind(OpKind.REFRESH):
+            group_size[circuit.nodes[i].args] = group_size.get(circuit.nodes[i].args, 0) + 1
+        refreshed: dict[tuple[int, ...], list[seal.Ciphertext]] = {}
         values: dict[int, object] = {}
         outputs: dict[str, seal.Ciphertext] = {}
-        link = None if self._lanes is None or hasattr(self._lanes, "evaluation") else self._lanes.link(
-            *self._lane_ids, (np.arange(comp.T) < n_tokens).astype(np.float64), self.public.context,
-            self._lane_blob)
+        link = None if self._lanes is None else self._lanes.link(
+            self._lanes.register(comp, self.params), self._lane_key, m, self.public.context, self._lane_blob)
         for i, node in enumerate(circuit.nodes):
             checkpoint()  # a disconnected client's evaluation stops here (service/cancel.py)
             if link is not None and node.op is not OpKind.CONST and link.remote(i):  # on a Ray lane worker
-                for j in self._drops[i]:
+                for j in drops[i]:
                     values.pop(j, None)
                 continue
             if link is not None:
@@ -121,14 +157,19 @@ class CircuitEvaluator:
             else:
                 a = [values[j] for j in node.args]
                 if node.op is OpKind.REFRESH:
-                    values[i] = yield from self._refresh(a[0])
+                    if node.args not in refreshed:
+                        f = resolve(a[-1][1], public) if len(a) > 1 else None
+                        refreshed[node.args] = yield from self._refresh(
+                            a[:-1] if f is not None else a, f, None if f is None else a[-1][1],
+                            group_size[node.args])
+                    values[i] = refreshed[node.args][node.arg]
                 elif node.op is OpKind.OUTPUT:
                     values[i] = outputs[node.name] = a[0]
                 else:
-                    values[i] = self._ex.op(node, a, public)
+                    values[i] = ex.op(node, a, public)
             if link is not None and node.op is not OpKind.CONST:
                 link.offer(i, values[i])
-            for j in self._drops[i]:
+            for j in drops[i]:
                 del values[j]
         return outputs
 
@@ -151,8 +192,12 @@ class CircuitEvaluator:
         """
         return self._q_last / (4.0 * scale)
 
-    def _refresh(self, ct: seal.Ciphertext) -> Evaluation:
-        """Add a uniform mask in [-R, R] (mask_bound), let the client re-encrypt, subtract the mask."""
-        r = self._rng.uniform(-1.0, 1.0, self.params.slots) * self.mask_bound(ct.scale)
-        fresh = yield self._ex.ev.add_plain(ct, r)
-        return self._ex.ev.add_plain(fresh, -r)
+    def _refresh(self, cts: list[seal.Ciphertext], f: Any, name: str | None, outputs: int) -> Evaluation:
+        """Add a uniform mask r in [-R, R] (mask_bound) to each ciphertext, let the client return fresh
+        encryptions of f(x + r) (f: the public map `name`, or nothing), subtract f(r): f is linear."""
+        rs = [self._rng.uniform(-1.0, 1.0, self.params.slots) * self.mask_bound(ct.scale) for ct in cts]
+        ev = self._executor(self.compiled_for(max(self.bucket.plans))).ev
+        fresh = yield Refresh([ev.add_plain(ct, r) for ct, r in zip(cts, rs)], name, outputs)
+        if len(fresh) != outputs:
+            raise ValueError(f"a refresh returns {outputs} ciphertexts, not {len(fresh)}")
+        return [ev.add_plain(c, -r) for c, r in zip(fresh, rs if f is None else f.apply(rs))]

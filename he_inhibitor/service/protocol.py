@@ -17,11 +17,14 @@ Endpoints (all under /v1):
                                           key_id_of: a hash of the key material, so the same keys
                                           have one id however often they are sent)
     POST /evaluate          body frames   headers X-Key-Id, X-Tokens: one frame per input of the
-                                          bucket X-Tokens falls in (the smallest T >= X-Tokens)
-    POST /jobs/{job_id}     body frames   the re-encrypted ciphertext of a refresh round trip
+                                          bucket X-Tokens falls in (the smallest T >= X-Tokens), in the
+                                          order Signature.input_names(X-Tokens) gives
+    POST /jobs/{job_id}     body frames   the X-Outputs fresh ciphertexts of a refresh round trip
 /evaluate and /jobs answer frames with X-Status `done` (output ciphertexts) or
-`refresh` (a masked ciphertext to decrypt and re-encrypt at the top level, and
-X-Job naming the evaluation to continue), plus X-Server-Seconds. Errors are
+`refresh` (masked ciphertexts to decrypt; X-Map names the public map the client
+applies to them, circuit/arrange.py, "" for none; X-Outputs how many ciphertexts
+of the result it encrypts at the top level and sends back; X-Job names the
+evaluation to continue), plus X-Server-Seconds. Errors are
 JSON {"error": code, "detail": message} with a 4xx status, or 503 with
 Retry-After when the server is full (the request did not start; send it again).
 
@@ -37,9 +40,13 @@ from __future__ import annotations
 
 import hashlib
 import struct
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
 
 from he_inhibitor.ckks import CkksParams
+from he_inhibitor.circuit.arrange import ClientMap, ShiftPlan, input_names, maps, pack_inputs
+from he_inhibitor.circuit.layout import Layout
 
 CONTENT_TYPE = "application/octet-stream"
 H_KEY_ID = "X-Key-Id"
@@ -47,6 +54,8 @@ H_TOKENS = "X-Tokens"
 H_JOB = "X-Job"
 H_STATUS = "X-Status"
 H_SERVER_SECONDS = "X-Server-Seconds"
+H_MAP = "X-Map"  # a refresh: the public map the client applies ("" for none)
+H_OUTPUTS = "X-Outputs"  # a refresh: how many fresh ciphertexts the client returns
 STATUS_DONE, STATUS_REFRESH = "done", "refresh"
 
 _FRAMES_MAGIC = b"HEIF"
@@ -180,7 +189,6 @@ class Signature:
     T: int
     n_slots: int
     block_of: tuple[int, ...]
-    inputs: tuple[str, ...]
     outputs: tuple[str, ...]
     input_level: int
     rotation_steps: tuple[int, ...]
@@ -188,6 +196,34 @@ class Signature:
     labels: tuple[str, ...]
     depth: int
     refreshes: int
+    n_heads: int = 1
+    plans: dict[str, list[int] | None] = field(default_factory=dict)  # tokens -> [B, m] (circuit/arrange.py)
+
+    def layouts(self, n_tokens: int) -> tuple[Layout, Layout | None, ShiftPlan | None]:
+        """The layout of x, and for an inhibitor circuit the arranged layout and plan of n_tokens."""
+        if str(n_tokens) not in self.plans:
+            raise ValueError(f"the T={self.T} circuit takes {min(map(int, self.plans))} to "
+                             f"{max(map(int, self.plans))} tokens, not {n_tokens}")
+        res = Layout(self.T, self.n_slots, self.block_of)
+        p = self.plans[str(n_tokens)]
+        if p is None:
+            return res, None, None
+        plan = ShiftPlan(*p)
+        return res, plan.layout(res, self.n_heads), plan
+
+    def input_names(self, n_tokens: int) -> list[str]:
+        res, att, _ = self.layouts(n_tokens)
+        return input_names(res, att)
+
+    def pack(self, x0: np.ndarray, n_tokens: int) -> dict[str, np.ndarray]:
+        """The client's input slot vectors for x0 [T, d] of n_tokens, by input name."""
+        res, att, plan = self.layouts(n_tokens)
+        return pack_inputs(res, att, plan, x0, n_tokens)
+
+    def client_maps(self, n_tokens: int) -> dict[str, ClientMap]:
+        """The public maps a refresh may ask the client to apply (none for a dot-product circuit)."""
+        res, att, plan = self.layouts(n_tokens)
+        return {} if plan is None else maps(res, att, plan, n_tokens)
 
     @property
     def params(self) -> CkksParams:
@@ -204,7 +240,7 @@ class Signature:
 
     @classmethod
     def from_json(cls, data: dict) -> "Signature":
-        tuples = {"coeff_bits", "block_of", "inputs", "outputs", "rotation_steps", "logit_slots", "labels"}
+        tuples = {"coeff_bits", "block_of", "outputs", "rotation_steps", "logit_slots", "labels"}
         return cls(**{k: tuple(v) if k in tuples else v for k, v in data.items()})
 
 

@@ -213,6 +213,7 @@ class Job:
     owner: str | None
     refreshes_left: int
     cancel: threading.Event = field(default_factory=threading.Event)
+    pending: int = 1  # ciphertexts the client owes the refresh it was sent
     deadline: float = 0.0
     closed: bool = False
 

@@ -44,6 +44,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from he_inhibitor.ckks import CkksParams, make_context
 from he_inhibitor.ckks.context import level_scales
+from he_inhibitor.circuit.bundle import Bucket
 from he_inhibitor.circuit.compile import Compiled
 from he_inhibitor.circuit.ir import Circuit, OpKind
 from he_inhibitor.circuit.plain import last_uses
@@ -52,7 +53,7 @@ from he_inhibitor.service.body import BodyReader
 from he_inhibitor.service.cancel import Cancelled, scope
 from he_inhibitor.service.evaluate import CircuitEvaluator, signature_of
 from he_inhibitor.service.protocol import (
-    CONTENT_TYPE, H_JOB, H_KEY_ID, H_SERVER_SECONDS, H_STATUS, H_TOKENS, STATUS_DONE, STATUS_REFRESH, Limits,
+    CONTENT_TYPE, H_JOB, H_KEY_ID, H_MAP, H_OUTPUTS, H_SERVER_SECONDS, H_STATUS, H_TOKENS, STATUS_DONE, STATUS_REFRESH, Limits,
     ServiceSignature, ciphertext_bytes, key_switch_bytes, key_switch_wire_bound, pack_frames,
 )
 from he_inhibitor.service.registry import (
@@ -94,8 +95,19 @@ class ClientGone(RequestError):
         self.started = started
 
 
-def peak_live_ciphertexts(circuit: Circuit) -> int:
-    """Most ciphertexts alive at once while the circuit runs (inputs included, constants not)."""
+def peak_live_ciphertexts(bucket: Bucket) -> int:
+    """Most ciphertexts alive at once while a bucket's circuits run (inputs included, constants not).
+
+    Counted on the circuit that holds the longest sentences and scaled by the widest plan's arranged
+    ciphertexts per attention tensor (compiling every plan to count would cost seconds each)."""
+    comp = bucket.plan_for(max(bucket.plans)).compiled
+    widest = max((-(-p.B * comp.layout.d // comp.layout.n_slots) for p in bucket.plans.values() if p is not None),
+                 default=1)
+    base = 1 if comp.plan is None else -(-comp.plan.B * comp.layout.d // comp.layout.n_slots)
+    return -(-_peak(comp.circuit) * widest // base)
+
+
+def _peak(circuit: Circuit) -> int:
     drops = last_uses(circuit)
     live: set[int] = set()
     peak = 0
@@ -211,14 +223,15 @@ def server_config(app: FastAPI, **kwargs: Any) -> uvicorn.Config:
                           h11_max_incomplete_event_size=16 << 10, **kwargs)
 
 
-def create_app(circuits: Compiled | Mapping[int, Compiled], params: CkksParams,
+def create_app(circuits: Compiled | Bucket | Mapping[int, Compiled | Bucket], params: CkksParams,
                labels: tuple[str, ...] = DEFAULT_LABELS, limits: Limits = Limits(),
                tokens: Tokens | None = None, lanes: Any = None) -> FastAPI:
     """A server for one compiled circuit, or one per token bucket ({T: Compiled}), under `params`.
 
     lanes: a circuit.ray_lanes.RayLanes pool (serve --ray): each evaluation's lanes 1..K-1 run on it.
     """
-    by_T = dict(circuits) if isinstance(circuits, Mapping) else {circuits.T: circuits}
+    given = dict(circuits) if isinstance(circuits, Mapping) else {circuits.T: circuits}
+    by_T = {T: Bucket.of(c, params) if isinstance(c, Compiled) else c for T, c in given.items()}
     sig = ServiceSignature.of([signature_of(c, params, labels) for c in by_T.values()])
     context = make_context(params)  # one SEAL context for every key set and ciphertext
     scales = level_scales(context, params.scale)
@@ -226,7 +239,7 @@ def create_app(circuits: Compiled | Mapping[int, Compiled], params: CkksParams,
     registry = KeyRegistry(budget, limits.max_keys)
     jobs = JobTable(registry, limits.max_jobs, limits.job_ttl_s)
     pool = SealPool(limits.max_concurrent, limits.max_queue, limits.retry_after_s)
-    job_bytes = {T: (peak_live_ciphertexts(c.circuit) + 2) * ciphertext_bytes(params) for T, c in by_T.items()}
+    job_bytes = {T: (peak_live_ciphertexts(c) + 2) * ciphertext_bytes(params) for T, c in by_T.items()}
     keys_bytes = key_set_bytes(sig)
     context_cap = (8 + 8 + MAX_HEADER_BYTES + 16 + (1 + len(sig.rotation_steps)) * key_switch_wire_bound(params))
     frame_cap = {b.T: b.max_ciphertext_bytes for b in sig.buckets}
@@ -282,7 +295,7 @@ def create_app(circuits: Compiled | Mapping[int, Compiled], params: CkksParams,
             uploads["now"] -= 1
             charge.release()
 
-    def step(job: Job, fresh: seal.Ciphertext | None, t0: float) -> Response:
+    def step(job: Job, fresh: list[seal.Ciphertext] | None, t0: float) -> Response:
         """Run the evaluation to its next refresh (answer: the masked ciphertext) or to its end (pool thread).
 
         X-Server-Seconds counts from t0, when the ciphertexts started to load.
@@ -294,7 +307,8 @@ def create_app(circuits: Compiled | Mapping[int, Compiled], params: CkksParams,
             if job.refreshes_left == 0:
                 raise RuntimeError(f"the circuit asked for more than its {job.bucket.refreshes} refreshes")
             job.refreshes_left -= 1
-            body = pack_frames([job.evaluator.reply_bytes(out)])
+            job.pending = out.outputs
+            body = pack_frames([job.evaluator.reply_bytes(c) for c in out.cts])
         except StopIteration as stop:
             body = pack_frames([job.evaluator.reply_bytes(stop.value[name]) for name in job.bucket.outputs])
             jobs.finish(job)
@@ -310,7 +324,7 @@ def create_app(circuits: Compiled | Mapping[int, Compiled], params: CkksParams,
             jobs.finish(job)
             raise Cancelled("the client disconnected")
         return Response(body, media_type=CONTENT_TYPE, headers={
-            H_STATUS: STATUS_REFRESH, H_JOB: jobs.park(job),
+            H_STATUS: STATUS_REFRESH, H_JOB: jobs.park(job), H_MAP: out.map or "", H_OUTPUTS: str(out.outputs),
             H_SERVER_SECONDS: f"{time.perf_counter() - t0:.6f}"})
 
     async def run_step(request: Request, job: Job, work: Callable[[], Response], job_id: str | None) -> Response:
@@ -403,8 +417,9 @@ def create_app(circuits: Compiled | Mapping[int, Compiled], params: CkksParams,
                   bucket.refreshes)
         try:
             job.charge = budget.reserve(job_bytes[bucket.T], "an evaluation")
-            async with upload(request, len(bucket.inputs) * (frame_cap[bucket.T] + 8) + 8) as reader:
-                blobs = await read_frames(reader, len(bucket.inputs), frame_cap[bucket.T])
+            n_inputs = len(bucket.input_names(n_tokens))
+            async with upload(request, n_inputs * (frame_cap[bucket.T] + 8) + 8) as reader:
+                blobs = await read_frames(reader, n_inputs, frame_cap[bucket.T])
         except BaseException:
             jobs.finish(job)
             raise
@@ -423,15 +438,16 @@ def create_app(circuits: Compiled | Mapping[int, Compiled], params: CkksParams,
 
     @app.post("/v1/jobs/{job_id}", responses={200: _BINARY, **_ERRORS}, openapi_extra={"requestBody": _BINARY})
     async def refresh(job_id: str, request: Request) -> Response:
-        """The client's re-encryption of the masked ciphertext it was sent; continues the evaluation."""
+        """The client's fresh encryptions of the public map of the masked ciphertexts it was sent (X-Outputs
+        of them); continues the evaluation."""
         principal = authorize(request)
         job = jobs.take(job_id)
         if principal is not None and job.owner != principal.name:
             jobs.park(job, job_id)
             raise UnknownJob(f"no evaluation {job_id!r} of this token awaits a refresh")
         try:
-            async with upload(request, frame_cap[job.bucket.T] + 16, admitted=True) as reader:
-                (blob,) = await read_frames(reader, 1, frame_cap[job.bucket.T])
+            async with upload(request, job.pending * (frame_cap[job.bucket.T] + 8) + 8, admitted=True) as reader:
+                blobs = await read_frames(reader, job.pending, frame_cap[job.bucket.T])
         except RequestError:
             jobs.park(job, job_id)  # a bad refresh body does not cost the client its evaluation (nor its deadline)
             raise
@@ -442,8 +458,7 @@ def create_app(circuits: Compiled | Mapping[int, Compiled], params: CkksParams,
         def work() -> Response:
             t0 = time.perf_counter()
             try:
-                (fresh,) = check_ciphertexts([blob], context, job.bucket.input_level,
-                                             scales[job.bucket.input_level])
+                fresh = check_ciphertexts(blobs, context, job.bucket.input_level, scales[job.bucket.input_level])
             except RequestError:
                 jobs.park(job, job_id)
                 raise
@@ -454,20 +469,21 @@ def create_app(circuits: Compiled | Mapping[int, Compiled], params: CkksParams,
     return app
 
 
-def load_buckets(path: Path | None) -> tuple[dict[int, Compiled], CkksParams]:
-    """Every bucket of a compiled bundle (default: the shipped one), recompiled and hash-checked."""
-    from he_inhibitor.circuit.bundle import buckets_of, load_bundle
+def load_buckets(path: Path | None) -> tuple[dict[int, Bucket], CkksParams]:
+    """Every bucket of a compiled bundle (default: the shipped one); each plan's circuit is recompiled and
+    hash-checked when a sentence first needs it."""
+    from he_inhibitor.circuit.bundle import buckets_of, load_bucket
     from he_inhibitor.service.artifacts import SHIPPED_CIRCUIT
 
     bundle = SHIPPED_CIRCUIT if path is None else path
     Ts = buckets_of(bundle)
     if not Ts:
         raise FileNotFoundError(f"{bundle}: no circuit-t<T>.json: not a circuit bundle")
-    plans = {T: load_bundle(bundle, T) for T in Ts}
-    params = {p.params for p in plans.values()}
+    buckets = {T: load_bucket(bundle, T) for T in Ts}
+    params = {b.params for b in buckets.values()}
     if len(params) != 1:
         raise ValueError(f"{bundle}: buckets use different parameters {sorted(map(str, params))}")
-    return {T: p.compiled for T, p in plans.items()}, params.pop()
+    return buckets, params.pop()
 
 
 def serve(circuit: Path | None, host: str, port: int, limits: Limits = Limits(), tokens: Path | None = None,
