@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
+import multiprocessing.synchronize
 import socket
 import struct
 import subprocess
@@ -204,7 +206,8 @@ def prepare(client: Client, embed: Callable[[Client], tuple[np.ndarray, int]], t
 def run_mix(url: str, honest: Callable[[int], float], n_honest: int, ammo: Ammunition, n_attackers: int,
             server_pid: int | None = None, health_timeout_s: float = 5.0) -> Report:
     """Honest workers `honest(i) -> seconds` (raising on a wrong or failed answer) against n_attackers
-    threads cycling through ATTACKS until every honest worker is done; health polled throughout."""
+    threads cycling through ATTACKS until every honest worker is done; health polled throughout
+    (poll_health, in a process of its own)."""
     report = Report(attacks={k: Counter() for k in ATTACKS})
     done = threading.Event()
     lock = threading.Lock()
@@ -232,27 +235,17 @@ def run_mix(url: str, honest: Callable[[int], float], n_honest: int, ammo: Ammun
             with lock:
                 report.attacks[name][outcome] += 1
 
-    def poll_health() -> None:
-        while not done.is_set():
-            t0 = time.perf_counter()
-            try:
-                r = httpx.get(url + "/v1/health", timeout=health_timeout_s, headers=headers)
-                ok, state = r.status_code == 200, r.json()
-            except (httpx.HTTPError, ValueError):
-                ok, state = False, {}
-            with lock:
-                report.health_seconds.append(time.perf_counter() - t0)
-                report.health_failures += not ok
-                report.memory_used_max = max(report.memory_used_max, state.get("memory_used", 0))
-                report.memory_budget = state.get("memory_budget", report.memory_budget)
-            if server_pid is not None:
-                report.peak_rss_bytes = max(report.peak_rss_bytes or 0, _rss(server_pid))
-            time.sleep(0.1)
-
     if server_pid is not None:
         report.start_rss_bytes = _rss(server_pid)
+    # health is polled from a process of its own: in this one, the clients' SEAL work holds the GIL for
+    # hundreds of milliseconds at a time and would be timed instead of the server
+    spawn = multiprocessing.get_context("spawn")
+    samples, stop = spawn.Queue(), spawn.Event()
+    poller = spawn.Process(target=poll_health, args=(url, headers, health_timeout_s, server_pid, samples, stop))
+    poller.start()
+    if not samples.get(timeout=120):  # the poller's first answer: the server is up and polled
+        raise RuntimeError("the health poller could not reach the server")
     side = [threading.Thread(target=attacker, args=(j,), daemon=True) for j in range(n_attackers)]
-    side.append(threading.Thread(target=poll_health, daemon=True))
     for t in side:
         t.start()
     workers = [threading.Thread(target=honest_worker, args=(i,)) for i in range(n_honest)]
@@ -263,9 +256,41 @@ def run_mix(url: str, honest: Callable[[int], float], n_honest: int, ammo: Ammun
     done.set()
     for t in side:
         t.join(timeout=120)
+    stop.set()
+    result = samples.get(timeout=60)
+    poller.join(timeout=30)
+    report.health_seconds, report.health_failures = result["seconds"], result["failures"]
+    report.memory_used_max, report.memory_budget = result["memory_used_max"], result["memory_budget"]
     if server_pid is not None:
-        report.peak_rss_bytes = max(report.peak_rss_bytes or 0, _hwm(server_pid))
+        report.peak_rss_bytes = max(result["peak_rss"], _hwm(server_pid))
     return report
+
+
+def poll_health(url: str, headers: dict[str, str], timeout_s: float, server_pid: int | None,
+                out: "multiprocessing.Queue", stop: "multiprocessing.synchronize.Event") -> None:
+    """GET /v1/health every 0.1 s until `stop`: put True after the first answer, then the timings,
+    failures, the server's largest accounted memory and (given its pid) its largest RSS."""
+    seconds: list[float] = []
+    failures = used_max = peak_rss = 0
+    budget = None
+    while not stop.is_set():
+        t0 = time.perf_counter()
+        try:
+            r = httpx.get(url + "/v1/health", timeout=timeout_s, headers=headers)
+            ok, state = r.status_code == 200, r.json()
+        except (httpx.HTTPError, ValueError):
+            ok, state = False, {}
+        if not seconds:
+            out.put(ok)
+        seconds.append(time.perf_counter() - t0)
+        failures += not ok
+        used_max = max(used_max, state.get("memory_used", 0))
+        budget = state.get("memory_budget", budget)
+        if server_pid is not None:
+            peak_rss = max(peak_rss, _rss(server_pid))
+        time.sleep(0.1)
+    out.put({"seconds": seconds, "failures": failures, "memory_used_max": used_max, "memory_budget": budget,
+             "peak_rss": peak_rss})
 
 
 def _status_kb(pid: int, field_name: str) -> int:
