@@ -194,3 +194,17 @@ def test_predict_reports_its_lanes(cluster, cli_bundle, capsys):
     assert main(["predict", "--circuit", str(cli_bundle), "--mode", "encrypted", "--lanes", "1", "--json", SHORT]) == 0
     r1 = json.loads(capsys.readouterr().out)
     assert r1["lanes"] == 1 and r1["ray_workers"] == 0 and r1["label"] == r["label"]
+
+
+def test_lane_flags_parse():
+    from he_inhibitor.cli import build_parser
+
+    def parse(*argv):
+        return build_parser(list(argv)).parse_args(list(argv))
+
+    a = parse("predict", "--lanes", "4", "--ray", "127.0.0.1:6379", "x")
+    assert (a.lanes, a.ray) == (4, "127.0.0.1:6379")
+    assert parse("predict", "x").lanes == 2 and parse("bench").lanes == 1  # as fast as before without flags
+    s = parse("serve", "--ray", "local")
+    assert (s.ray, s.lanes) == ("local", 1) and parse("serve").ray is None  # no flags: no Ray at all
+    assert parse("bench-lanes", "--predict-only", "--predict", "1", "2").predict == [1, 2]
