@@ -60,8 +60,8 @@ from he_inhibitor.service.registry import (
     Job, JobTable, KeyRegistry, KeySet, MemoryBudget, OverQuota, RateLimit, Reservation,
 )
 from he_inhibitor.service.validate import (
-    MAX_HEADER_BYTES, Busy, Mismatch, RequestError, TooLarge, UnknownJob, check_ciphertexts, check_tokens, load_context,
-    read_context, read_frames,
+    MAX_HEADER_BYTES, Busy, ContextParts, Mismatch, RequestError, TooLarge, UnknownJob, check_ciphertexts,
+    check_tokens, load_context, read_context, read_frames,
 )
 
 DEFAULT_LABELS = ("negative", "positive")  # SST-2
@@ -392,7 +392,7 @@ def create_app(circuits: Compiled | Bucket | Mapping[int, Compiled | Bucket], pa
                 registry.add(entry)
         return {"key_id": parts.key_id, "bytes": received, "rotation_steps": list(sig.rotation_steps)}
 
-    def load_key_set(parts, charge: Reservation, principal: Principal | None) -> KeySet:
+    def load_key_set(parts: ContextParts, charge: Reservation, principal: Principal | None) -> KeySet:
         public = load_context(parts, sig, context)
         evaluators = {T: CircuitEvaluator(c, params, public, lanes) for T, c in by_T.items()}
         return KeySet(parts.key_id, public, evaluators, charge, None if principal is None else principal.name,
