@@ -8,8 +8,10 @@ from hypothesis import strategies as st
 torch = pytest.importorskip("torch")
 
 from he_inhibitor.circuit import plain  # noqa: E402
+from he_inhibitor.circuit.arrange import candidates, one_region  # noqa: E402
 from he_inhibitor.circuit.compile import compile_student  # noqa: E402
-from he_inhibitor.circuit.ir import OpKind, check, depth  # noqa: E402
+from he_inhibitor.circuit.ir import CircuitError, OpKind, check, depth  # noqa: E402
+from he_inhibitor.circuit.layout import Layout  # noqa: E402
 from he_inhibitor.circuit.weights import from_torch  # noqa: E402
 from he_inhibitor.model.nonlinear import PolySpec  # noqa: E402
 from he_inhibitor.model.student import Student, StudentConfig  # noqa: E402
@@ -50,22 +52,29 @@ def sentence(model: Student, n_valid: int, seed: int = 1):
         return model(tok, m)[0].numpy(), model.embed(tok, m)[0].numpy(), m[0].numpy()
 
 
-@pytest.mark.parametrize("n_slots,signed,max_level,n_heads,key_norm,qkv_conv", [
-    (256, False, None, H, 0.0, 0), (256, True, None, H, 0.0, 0), (128, False, 12, H, 0.0, 0),
-    (512, False, None, H, 0.0, 0), (256, False, None, 8, 0.0, 0), (256, False, None, H, 0.5, 0),
-    (128, True, 12, H, 1.0, 0), (256, False, None, H, 0.5, 3), (128, False, 12, H, 0.0, 3)])
-def test_plain_executor_equals_torch_student(n_slots, signed, max_level, n_heads, key_norm, qkv_conv):
-    """Also with the sum over keys divided by n^key_norm: the scaled key masks carry it exactly;
-    and with token convolutions after Q, K, V, on several ciphertexts (128 slots) and refreshed."""
-    model = random_student(signed, n_heads=n_heads, key_norm=key_norm, qkv_conv=qkv_conv)
-    comp = compile_student(from_torch(model), T, n_slots, max_level)
-    for n_valid in (T, 3):
+def logits(comp, x0, m):
+    return comp.read_logits(plain.run(comp.circuit, comp.pack_input(x0, m), comp.public_plaintexts(m))["logits"])
+
+
+@pytest.mark.parametrize("n_slots,signed,max_level,n_heads,key_norm", [
+    (256, False, None, H, 0.0), (256, True, None, H, 0.0), (128, False, 12, H, 0.0),
+    (512, False, None, H, 0.0), (256, False, None, 8, 0.0), (256, False, None, H, 0.5),
+    (128, True, 12, H, 1.0)])
+def test_plain_executor_equals_torch_student(n_slots, signed, max_level, n_heads, key_norm):
+    """For every sentence length n, with n shifts in one region and with every plan a bucket may choose
+    for it; also with the sum over keys divided by n^key_norm (the key masks carry it exactly), on
+    several ciphertexts (128 slots) and refreshed."""
+    model = random_student(signed, n_heads=n_heads, key_norm=key_norm)
+    sw = from_torch(model)
+    res = Layout.heads(T, n_slots, sw.d, n_heads)
+    for n_valid in range(1, T + 1):
         want, x0, m = sentence(model, n_valid)
-        got = comp.read_logits(plain.run(comp.circuit, comp.pack_input(x0), comp.public_plaintexts(m))["logits"])
-        np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9 * np.abs(want).max())
+        for p in [one_region(T, n_valid)] + candidates(n_valid, T, res, n_heads):
+            comp = compile_student(sw, T, n_slots, max_level, shifts=p)
+            np.testing.assert_allclose(logits(comp, x0, m), want, rtol=1e-9, atol=1e-9 * np.abs(want).max())
+    assert comp.circuit.of_kind(OpKind.REFRESH)  # the client folds H back and arranges each later layer
     if max_level is not None:
         check(comp.circuit, max_level)
-        assert comp.circuit.of_kind(OpKind.REFRESH)
 
 
 @pytest.mark.parametrize("n_slots,signed,max_level", [(256, False, None), (128, True, 12), (512, False, None)])
@@ -76,11 +85,13 @@ def test_plain_executor_equals_torch_student_with_relative_bias(n_slots, signed,
     assert sw.layers[0].rel_bias.shape == (H, 2 * model.cfg.max_len - 1)
     comp = compile_student(sw, T, n_slots, max_level)
     plain_comp = compile_student(from_torch(random_student(signed, key_norm=0.5)), T, n_slots, max_level)
-    assert depth(comp.circuit) == depth(plain_comp.circuit)  # the bias costs no level
-    for n_valid in (T, 3):
+    assert depth(comp.circuit, True) == depth(plain_comp.circuit, True)  # the bias costs no level
+    res = Layout.heads(T, n_slots, sw.d, H)
+    for n_valid in (T, 5, 3, 1):
         want, x0, m = sentence(model, n_valid)
-        got = comp.read_logits(plain.run(comp.circuit, comp.pack_input(x0), comp.public_plaintexts(m))["logits"])
-        np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9 * np.abs(want).max())
+        for c in [compile_student(sw, T, n_slots, max_level, shifts=p)
+                  for p in [one_region(T, n_valid)] + candidates(n_valid, T, res, H)]:
+            np.testing.assert_allclose(logits(c, x0, m), want, rtol=1e-9, atol=1e-9 * np.abs(want).max())
 
 
 def test_plain_executor_equals_torch_student_with_weighted_fits():
@@ -94,30 +105,19 @@ def test_plain_executor_equals_torch_student_with_weighted_fits():
         m.fit_to_density()
         m.collect_density(False)
     model.set_form("poly")
-    comp = compile_student(from_torch(model), T, 256)
     assert {nl.fn.fit.method for layer in from_torch(model).layers
             for nl in (layer.abs_fn, layer.attn_relu, layer.ffn_relu)} == {"weighted"}
     for n_valid in (T, 3):
         want, x0, m = sentence(model, n_valid)
-        got = comp.read_logits(plain.run(comp.circuit, comp.pack_input(x0), comp.public_plaintexts(m))["logits"])
-        np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9 * np.abs(want).max())
+        comp = compile_student(from_torch(model), T, 256, shifts=one_region(T, n_valid))
+        np.testing.assert_allclose(logits(comp, x0, m), want, rtol=1e-9, atol=1e-9 * np.abs(want).max())
 
 
-@settings(max_examples=12, deadline=None)
-@given(kernel=st.sampled_from([1, 3, 5]), n_valid=st.integers(1, T), seed=st.integers(0, 2**16))
-def test_token_convolution_packing_equals_torch(kernel, n_valid, seed):
-    """The packed convolution (one rotation per offset, taps times the neighbour mask) is TokenConv,
-    for every sentence length: neighbours past the sentence and wrapped slots contribute nothing."""
-    model = random_student(False, seed=seed, qkv_conv=kernel)
-    sw = from_torch(model)
-    comp = compile_student(sw, T, 256)
-    assert sw.layers[0].conv.shape == (3, kernel, D)
-    want, x0, m = sentence(model, n_valid, seed=seed + 1)
-    got = comp.read_logits(plain.run(comp.circuit, comp.pack_input(x0), comp.public_plaintexts(m))["logits"])
-    np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9 * np.abs(want).max())
-    a, r, f = (sw.layers[0].abs_fn.fn.depth, sw.layers[0].attn_relu.fn.depth, sw.layers[0].ffn_relu.fn.depth)
-    assert depth(comp.circuit) == 2 * ((3 + a + r) + (2 + f)) + 1  # one level more per attention
-    assert kernel == 1 or {-(kernel // 2), kernel // 2} <= comp.circuit.rotation_steps()
+def test_token_convolutions_are_refused():
+    """A convolution over neighbouring tokens does not commute with the arranged layout (tokens repeat
+    and wrap there): the compiler says so rather than compile something else."""
+    with pytest.raises(CircuitError, match="token convolutions"):
+        compile_student(from_torch(random_student(False, qkv_conv=3)), T, 256)
 
 
 def test_depth_and_key_steps():
@@ -125,9 +125,11 @@ def test_depth_and_key_steps():
     sw = from_torch(model)
     comp = compile_student(sw, T, 256)
     a, r, f = (sw.layers[0].abs_fn.fn.depth, sw.layers[0].attn_relu.fn.depth, sw.layers[0].ffn_relu.fn.depth)
-    assert depth(comp.circuit) == 2 * ((2 + a + r) + (2 + f)) + 1
+    assert depth(comp.circuit, through_refresh=True) == 2 * ((2 + a + r) + (2 + f)) + 1
+    assert depth(comp.circuit) == 4 + f  # the output: Wo, the FFN and the head after the last refresh
+    assert check(comp.circuit, 99).max() == max(1 + a + r, 4 + f)  # the deepest segment: the attention alone
     steps = comp.circuit.rotation_steps()
     bs, bpc = 2 * T, 256 // (2 * T)
     head_sums = {H * bs * 2**i for i in range(int(np.log2(bpc // H)))}
-    assert steps == {-T, 1, T // 2, bs, comp.n1 * bs} | head_sums  # T // 2: the second lane's first shift
-    assert len(steps) <= 3 + len(head_sums) + 1
+    # 1 and 2: the shifts on two lanes (lane 1 starts one shift on, each lane strides 2); -T: the pooled label
+    assert steps == {-T, 1, 2, bs, comp.n1 * bs} | head_sums

@@ -48,7 +48,7 @@ def test_plain_executor_equals_torch_dot_student(n_slots, max_level):
     comp = compile_student(from_torch(model), T, n_slots, max_level)
     for n_valid in (T, 3):
         want, x0, m = sentence(model, n_valid)
-        got = comp.read_logits(plain.run(comp.circuit, comp.pack_input(x0), comp.public_plaintexts(m))["logits"])
+        got = comp.read_logits(plain.run(comp.circuit, comp.pack_input(x0, m), comp.public_plaintexts(m))["logits"])
         np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9 * np.abs(want).max())
     if max_level is not None:
         check(comp.circuit, max_level)

@@ -5,7 +5,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from he_inhibitor.circuit.attention import AttentionSpec  # noqa: E402
+from he_inhibitor.circuit.arrange import one_region  # noqa: E402
+from he_inhibitor.circuit.attention import AttentionSpec, head_sum_steps  # noqa: E402
 from he_inhibitor.circuit.compile import compile_student  # noqa: E402
 from he_inhibitor.circuit.executors import make_executor  # noqa: E402
 from he_inhibitor.circuit.layout import Layout  # noqa: E402
@@ -18,7 +19,8 @@ from test_circuit_compile import H, T, random_student, sentence  # noqa: E402
 
 def test_plain_and_simulate_share_one_interface():
     model = random_student(False)
-    plan = plan_student(from_torch(model), T, n=8192, precision=Precision(28, 40, 60))  # 4 levels
+    plan = plan_student(from_torch(model), T, n=8192, precision=Precision(28, 40, 60),
+                        shifts=one_region(T, 6))  # 4 levels
     want, x0, m = sentence(model, 6)
     runs = {mode: make_executor(mode, plan.compiled, plan.params).run(x0, m) for mode in ("plain", "simulate")}
     np.testing.assert_allclose(runs["plain"].logits, want, rtol=1e-9)
@@ -39,13 +41,17 @@ def test_stage_stats_match_the_layout_formulas():
     fw = fold_layer(sw.layers[0], H)
     xl = Layout.heads(T, n_slots, sw.d, H)
     fl = Layout.natural(T, n_slots, sw.d_ff)
-    spec = AttentionSpec(xl, H, fw.abs_fn, fw.attn_relu, fw.z_bias)
-    qkv = compile_group([fw.wq, fw.wk, fw.wv], [fw.bq, fw.bk, fw.bv], xl, [xl] * 3, comp.n1).rotation_count()
+    al = comp.att_layout  # the length-blind plan: blocks of 2T, T shifts
+    spec = AttentionSpec(al, H, fw.abs_fn, fw.attn_relu, fw.z_bias, T)
+    qkv = (compile_group([fw.wq], [fw.bq], al, [al], comp.n1).rotation_count()
+           + compile_group([fw.wk, fw.wv], [fw.bk, fw.bv], al, [al] * 2, comp.n1).rotation_count())
     wo = compile_group([fw.wo], [fw.bo], xl, [xl], comp.n1).rotation_count()
     attn = stats["layer0.attn"]
-    assert attn["rotate"] == qkv + wo + 3 * xl.n_cts + 2 * xl.n_cts * (T - 1) + T * len(spec.head_sum_steps)
+    head_sums = len(head_sum_steps(al, H))
+    # K and V each rotate T - 1 times over the two lanes; Z is head-summed once per shift
+    assert attn["rotate"] == qkv + wo + 2 * al.n_cts * (T - 1) + T * head_sums
     assert attn["levels"] == 2 + fw.abs_fn.depth + fw.attn_relu.depth
-    assert attn["poly"] == 2 * T * xl.n_cts
+    assert attn["poly"] == 2 * T * al.n_cts
     ffn = stats["layer0.ffn"]
     w1 = compile_group([fw.w1], [fw.b1], xl, [fl], comp.n1).rotation_count()
     w2 = compile_group([fw.w2], [fw.b2], fl, [xl], comp.n1).rotation_count()

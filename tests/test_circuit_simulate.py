@@ -7,8 +7,9 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from he_inhibitor.circuit import plain  # noqa: E402
+from he_inhibitor.circuit.arrange import one_region  # noqa: E402
 from he_inhibitor.circuit.compile import compile_student  # noqa: E402
-from he_inhibitor.circuit.ir import OpKind, RangeError, depth  # noqa: E402
+from he_inhibitor.circuit.ir import OpKind, RangeError, check, depth  # noqa: E402
 from he_inhibitor.circuit.noise import NoiseModel  # noqa: E402
 from he_inhibitor.circuit.params import Precision, plan_student  # noqa: E402
 from he_inhibitor.circuit.simulate import simulate  # noqa: E402
@@ -25,12 +26,14 @@ def student():
 
 def test_simulate_matches_plain_and_counts(student):
     model, sw = student
-    comp = compile_student(sw, T, 256)
+    comp = compile_student(sw, T, 256, shifts=one_region(T, 5))
     want, x0, m = sentence(model, 5)
     r = simulate(comp, NoiseModel(512, 30), x0, m)
-    got = comp.read_logits(plain.run(comp.circuit, comp.pack_input(x0), comp.public_plaintexts(m))["logits"])
+    got = comp.read_logits(plain.run(comp.circuit, comp.pack_input(x0, m), comp.public_plaintexts(m))["logits"])
     np.testing.assert_array_equal(r.logits, got)
-    assert r.depth == depth(comp.circuit) and r.refreshes == 0
+    # the refreshes are the client's maps: one group per attention's fold, one per later layer's arrangement
+    assert r.depth == depth(comp.circuit, through_refresh=True) and r.round_trips == 3
+    assert r.refreshes == len(comp.circuit.of_kind(OpKind.REFRESH))
     totals = r.totals()
     assert totals["rotate"] == len(comp.circuit.of_kind(OpKind.ROTATE))
     polys = [comp.circuit.nodes[i].fn for i in comp.circuit.of_kind(OpKind.POLY)]
@@ -57,7 +60,7 @@ def _exact_logits(model, x0, m):
 
 def test_out_of_range_input_fails_loudly(student):
     model, sw = student
-    comp = compile_student(sw, T, 256)
+    comp = compile_student(sw, T, 256, shifts=one_region(T, 5))
     _, x0, m = sentence(model, 5)
     with pytest.raises(RangeError, match="leaves the interval"):
         simulate(comp, NoiseModel(512, 30), 1000 * x0, m)
@@ -66,10 +69,11 @@ def test_out_of_range_input_fails_loudly(student):
 def test_parameters_from_depth_and_refresh(student):
     _, sw = student
     roomy = plan_student(sw, T, n=32768, precision=Precision(20, 40, 40))  # 40 levels
-    assert roomy.refreshes == 0 and roomy.params.depth == roomy.depth
+    # the chain holds the deepest segment between the client's refreshes (the attention, 1 + a + r)
+    assert roomy.params.depth == check(roomy.compiled.circuit, 99).max()
     tight = plan_student(sw, T, n=16384)
     assert tight.depth == roomy.depth and tight.params.depth <= Precision().max_levels(16384)
-    assert tight.refreshes > 0 and tight.round_trips >= 1
+    assert tight.round_trips == roomy.round_trips == 3
     assert tight.params.total_bits <= 438
     with pytest.raises(InsecureParametersError):
         CkksParams.for_depth(12, 8192, 30, 50, 50)

@@ -59,9 +59,15 @@ class ShiftPlan:
             raise ValueError(f"{self.m} shifts do not fit blocks of {self.B}")
 
     def regions(self, n: int) -> int:
-        """Query regions a for n tokens; ValueError where the plan cannot hold n."""
+        """Query regions a for n tokens; ValueError where the plan cannot hold n.
+
+        A plan holds n only if every shift meets a real key (m <= n): a shift is
+        never spent on padding alone (and SEAL refuses a product with an all-zero
+        mask, which such a shift would need)."""
         if n < 1:
             raise ValueError("a sentence has at least one token")
+        if self.m > n:
+            raise ValueError(f"plan (B={self.B}, m={self.m}) has shifts that meet no key of a {n}-token sentence")
         a = -(-n // self.m)
         if a * n + self.m - 1 > self.B:
             raise ValueError(f"plan (B={self.B}, m={self.m}) cannot hold {n} tokens: "
@@ -84,8 +90,13 @@ class ShiftPlan:
 
 
 def full_plan(T: int) -> ShiftPlan:
-    """The plan that holds every n <= T (one region, T shifts): what a circuit compiled without a table uses."""
-    return ShiftPlan(2 * T, T)
+    """T shifts over blocks of 2T: the plan of a full bucket (n = T), what a circuit compiled without one uses."""
+    return one_region(T, T)
+
+
+def one_region(T: int, n: int) -> ShiftPlan:
+    """n shifts over the bucket's blocks of 2T, one query region: shifts that follow n, no more packing."""
+    return ShiftPlan(2 * T, n)
 
 
 def candidates(n: int, T: int, res: Layout, n_heads: int, max_cts: int = 8) -> list[ShiftPlan]:

@@ -36,6 +36,7 @@ import numpy as np
 
 from he_inhibitor.ckks import CkksParams
 from he_inhibitor.circuit.arrange import ShiftPlan, choose_plans
+from he_inhibitor.circuit.arrange import one_region as arrange_one_region
 from he_inhibitor.circuit.compile import Compiled, compile_student
 from he_inhibitor.circuit.costs import CostTable
 from he_inhibitor.circuit.ir import Circuit
@@ -135,7 +136,7 @@ class Bucket:
         if self.compiled is not None:
             return plan_of(self.compiled, self.params)
         if self.source is not None:
-            plan = _plan(self.source, self.T, self.plans[n])
+            plan = _plan(self.source, self.T, self.plans[n], _stamp(self.source, self.T))
         elif self.weights is None:
             raise ValueError("this bucket has neither a bundle nor weights to compile from")
         else:
@@ -160,10 +161,10 @@ class PlanSummary:
     predicted_seconds: float
 
     @classmethod
-    def of(cls, plan: Plan, n_tokens: int) -> PlanSummary:
+    def of(cls, plan: Plan, predicted_seconds: float) -> PlanSummary:
         c = plan.compiled.circuit
         return cls(plan.depth, plan.refreshes, plan.round_trips, tuple(sorted(c.rotation_steps())), stage_stats(c),
-                   circuit_hash(c), _predicted_seconds(plan, n_tokens))
+                   circuit_hash(c), predicted_seconds)
 
 
 def _plan_key(p: ShiftPlan | None) -> str:
@@ -180,39 +181,62 @@ def _predicted_seconds(plan: Plan, n_tokens: int) -> float:
 
 
 def plan_bucket(sw: StudentWeights, T: int, tokens: Sequence[int], n: int = 16384,
-                precision: Precision = Precision(), all_shifts: bool = False
+                precision: Precision = Precision(), one_region: bool = False
                 ) -> tuple[Bucket, Plan, dict[ShiftPlan | None, PlanSummary]]:
     """Compile a bucket: the chain from the plan that holds every n <= T, then for each token count
     the candidate plan (arrange.candidates) the simulator predicts cheapest, on that chain.
 
-    all_shifts: every token count runs the plan that holds them all (T shifts, one region): the
-    cost of a circuit that ignores the sentence's length, kept as the comparison target.
+    one_region: every token count n runs n shifts in one query region (arrange.one_region): the
+    shifts follow n but the blocks stay half empty, the comparison target for the packing.
     Returns the bucket (compiling from `sw`), the base plan's circuit and a summary of each used plan.
     """
     base = plan_student(sw, T, n, precision)
     params, max_level = base.params, base.compiled.max_level
-    summaries: dict[ShiftPlan | None, PlanSummary] = {}
 
-    def summary(p: ShiftPlan | None) -> PlanSummary:
-        if p not in summaries:
-            tokens_held = max(t for t in tokens if p is None or p.holds(t))
-            plan = base if p == base.compiled.plan else plan_of(
-                compile_student(sw, T, params.slots, max_level=max_level, shifts=p), params)
-            summaries[p] = PlanSummary.of(plan, tokens_held)
-        return summaries[p]
+    def build(p: ShiftPlan | None) -> Plan:
+        if p == base.compiled.plan:
+            return base
+        return plan_of(compile_student(sw, T, params.slots, max_level=max_level, shifts=p), params)
 
-    if base.compiled.plan is None or all_shifts:  # dot-product attention: one circuit for every length
-        plans: dict[int, ShiftPlan | None] = {t: base.compiled.plan for t in tokens}
+    def held(p: ShiftPlan) -> int:
+        return max(t for t in range(1, T + 1) if p.holds(t))
+
+    cost = _affine_cost(build, held)
+    if base.compiled.plan is None:  # dot-product attention: one circuit for every length
+        plans: dict[int, ShiftPlan | None] = {t: None for t in tokens}
+    elif one_region:
+        plans = {t: arrange_one_region(T, t) for t in tokens}
     else:
-        plans = dict(choose_plans(tokens, T, base.compiled.layout, sw.n_heads,
-                                  lambda p: summary(p).predicted_seconds))
-    used = {p: summary(p) for p in set(plans.values())}
-    for p, s in used.items():
-        if s.round_trips > base.round_trips:
-            raise ValueError(f"plan {p} needs {s.round_trips} refresh round trips, the bucket {base.round_trips}")
-    steps = tuple(sorted({st for s in used.values() for st in s.rotation_steps}))
-    bucket = Bucket(T, params, max_level, plans, {p: s.sha256 for p, s in used.items()}, steps, weights=sw)
-    return bucket, base, used
+        plans = dict(choose_plans(tokens, T, base.compiled.layout, sw.n_heads, cost))
+    summaries = {}
+    for p in set(plans.values()):
+        plan = build(p)
+        summaries[p] = PlanSummary.of(plan, _predicted_seconds(plan, T) if p is None else cost(p))
+        if plan.round_trips > base.round_trips:
+            raise ValueError(f"plan {p} needs {plan.round_trips} refresh round trips, the bucket {base.round_trips}")
+    steps = tuple(sorted({st for s in summaries.values() for st in s.rotation_steps}))
+    bucket = Bucket(T, params, max_level, plans, {p: s.sha256 for p, s in summaries.items()}, steps, weights=sw)
+    return bucket, base, summaries
+
+
+def _affine_cost(build, held):
+    """The simulator's predicted seconds of a plan, from two simulated plans per block width B.
+
+    Every shift adds the same operations at the same levels, so at fixed B the cost is affine in the
+    shift count m: simulating the plans of 1 and of 2 shifts prices every m exactly, instead of
+    simulating dozens of circuits of ~2 s each.
+    """
+    lines: dict[int, tuple[float, float]] = {}
+
+    def cost(p: ShiftPlan) -> float:
+        if p.B not in lines:
+            lo, hi = ShiftPlan(p.B, 1), ShiftPlan(p.B, 2)
+            c1, c2 = (_predicted_seconds(build(q), held(q)) for q in (lo, hi))
+            lines[p.B] = (c1, c2 - c1)
+        c1, per_shift = lines[p.B]
+        return c1 + per_shift * (p.m - 1)
+
+    return cost
 
 
 def _relaned(plan: Plan, lanes: int, sw: StudentWeights) -> Plan:
@@ -235,10 +259,10 @@ def _checked(bucket: Bucket, sw: StudentWeights, shifts: ShiftPlan | None) -> Pl
 
 def save_bundle(sw: StudentWeights, buckets: int | Sequence[int], out_dir: str | Path, n: int = 16384,
                 precision: Precision = Precision(), client: ClientAssets | None = None,
-                all_shifts: bool = False) -> dict[int, Bucket]:
+                one_region: bool = False) -> dict[int, Bucket]:
     """Compile every bucket (a sentence of n tokens runs in the smallest T >= n), then write the bundle."""
     Ts = sorted({buckets} if isinstance(buckets, int) else set(buckets))
-    compiled = {T: plan_bucket(sw, T, range(lo + 1, T + 1), n, precision, all_shifts)
+    compiled = {T: plan_bucket(sw, T, range(lo + 1, T + 1), n, precision, one_region)
                 for lo, T in zip([0] + Ts, Ts)}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -346,11 +370,16 @@ def load_bucket(bundle: str | Path, T: int | None = None) -> Bucket:
     return Bucket(T, params, meta["max_level"], plans, hashes, tuple(meta["rotation_steps"]), d)
 
 
+def _stamp(bundle: Path, T: int) -> tuple[int, int]:
+    """When the bucket's files last changed: a rewritten bundle is never served from the cache."""
+    return (bundle / _circuit_file(T)).stat().st_mtime_ns, (bundle / "weights.npz").stat().st_mtime_ns
+
+
 @lru_cache(maxsize=6)
-def _plan(bundle: Path, T: int, shifts: ShiftPlan | None) -> Plan:
+def _plan(bundle: Path, T: int, shifts: ShiftPlan | None, stamp: tuple[int, int]) -> Plan:
     """One plan's circuit, recompiled from the bundle's weights; ValueError if it no longer matches.
 
-    A few stay cached: sentences of nearby lengths share plans, and each
+    A few stay cached (keyed by the files' stamp): sentences of nearby lengths share plans, and each
     circuit holds ~100 MB of diagonals."""
     bucket = load_bucket(bundle, T)
     compiled = compile_student(load_weights(bundle), T, bucket.params.slots, max_level=bucket.max_level,

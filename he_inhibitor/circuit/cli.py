@@ -24,9 +24,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n", type=int, default=16384, help="CKKS ring degree")
     p.add_argument("--scale-bits", type=int, default=30)
     p.add_argument("--labels", nargs="+", default=["negative", "positive"])
-    p.add_argument("--all-shifts", action="store_true",
-                   help="every sentence runs all T shifts of its bucket (the length-blind circuit, a comparison "
-                        "target for bench --compare)")
+    p.add_argument("--one-region", action="store_true",
+                   help="a sentence of n tokens runs n shifts in one query region (no packing of the blocks' "
+                        "free slots): a comparison target for bench --compare")
     p.set_defaults(func=run)
 
 
@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     assets = ClientAssets((args.model / TOKENIZER_FILE).read_text(), model.word.weight.detach().numpy(),
                           model.pos.weight.detach().numpy(), tuple(args.labels))
     save_bundle(from_torch(model), args.buckets, args.out, args.n, Precision(scale_bits=args.scale_bits), assets,
-                args.all_shifts)
+                args.one_region)
     rep = json.loads((args.out / "report.json").read_text())
     for T, r in rep["buckets"].items():
         print(json.dumps({"T": int(T), **{k: v for k, v in r.items() if k not in ("plans", "T")}}))

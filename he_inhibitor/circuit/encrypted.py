@@ -198,10 +198,10 @@ class EncryptedExecutor:
                     if node.args not in mapped:
                         mapped[node.args] = self._refresh_map([a[j] for j in range(len(a) - 1)],
                                                               resolve(a[-1][1], public))
-                        refreshes += 1
                     outs, on_client = mapped[node.args]
                     values[i] = outs[node.arg]
                     on_client = on_client if node.arg == 0 else 0.0
+                    refreshes += 1
                 elif op is OpKind.REFRESH:
                     values[i], on_client = self._refresh(a[0])
                     refreshes += 1

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from he_inhibitor.ckks.params import MAX_BITS_128, CkksParams
 from he_inhibitor.circuit.arrange import ShiftPlan
 from he_inhibitor.circuit.compile import Compiled, compile_student
-from he_inhibitor.circuit.ir import LevelError, OpKind, depth, refresh_round_trips
+from he_inhibitor.circuit.ir import LevelError, OpKind, depth, levels_and_degrees, refresh_round_trips
 from he_inhibitor.circuit.weights import StudentWeights
 
 
@@ -51,7 +51,7 @@ def plan_student(sw: StudentWeights, T: int, n: int = 16384, precision: Precisio
     shifts: the attention's packing (default: the plan that holds every n <= T).
     """
     compiled = compile_student(sw, T, n // 2, shifts=shifts)
-    need = depth(compiled.circuit)
+    need = int(levels_and_degrees(compiled.circuit)[0].max())  # the deepest segment between refreshes
     avail = precision.max_levels(n)
     levels = min(need, avail)
     if need > avail:

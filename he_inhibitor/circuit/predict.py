@@ -164,7 +164,8 @@ class Predictor:
                    key_seconds=key_seconds, setup_seconds=setup_seconds, key_bytes=key_bytes,
                    lanes=runner.lanes if parallel else 1, ray_workers=len(self._pool.actors) if parallel else 0,
                    levels_used=measured_depth(runner.compiled.circuit, res.chain_index),
-                   refresh_round_trips=res.refreshes, cpu_seconds=res.cpu_seconds,
+                   refreshes=res.refreshes, refresh_round_trips=self._plan(prep.T, prep.n_tokens).round_trips,
+                   cpu_seconds=res.cpu_seconds,
                    worker_cpu_seconds=runner.worker_cpu_seconds if parallel else None,
                    transfer_seconds=runner.transfer_seconds if parallel else None,
                    store_bytes=runner.last.get("store_bytes") if parallel else None)
