@@ -252,27 +252,43 @@ def measure(bundle: Path, reps: int, clients: int, old: bool, address: str | Non
 
 
 def plot(result: dict, path: Path) -> Path:
+    """Left: seconds per sentence against lanes (predicted curves, measured points); right: throughput."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    meas = result.get("measured") or {}
+    tp = meas.get("throughput") or {}
+    fig, axes = plt.subplots(1, 2 if tp else 1, figsize=(12 if tp else 7, 4.5), squeeze=False)
+    ax = axes[0][0]
     rows = result["predicted"]
     for T in sorted({r["T"] for r in rows}):
         pts = [r for r in rows if r["T"] == T]
-        ax.plot([r["lanes"] for r in pts], [r["predicted_seconds"] for r in pts], "o-", label=f"predicted, T = {T}")
-    meas = result.get("measured") or {}
+        ax.plot([r["lanes"] for r in pts], [r["predicted_seconds"] for r in pts], "o-",
+                label=f"predicted critical path, T = {T} (serial part {pts[0].get('serial_seconds', 0):.1f} s)")
     for name, lat in meas.get("latency", {}).items():
         k = 2 if name.startswith("2 lanes") else 1
-        ax.plot([k], [lat["median_seconds"]], "x" if "old" in name else "s", ms=9,
-                label=f"measured (T = {meas['T']}): {name}")
+        cpu = float(np.median([r["driver_cpu_seconds"] + r["worker_cpu_seconds"] for r in lat["runs"]]))
+        busiest = float(np.median([max(r["driver_cpu_seconds"], r["worker_cpu_seconds"]) for r in lat["runs"]]))
+        line, = ax.plot([k], [lat["median_seconds"]], "x" if "old" in name else "s", ms=9,
+                        label=f"measured wall (T = {meas['T']}): {name}; CPU {cpu:.0f} s in all")
+        ax.plot([k], [busiest], "o", ms=9, mfc="none", color=line.get_color(),
+                label=f"  its busiest process's CPU seconds ({busiest:.0f} s)")
     ax.set_xscale("log", base=2)
-    ax.set_xlabel("lanes (cores)")
+    ax.set_xlabel("lanes (one core each)")
     ax.set_ylabel("seconds per sentence")
-    ax.set_title("One sentence against lanes: critical path from per-primitive costs")
-    ax.legend(fontsize=7)
+    ax.set_title("One sentence against lanes")
+    ax.legend(fontsize=6)
     ax.grid(alpha=0.3)
+    if tp:
+        ax = axes[0][1]
+        names = list(tp)
+        ax.barh(range(len(names)), [tp[n]["sentences_per_hour"] for n in names])
+        ax.set_yticks(range(len(names)), [n.replace(" (", "\n(") for n in names], fontsize=7)
+        ax.set_xlabel(f"sentences per hour, {tp[names[0]]['clients']} concurrent clients (T = {meas['T']})")
+        ax.set_title("Throughput on this 2-core machine (shared, loaded)")
+        ax.grid(alpha=0.3, axis="x")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)

@@ -35,9 +35,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=int, default=None, help="with --data: the first N sentences")
     p.add_argument("--circuit", type=Path, default=SHIPPED_BUNDLE, help=f"bundle directory (default {SHIPPED_BUNDLE})")
     p.add_argument("--mode", choices=MODES, default="encrypted")
-    p.add_argument("--lanes", type=int, default=2,
+    p.add_argument("--lanes", type=int, default=None,
                    help="lanes for the encrypted run: the attention shifts split K ways, lanes 1..K-1 on Ray "
-                        "actors (1: one process, no Ray; at most T)")
+                        "actors (1: one process, no Ray; at most T; default 2 where ray is installed, else 1)")
     p.add_argument("--ray", default=None, metavar="ADDRESS",
                    help="run the lanes on the Ray cluster at ADDRESS (default: Ray embedded, 2 CPUs)")
     p.add_argument("--json", action="store_true", help="print one JSON object (per sentence with --data)")
@@ -238,7 +238,14 @@ def _text(r: dict) -> str:
 def run(args: argparse.Namespace) -> int:
     if (args.text is None) == (args.data is None):
         raise SystemExit("predict takes either TEXT or --data FILE.tsv")
-    with Predictor(args.circuit, args.mode, args.lanes, args.ray) as p:
+    lanes = args.lanes
+    if lanes is None:
+        import importlib.util
+
+        lanes = 2 if importlib.util.find_spec("ray") is not None else 1
+    elif lanes > 1 and importlib_missing("ray"):
+        raise SystemExit("--lanes K > 1 runs lanes on Ray: pip install 'he-inhibitor[ray]'")
+    with Predictor(args.circuit, args.mode, lanes, args.ray) as p:
         if args.text is not None:
             r = p.predict(args.text)
             print(json.dumps(r) if args.json else _text(r))
@@ -261,3 +268,9 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(summary))
         ok = summary["agree_with_plain"] == len(rows) and summary["errors_within_bound"] == len(rows)
         return 0 if ok or args.mode != "encrypted" else 1
+
+
+def importlib_missing(name: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(name) is None
