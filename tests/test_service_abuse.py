@@ -223,3 +223,32 @@ def test_the_secret_key_never_goes_through_a_temporary_file(toy_server, tmp_path
         second.classify_embedded(x0, n)
     assert through_files and seal.SecretKey not in through_files, through_files
     assert len(beside) == 1 and beside[0].startswith(str(tmp_path))  # the key file's atomic write
+
+
+def test_the_refresh_mask_is_as_wide_as_the_last_level_allows(toy_server):
+    """What the client decrypts at a refresh: activation + r, r uniform in [-R, R], R = q_0 / (4 scale).
+
+    With the toy chain (q_0 a 40-bit prime, scale 2^30) R is about 256; the
+    activations here are below 2, so the decrypted slots spread over about
+    [-R, R] and no wider.
+    """
+    from he_inhibitor.service import sealio
+    from he_inhibitor.service.protocol import unpack_frames
+
+    _, app, server = toy_server
+    with Client(server.url) as client:
+        client.generate_keys()
+        client.register_keys()
+        x0, n = sentence(12)
+        r = httpx.post(server.url + "/v1/evaluate", content=pack_frames(client.encrypt(x0)),
+                       headers={"content-type": "application/octet-stream", H_KEY_ID: client.key_id,
+                                H_TOKENS: str(n)})
+        assert r.headers["X-Status"] == "refresh"
+        (masked,) = unpack_frames(r.content, 1)
+        ct = sealio.ciphertext(masked, client.keys.context)
+        values = client.keys.decrypt(ct)
+    q0 = client.keys.context.last_context_data().parms().coeff_modulus()[0].value()
+    R = q0 / (4 * ct.scale)
+    assert 200 < R < 300
+    assert 0.95 * R < np.abs(values).max() < R + 2
+    assert abs(values.mean()) < 0.05 * R and 0.5 < values.std() / (R / np.sqrt(3)) < 1.5
