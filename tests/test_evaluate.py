@@ -35,6 +35,18 @@ def test_eval_counts_sentences_beyond_a_bound(tmp_path, capsys):
     assert (wide["beyond_bound"] > 0) == (wide["max_input_ratio"] > 1)
 
 
+def test_eval_truncates_a_long_sentence_and_counts_it(tmp_path, capsys):
+    """A sentence longer than the student's positions is cut to them and counted; it never stops eval."""
+    model_dir = toy_student(tmp_path / "toy")
+    max_len = load_student(model_dir).cfg.max_len
+    data = tmp_path / "dev.tsv"
+    data.write_text("sentence\tlabel\na good movie\t1\n" + "very " * (max_len + 5) + "dull plot\t0\n")
+    for extra in ([], ["--ranges"]):
+        assert main(["eval", "--model", str(model_dir), "--data", str(data), "--json", *extra]) == 0
+        out = json.loads(capsys.readouterr().out)
+        assert out["n"] == 2 and out["truncated"] == 1
+
+
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.tuples(st.booleans(), st.integers(1, 80)), min_size=1, max_size=60),
        st.lists(st.integers(1, 90), min_size=1, max_size=5, unique=True))
