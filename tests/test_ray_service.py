@@ -26,9 +26,9 @@ from he_inhibitor.service.server import create_app  # noqa: E402
 @pytest.fixture(scope="module", params=["lanes", "sentences"])
 def served(student, request):  # noqa: F811
     _, plan, _, _ = student
-    assert lanes_of(plan.compiled.circuit) == [0, 1]
+    assert lanes_of(plan.plan_for(T).compiled.circuit) == [0, 1]
     with (RayLanes(1) if request.param == "lanes" else RaySentences(2, cache_weights=False)) as pool:
-        app = create_app(plan.compiled, plan.params, lanes=pool)
+        app = create_app(plan, plan.params, lanes=pool)
         app.state.lane_pool = pool
         with LocalServer(app) as server:
             yield app, server

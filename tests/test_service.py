@@ -30,7 +30,8 @@ from safetensors.numpy import save_file  # noqa: E402
 from he_inhibitor.ckks import serial  # noqa: E402
 from he_inhibitor.circuit.bundle import save_bundle  # noqa: E402
 from he_inhibitor.circuit.executors import PlainExecutor  # noqa: E402
-from he_inhibitor.circuit.params import Precision, plan_student  # noqa: E402
+from he_inhibitor.circuit.bundle import plan_bucket  # noqa: E402
+from he_inhibitor.circuit.params import Precision  # noqa: E402
 from he_inhibitor.circuit.weights import from_torch  # noqa: E402
 from he_inhibitor.model.nonlinear import PolySpec  # noqa: E402
 from he_inhibitor.model.student import Student, StudentConfig  # noqa: E402
@@ -48,13 +49,14 @@ WORDS = ["a", "good", "bad", "movie", "film", "great", "awful", "not", "very", "
 
 @pytest.fixture(scope="module")
 def student(tmp_path_factory):
-    """A 1-layer random student with degree-2 fits, compiled for N = 8192, and its client bundle."""
+    """A 1-layer random student with degree-2 fits, compiled for N = 8192 (a bucket: one circuit per
+    attention plan, compiled as sentences need them), and its client bundle."""
     torch.manual_seed(0)
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"] + WORDS
     cfg = StudentConfig(vocab_size=len(vocab), max_len=16, d_model=16, n_heads=4, d_ff=32, n_layers=1,
                         dropout=0.0, abs_poly=PolySpec(2), relu_poly=PolySpec(2))
     model = Student(cfg).double().eval().set_form("poly")
-    plan = plan_student(from_torch(model), T, n=8192, precision=Precision(30, 40, 60))
+    plan, _, _ = plan_bucket(from_torch(model), T, range(1, T + 1), n=8192, precision=Precision(30, 40, 60))
     bundle = tmp_path_factory.mktemp("client")
     make_tokenizer(vocab).save(str(bundle / "tokenizer.json"))
     save_file({"word.weight": model.word.weight.detach().numpy(), "pos.weight": model.pos.weight.detach().numpy()},
@@ -65,7 +67,7 @@ def student(tmp_path_factory):
 @pytest.fixture(scope="module")
 def served(student):
     _, plan, _, _ = student
-    app = create_app(plan.compiled, plan.params)
+    app = create_app(plan, plan.params)
     with LocalServer(app) as server:
         yield app, server
 
@@ -93,11 +95,11 @@ def test_text_round_trip_matches_plain_and_nothing_secret_travels(student, serve
         for text in ("a very good film", "not fun , dull plot"):
             pred = client.classify(text, embedder)
             x0, n = embedder.embed(text, T)
-            plain = PlainExecutor(plan.compiled).run(x0, (np.arange(T) < n).astype(float)).logits
+            plain = PlainExecutor(plan.plan_for(n).compiled).run(x0, (np.arange(T) < n).astype(float)).logits
             np.testing.assert_allclose(pred.logits, plain, atol=1e-2)
             assert pred.label == ("negative", "positive")[int(np.argmax(plain))]
             t = pred.traffic
-            assert t.round_trips == 1 + app.state.signature.bucket(n).refreshes
+            assert t.round_trips == 1 + app.state.signature.bucket(n).refreshes_for(n)
             assert min(t.client_s, t.network_s, t.server_s) > 0 and t.bytes_up > 0 and t.bytes_down > 0
     # nothing the server received contains the secret key, in any form
     assert bodies and not any(sk in b for b in bodies)
@@ -163,7 +165,7 @@ def test_health_signature_and_openapi(served):
 def test_demo_prints_agreeing_table(student):
     _, plan, embedder, _ = student
     out, log = io.StringIO(), io.StringIO()
-    rows = run_demo(plan.compiled, plan.params, embedder, ["a very good film", "a " * 20], Progress(log), out)
+    rows = run_demo(plan, plan.params, embedder, ["a very good film", "a " * 20], Progress(log), out)
     for row in rows:
         assert row["label"] == row["plain_label"] and row["max_abs_error"] < 1e-2
     assert not rows[0]["truncated"] and rows[0]["tokens"] == 6
@@ -213,6 +215,6 @@ def test_serve_and_query_commands(student, tmp_path):
     for res in first["results"] + second["results"]:
         Tb = res["bucket"]
         x0, n = embedder.embed(res["text"], Tb, truncate=res["truncated"])
-        want = PlainExecutor(plans[Tb].compiled).run(x0, (np.arange(Tb) < n).astype(float)).logits
+        want = PlainExecutor(plans[Tb].plan_for(n).compiled).run(x0, (np.arange(Tb) < n).astype(float)).logits
         np.testing.assert_allclose(res["logits"], want, atol=1e-2)
         assert set(res["seconds"]) == {"client", "network", "server", "total"} and res["bytes_up"] > 0

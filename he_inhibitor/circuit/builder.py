@@ -70,8 +70,8 @@ class Builder:
     def client_map(self, xs: list[int], name: str, n_out: int) -> list[int]:
         """The client's public map `name` (arrange.ClientMap, bound per request) of xs, freshly encrypted.
 
-        One REFRESH node per output ciphertext, all with the same inputs: they
-        travel in one round trip (ir.refresh_round_trips)."""
+        One REFRESH node per output ciphertext; nodes that refresh the same
+        ciphertexts travel in one round trip (ir.refresh_groups)."""
         c = self._const(name)
         return [self._emit(OpKind.REFRESH, (*xs, c), arg=j) for j in range(n_out)]
 

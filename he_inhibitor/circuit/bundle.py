@@ -39,7 +39,7 @@ from he_inhibitor.circuit.arrange import ShiftPlan, choose_plans
 from he_inhibitor.circuit.arrange import one_region as arrange_one_region
 from he_inhibitor.circuit.compile import Compiled, compile_student
 from he_inhibitor.circuit.costs import CostTable
-from he_inhibitor.circuit.ir import Circuit
+from he_inhibitor.circuit.ir import Circuit, refresh_round_trips
 from he_inhibitor.circuit.noise import NoiseModel
 from he_inhibitor.circuit.params import Plan, Precision, plan_of, plan_student
 from he_inhibitor.circuit.simulate import simulate
@@ -117,6 +117,7 @@ class Bucket:
     plans: dict[int, ShiftPlan | None]  # tokens -> plan (None: a dot-product student, one circuit)
     hashes: dict[ShiftPlan | None, str]
     rotation_steps: tuple[int, ...]  # the union over the plans: the bucket's key set
+    trips: dict[ShiftPlan | None, int]  # refresh round trips of each plan's circuit
     source: Path | None = None  # the bundle, whose weights a plan's circuit is rebuilt from
     weights: StudentWeights | None = None  # or the weights themselves (a bucket compiled in memory)
     compiled: Compiled | None = None  # or one circuit that serves every length (Bucket.of)
@@ -127,7 +128,12 @@ class Bucket:
         """One circuit for every token count it holds (e.g. compiled with the default plan)."""
         plans = {n: compiled.plan for n in range(1, compiled.T + 1) if compiled.holds(n)}
         return cls(compiled.T, params, compiled.max_level, plans, {compiled.plan: circuit_hash(compiled.circuit)},
-                   tuple(sorted(compiled.circuit.rotation_steps())), compiled=compiled)
+                   tuple(sorted(compiled.circuit.rotation_steps())),
+                   {compiled.plan: refresh_round_trips(compiled.circuit)}, compiled=compiled)
+
+    def round_trips(self, n: int) -> int:
+        """Refresh round trips of the circuit a sentence of n tokens runs: client and server hold to it."""
+        return self.trips[self.plans[n]]
 
     def plan_for(self, n: int) -> Plan:
         """The compiled circuit for sentences of n tokens (recompiled, hash-checked)."""
@@ -146,6 +152,9 @@ class Bucket:
 
     def plans_json(self) -> dict[str, list[int] | None]:
         return {str(n): (None if p is None else p.as_json()) for n, p in sorted(self.plans.items())}
+
+    def trips_json(self) -> dict[str, int]:
+        return {str(n): self.trips[p] for n, p in sorted(self.plans.items())}
 
 
 @dataclass(frozen=True)
@@ -212,10 +221,9 @@ def plan_bucket(sw: StudentWeights, T: int, tokens: Sequence[int], n: int = 1638
     for p in set(plans.values()):
         plan = build(p)
         summaries[p] = PlanSummary.of(plan, _predicted_seconds(plan, T) if p is None else cost(p))
-        if plan.round_trips > base.round_trips:
-            raise ValueError(f"plan {p} needs {plan.round_trips} refresh round trips, the bucket {base.round_trips}")
     steps = tuple(sorted({st for s in summaries.values() for st in s.rotation_steps}))
-    bucket = Bucket(T, params, max_level, plans, {p: s.sha256 for p, s in summaries.items()}, steps, weights=sw)
+    bucket = Bucket(T, params, max_level, plans, {p: s.sha256 for p, s in summaries.items()}, steps,
+                    {p: s.round_trips for p, s in summaries.items()}, weights=sw)
     return bucket, base, summaries
 
 
@@ -280,6 +288,7 @@ def save_bundle(sw: StudentWeights, buckets: int | Sequence[int], out_dir: str |
             "T": T, "n": n, "precision": asdict(precision), "coeff_bits": list(bucket.params.coeff_bits),
             "scale_bits": bucket.params.scale_bits, "max_level": bucket.max_level,
             "plans": bucket.plans_json(), "sha256": {_plan_key(p): h for p, h in bucket.hashes.items()},
+            "round_trips": {_plan_key(p): k for p, k in bucket.trips.items()},
             "rotation_steps": list(bucket.rotation_steps)}, indent=1) + "\n")
     reports = {str(T): report(bucket, summaries) for T, (bucket, _, summaries) in compiled.items()}
     (out / "report.json").write_text(json.dumps({"buckets": reports}, indent=1) + "\n")
@@ -319,7 +328,8 @@ def signature(bucket: Bucket, plan: Plan, labels: Sequence[str]) -> dict:
         "block_of": list(comp.layout.block_of), "n_heads": comp.n_heads, "plans": bucket.plans_json(),
         "outputs": list(c.outputs), "input_level": params.depth, "rotation_steps": list(bucket.rotation_steps),
         "logit_slots": [int(s) for s in comp.read_logits(np.arange(c.n_slots, dtype=np.float64))],
-        "labels": list(labels), "depth": plan.depth, "refreshes": plan.round_trips,
+        "labels": list(labels), "depth": plan.depth, "refreshes": max(bucket.trips.values()),
+        "round_trips": bucket.trips_json(),
     }
 
 
@@ -366,8 +376,10 @@ def load_bucket(bundle: str | Path, T: int | None = None) -> Bucket:
         raise ValueError(f"{d}: a bundle from before per-length attention plans; recompile it (he-inhibitor compile)")
     params = CkksParams(int(meta["n"]), tuple(meta["coeff_bits"]), int(meta["scale_bits"]))
     plans = {int(t): None if p is None else ShiftPlan(*p) for t, p in meta["plans"].items()}
-    hashes = {None if k == "all" else ShiftPlan(*map(int, k.split(","))): h for k, h in meta["sha256"].items()}
-    return Bucket(T, params, meta["max_level"], plans, hashes, tuple(meta["rotation_steps"]), d)
+    key = lambda k: None if k == "all" else ShiftPlan(*map(int, k.split(",")))  # noqa: E731
+    hashes = {key(k): h for k, h in meta["sha256"].items()}
+    trips = {key(k): int(t) for k, t in meta["round_trips"].items()}
+    return Bucket(T, params, meta["max_level"], plans, hashes, tuple(meta["rotation_steps"]), trips, d)
 
 
 def _stamp(bundle: Path, T: int) -> tuple[int, int]:

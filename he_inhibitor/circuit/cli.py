@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
         for key, plan in r["plans"].items():
             toks = plan["tokens"]
             print(f"  plan {key:8s} tokens {toks[0]}-{toks[-1]}  depth {plan['depth']}  "
-                  f"round trips {plan['refresh_round_trips']}")
+                  f"round trips {plan['round_trips']}  predicted {plan['predicted_seconds']:.1f} s")
             for stage, counts in plan["stages"].items():
                 print(f"    {stage:12s} levels {counts['levels']:3d}  rotations {counts.get('rotate', 0):4d}  "
                       f"relins {counts.get('relinearize', 0):4d}  mul_plain {counts.get('mul_plain', 0):4d}")

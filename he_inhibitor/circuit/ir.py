@@ -190,10 +190,19 @@ def depth(circuit: Circuit, through_refresh: bool = False) -> int:
     return int(max(lv[i] for i in circuit.of_kind(OpKind.OUTPUT)))
 
 
+def refresh_groups(circuit: Circuit) -> dict[tuple[int, ...], list[int]]:
+    """REFRESH nodes by the ciphertexts they refresh, in circuit order: one round trip each.
+
+    The client gets those ciphertexts (masked) once and returns every output of
+    every map the group's nodes name (a REFRESH node's arguments: the
+    ciphertexts, then optionally the CONST naming a public map)."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i in circuit.of_kind(OpKind.REFRESH):
+        cts = tuple(a for a in circuit.nodes[i].args if circuit.nodes[a].op is not OpKind.CONST)
+        groups.setdefault(cts, []).append(i)
+    return groups
+
+
 def refresh_round_trips(circuit: Circuit) -> int:
-    """Most refreshes on any path: refreshes of equal rank go to the client in one round trip."""
-    rank = np.zeros(len(circuit.nodes), dtype=np.int64)
-    for i, node in enumerate(circuit.nodes):
-        r = max((int(rank[a]) for a in node.args), default=0)
-        rank[i] = r + (node.op is OpKind.REFRESH)
-    return int(rank.max()) if rank.size else 0
+    """Refresh round trips one evaluation makes (refresh_groups)."""
+    return len(refresh_groups(circuit))

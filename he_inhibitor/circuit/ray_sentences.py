@@ -123,7 +123,7 @@ class SentenceWorker:
         except BaseException:
             del self.jobs[job]
             raise
-        return "refresh", ([serial.to_bytes(c) for c in masked.cts], masked.map, masked.outputs)
+        return "refresh", ([serial.to_bytes(c) for c in masked.cts], masked.maps, masked.outputs)
 
     def drop(self, job: str) -> None:
         entry = self.jobs.pop(job, None)
@@ -239,8 +239,8 @@ class RaySentences:
         try:
             status, payload = self._start(actor, job, circuit_id, key_id, blob, n_tokens, inputs)
             while status == "refresh":
-                blobs, name, outputs = payload
-                fresh = yield Refresh([serial.ciphertext_from_bytes(b, context) for b in blobs], name, outputs)
+                blobs, maps, outputs = payload
+                fresh = yield Refresh([serial.ciphertext_from_bytes(b, context) for b in blobs], maps, outputs)
                 status, payload = self._get(actor.resume.remote(job, [serial.to_bytes(c) for c in fresh]),
                                             "evaluation")
             done = True
@@ -318,9 +318,8 @@ class RaySentenceExecutor:
                     req = gen.send(fresh)
                     t = time.perf_counter()
                     values = [np.asarray(keys.decrypt(c)) for c in req.cts]  # the client's side of a refresh
-                    if req.map is not None:
-                        values = public[req.map].apply(values)
-                    fresh = [keys.encrypt(v, depth) for v in values]
+                    fresh = [keys.encrypt(v, depth) for name in req.maps
+                             for v in (values if name is None else public[name].apply(values))]
                     client += time.perf_counter() - t
                     refreshes += 1
                     if self.on_refresh is not None:

@@ -257,41 +257,49 @@ class Client:
         refreshes = 0
         while r.headers.get(H_STATUS) == STATUS_REFRESH:
             refreshes += 1
-            if refreshes > b.refreshes:
+            if refreshes > b.refreshes_for(n_tokens):
                 raise ServerError(r.status_code, "protocol", f"the server asked for refresh {refreshes}; "
-                                  f"the T={b.T} circuit has {b.refreshes}")
-            self.progress(f"evaluating: refresh round trip {refreshes}/{b.refreshes}")
+                                  f"the T={b.T} circuit for {n_tokens} tokens has {b.refreshes_for(n_tokens)}")
+            self.progress(f"evaluating: refresh round trip {refreshes}/{b.refreshes_for(n_tokens)}")
             t0 = time.perf_counter()
             fresh = self._refresh(r, b, n_tokens)
             traffic.client_s += time.perf_counter() - t0
             r = self._post(f"/v1/jobs/{r.headers[H_JOB]}", pack_frames(fresh), {}, traffic)
         if r.headers.get(H_STATUS) != STATUS_DONE:
             raise ServerError(r.status_code, "protocol", f"unexpected status {r.headers.get(H_STATUS)!r}")
-        if refreshes != b.refreshes:
+        if refreshes != b.refreshes_for(n_tokens):
             raise ServerError(r.status_code, "protocol", f"done after {refreshes} refreshes; the T={b.T} circuit "
-                              f"has {b.refreshes}")
+                              f"for {n_tokens} tokens has {b.refreshes_for(n_tokens)}")
         return unpack_frames(r.content, len(b.outputs))
 
     def _refresh(self, r: Any, b: Signature, n_tokens: int) -> list[bytes]:
-        """Decrypt the masked ciphertexts, apply the public map the server names (only one of this
-        sentence's, arrange.py), encrypt the result afresh. Anything else is a protocol error."""
-        name, maps = r.headers.get(H_MAP, ""), b.client_maps(n_tokens)
-        if name and name not in maps:
-            raise ServerError(r.status_code, "protocol", f"the server asked for map {name!r}; this circuit has "
-                              f"{sorted(maps) or 'none'}")
-        f = maps.get(name)
+        """Decrypt the masked ciphertexts, apply each public map the server names (only this sentence's,
+        arrange.py; "" for the ciphertexts themselves), encrypt the results afresh. Anything else
+        is a protocol error."""
+        maps = b.client_maps(n_tokens)
         try:
-            outputs = int(r.headers.get(H_OUTPUTS, "1"))
-            blobs = unpack_frames(r.content, f.n_in if f is not None else outputs)
+            names = r.headers.get(H_MAP, "").split(",")
+            outputs = [int(k) for k in r.headers.get(H_OUTPUTS, "1").split(",")]
+            if len(names) != len(outputs) or len(names) > len(maps) + 1:
+                raise ValueError(f"{len(names)} maps and {len(outputs)} output counts")
+            unknown = [name for name in names if name and name not in maps]
+            if unknown:
+                raise ValueError(f"maps {unknown}; this circuit has {sorted(maps) or 'none'}")
+            n_in = {maps[name].n_in if name else outputs[k] for k, name in enumerate(names)}
+            if len(n_in) != 1:
+                raise ValueError("maps of different inputs in one refresh")
+            blobs = unpack_frames(r.content, n_in.pop())
         except (ValueError, ProtocolError) as err:
             raise ServerError(r.status_code, "protocol", f"a malformed refresh request: {err}") from err
-        values = [self.keys.decrypt(sealio.ciphertext(blob, self.keys.context)) for blob in blobs]
-        if f is not None:
-            if outputs != f.n_out:
-                raise ServerError(r.status_code, "protocol", f"map {name!r} gives {f.n_out} ciphertexts, "
-                                  f"the server asked for {outputs}")
-            values = f.apply(values)
-        return [self.keys.encrypt_bytes(np.asarray(v), b.input_level) for v in values]
+        values = [np.asarray(self.keys.decrypt(sealio.ciphertext(blob, self.keys.context))) for blob in blobs]
+        fresh: list[bytes] = []
+        for name, count in zip(names, outputs):
+            out = maps[name].apply(values) if name else values
+            if count != len(out):
+                raise ServerError(r.status_code, "protocol", f"map {name or 'none'!r} gives {len(out)} "
+                                  f"ciphertexts, the server asked for {count}")
+            fresh += [self.keys.encrypt_bytes(v, b.input_level) for v in out]
+        return fresh
 
     def decrypt(self, outputs: list[bytes], T: int) -> np.ndarray:
         """The logits from the decrypted output slots bucket T's signature names."""

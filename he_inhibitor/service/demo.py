@@ -22,6 +22,7 @@ import httpx
 import numpy as np
 
 from he_inhibitor.ckks import CkksParams
+from he_inhibitor.circuit.bundle import Bucket
 from he_inhibitor.circuit.compile import Compiled
 from he_inhibitor.circuit.executors import PlainExecutor
 from he_inhibitor.service.artifacts import SHIPPED_CLIENT
@@ -50,11 +51,11 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     return p
 
 
-def run_demo(circuits: Compiled | Mapping[int, Compiled], params: CkksParams, embedder: Embedder,
+def run_demo(circuits: Compiled | Bucket | Mapping[int, Compiled | Bucket], params: CkksParams, embedder: Embedder,
              sentences: list[str], progress: Progress, out: TextIO = sys.stdout) -> list[dict]:
-    """Serve the circuits (one, or one per bucket) locally, classify every sentence; print and return one row each."""
-    by_T = dict(circuits) if isinstance(circuits, Mapping) else {circuits.T: circuits}
-    plain = {T: PlainExecutor(c) for T, c in by_T.items()}
+    """Serve the circuits (one, or one bucket per T) locally, classify every sentence; print and return one row each."""
+    given = dict(circuits) if isinstance(circuits, Mapping) else {circuits.T: circuits}
+    by_T = {T: Bucket.of(c, params) if isinstance(c, Compiled) else c for T, c in given.items()}
     rows: list[dict] = []
     with LocalServer(create_app(by_T, params)) as server, Client(server.url, progress=progress) as client:
         progress(f"server listening on {server.url}")
@@ -67,7 +68,8 @@ def run_demo(circuits: Compiled | Mapping[int, Compiled], params: CkksParams, em
             progress(f"sentence {i}/{len(sentences)}: encrypting")
             pred = client.classify(text, embedder)
             x0, n, _ = client.embed(text, embedder)
-            want = plain[pred.bucket].run(x0, (np.arange(pred.bucket) < n).astype(np.float64)).logits
+            plain = PlainExecutor(by_T[pred.bucket].plan_for(n).compiled)  # the circuit of this sentence's plan
+            want = plain.run(x0, (np.arange(pred.bucket) < n).astype(np.float64)).logits
             rows.append({"text": text, **pred.to_json(), "plain_logits": want.tolist(),
                          "plain_label": sig.labels[int(np.argmax(want))],
                          "max_abs_error": float(np.abs(pred.logits - want).max())})

@@ -31,7 +31,7 @@ from he_inhibitor.circuit.arrange import ShiftPlan
 from he_inhibitor.circuit.bundle import Bucket
 from he_inhibitor.circuit.compile import Compiled
 from he_inhibitor.circuit.encrypted import EncryptedExecutor
-from he_inhibitor.circuit.ir import OpKind
+from he_inhibitor.circuit.ir import Circuit, Node, OpKind, refresh_groups
 from he_inhibitor.circuit.plain import last_uses, resolve
 from he_inhibitor.service import sealio
 from he_inhibitor.service.cancel import checkpoint
@@ -41,12 +41,13 @@ from he_inhibitor.service.protocol import Signature
 
 @dataclass(frozen=True)
 class Refresh:
-    """One refresh round trip: masked ciphertexts for the client, who returns `outputs` fresh encryptions
-    of the public map `map` of them (arrange.MAP_*; None: of the ciphertexts themselves)."""
+    """One refresh round trip: masked ciphertexts for the client, who returns, for each public map in
+    `maps` (arrange.MAP_*; None: the ciphertexts themselves), fresh encryptions of its `outputs[k]`
+    result ciphertexts, concatenated in that order."""
 
     cts: list[seal.Ciphertext]
-    map: str | None
-    outputs: int
+    maps: tuple[str | None, ...]
+    outputs: tuple[int, ...]
 
 
 Evaluation = Generator[Refresh, list[seal.Ciphertext], dict[str, seal.Ciphertext]]
@@ -78,8 +79,8 @@ def signature_of(bucket: Bucket | Compiled, params: CkksParams, labels: tuple[st
         block_of=tuple(compiled.layout.block_of), outputs=tuple(circuit.outputs),
         input_level=params.depth, rotation_steps=tuple(bucket.rotation_steps),
         logit_slots=logit_slots, labels=tuple(labels), depth=bucket.plan_for(max(bucket.plans)).depth,
-        refreshes=bucket.plan_for(max(bucket.plans)).round_trips, n_heads=compiled.n_heads,
-        plans={str(n): (None if p is None else p.as_json()) for n, p in sorted(bucket.plans.items())},
+        refreshes=max(bucket.trips.values()), n_heads=compiled.n_heads, plans=bucket.plans_json(),
+        round_trips=bucket.trips_json(),
     )
 
 
@@ -132,10 +133,8 @@ class CircuitEvaluator:
         by_name = dict(zip(comp.input_names(), inputs, strict=True))
         public = comp.public_plaintexts(m)
         drops = last_uses(circuit)
-        group_size: dict[tuple[int, ...], int] = {}
-        for i in circuit.of_kind(OpKind.REFRESH):
-            group_size[circuit.nodes[i].args] = group_size.get(circuit.nodes[i].args, 0) + 1
-        refreshed: dict[tuple[int, ...], list[seal.Ciphertext]] = {}
+        groups = {i: (cts, nodes) for cts, nodes in refresh_groups(circuit).items() for i in nodes}
+        refreshed: dict[tuple[int, ...], dict[str | None, list[seal.Ciphertext]]] = {}
         values: dict[int, object] = {}
         outputs: dict[str, seal.Ciphertext] = {}
         link = None if self._lanes is None else self._lanes.link(
@@ -157,12 +156,11 @@ class CircuitEvaluator:
             else:
                 a = [values[j] for j in node.args]
                 if node.op is OpKind.REFRESH:
-                    if node.args not in refreshed:
-                        f = resolve(a[-1][1], public) if len(a) > 1 else None
-                        refreshed[node.args] = yield from self._refresh(
-                            a[:-1] if f is not None else a, f, None if f is None else a[-1][1],
-                            group_size[node.args])
-                    values[i] = refreshed[node.args][node.arg]
+                    cts, members = groups[i]
+                    if cts not in refreshed:
+                        refreshed[cts] = yield from self._refresh([values[j] for j in cts],
+                                                                  _maps(circuit, members), public)
+                    values[i] = refreshed[cts][_map_name(circuit, node)][node.arg]
                 elif node.op is OpKind.OUTPUT:
                     values[i] = outputs[node.name] = a[0]
                 else:
@@ -192,12 +190,34 @@ class CircuitEvaluator:
         """
         return self._q_last / (4.0 * scale)
 
-    def _refresh(self, cts: list[seal.Ciphertext], f: Any, name: str | None, outputs: int) -> Evaluation:
-        """Add a uniform mask r in [-R, R] (mask_bound) to each ciphertext, let the client return fresh
-        encryptions of f(x + r) (f: the public map `name`, or nothing), subtract f(r): f is linear."""
+    def _refresh(self, cts: list[seal.Ciphertext], maps: dict[str | None, int], public: dict
+                 ) -> Generator[Refresh, list[seal.Ciphertext], dict[str | None, list[seal.Ciphertext]]]:
+        """Add a uniform mask r in [-R, R] (mask_bound) to each ciphertext; the client returns fresh
+        encryptions of f(x + r) for each public map f (or of x + r itself); subtract f(r): f is linear."""
         rs = [self._rng.uniform(-1.0, 1.0, self.params.slots) * self.mask_bound(ct.scale) for ct in cts]
         ev = self._executor(self.compiled_for(max(self.bucket.plans))).ev
-        fresh = yield Refresh([ev.add_plain(ct, r) for ct, r in zip(cts, rs)], name, outputs)
-        if len(fresh) != outputs:
-            raise ValueError(f"a refresh returns {outputs} ciphertexts, not {len(fresh)}")
-        return [ev.add_plain(c, -r) for c, r in zip(fresh, rs if f is None else f.apply(rs))]
+        fresh = yield Refresh([ev.add_plain(ct, r) for ct, r in zip(cts, rs)], tuple(maps), tuple(maps.values()))
+        if len(fresh) != sum(maps.values()):
+            raise ValueError(f"a refresh returns {sum(maps.values())} ciphertexts, not {len(fresh)}")
+        out, k = {}, 0
+        for name, count in maps.items():
+            masks = rs if name is None else resolve(name, public).apply(rs)
+            out[name] = [ev.add_plain(c, -r) for c, r in zip(fresh[k:k + count], masks)]
+            k += count
+        return out
+
+
+def _map_name(circuit: Circuit, node: Node) -> str | None:
+    """The public map a REFRESH node takes an output of (None: the refreshed ciphertext itself)."""
+    last = circuit.nodes[node.args[-1]]
+    return circuit.consts[last.arg] if last.op is OpKind.CONST else None
+
+
+def _maps(circuit: Circuit, members: list[int]) -> dict[str | None, int]:
+    """A round trip's maps in circuit order, each with the number of its outputs the circuit uses."""
+    out: dict[str | None, int] = {}
+    for i in members:
+        node = circuit.nodes[i]
+        name = _map_name(circuit, node)
+        out[name] = max(out.get(name, 0), node.arg + 1)  # a plain refresh (None) returns its one ciphertext
+    return out

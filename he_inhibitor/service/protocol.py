@@ -198,6 +198,11 @@ class Signature:
     refreshes: int
     n_heads: int = 1
     plans: dict[str, list[int] | None] = field(default_factory=dict)  # tokens -> [B, m] (circuit/arrange.py)
+    round_trips: dict[str, int] = field(default_factory=dict)  # tokens -> refresh round trips of that circuit
+
+    def refreshes_for(self, n_tokens: int) -> int:
+        """The refresh round trips of a sentence of n_tokens: exactly these, on both sides."""
+        return int(self.round_trips.get(str(n_tokens), self.refreshes))
 
     def layouts(self, n_tokens: int) -> tuple[Layout, Layout | None, ShiftPlan | None]:
         """The layout of x, and for an inhibitor circuit the arranged layout and plan of n_tokens."""

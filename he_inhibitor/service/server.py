@@ -305,9 +305,9 @@ def create_app(circuits: Compiled | Bucket | Mapping[int, Compiled | Bucket], pa
             with scope(job.cancel):
                 out = job.evaluation.send(fresh)
             if job.refreshes_left == 0:
-                raise RuntimeError(f"the circuit asked for more than its {job.bucket.refreshes} refreshes")
+                raise RuntimeError("the circuit asked for more refreshes than its signature states")
             job.refreshes_left -= 1
-            job.pending = out.outputs
+            job.pending = sum(out.outputs)
             body = pack_frames([job.evaluator.reply_bytes(c) for c in out.cts])
         except StopIteration as stop:
             body = pack_frames([job.evaluator.reply_bytes(stop.value[name]) for name in job.bucket.outputs])
@@ -324,7 +324,8 @@ def create_app(circuits: Compiled | Bucket | Mapping[int, Compiled | Bucket], pa
             jobs.finish(job)
             raise Cancelled("the client disconnected")
         return Response(body, media_type=CONTENT_TYPE, headers={
-            H_STATUS: STATUS_REFRESH, H_JOB: jobs.park(job), H_MAP: out.map or "", H_OUTPUTS: str(out.outputs),
+            H_STATUS: STATUS_REFRESH, H_JOB: jobs.park(job), H_MAP: ",".join(m or "" for m in out.maps),
+            H_OUTPUTS: ",".join(map(str, out.outputs)),
             H_SERVER_SECONDS: f"{time.perf_counter() - t0:.6f}"})
 
     async def run_step(request: Request, job: Job, work: Callable[[], Response], job_id: str | None) -> Response:
@@ -414,7 +415,7 @@ def create_app(circuits: Compiled | Bucket | Mapping[int, Compiled | Bucket], pa
             raise
         jobs.admit(keys, None if principal is None else principal.name, None if principal is None else principal.jobs)
         job = Job(None, keys, bucket, Reservation(budget, 0), None if principal is None else principal.name,  # type: ignore[arg-type]
-                  bucket.refreshes)
+                  bucket.refreshes_for(n_tokens))
         try:
             job.charge = budget.reserve(job_bytes[bucket.T], "an evaluation")
             n_inputs = len(bucket.input_names(n_tokens))
