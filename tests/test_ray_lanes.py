@@ -72,7 +72,7 @@ def test_segments_cover_the_lanes_once(student):
     # refreshes inside the attention (N = 8192): the lanes are cut at each client round trip
     assert len(segs) > LANES - 1
     # the plain executor does not care about lanes: recompiling for more lanes changes nothing it computes
-    x0, m = sentence(student[0], 5, 1)
+    x0, m = sentence(student[0], T, 1)
     two = plan_student(from_torch(student[0]), T, n=8192, precision=Precision(30, 40, 60)).compiled
     np.testing.assert_allclose(PlainExecutor(plan.compiled).run(x0, m).logits, PlainExecutor(two).run(x0, m).logits,
                                rtol=1e-9, atol=1e-12)

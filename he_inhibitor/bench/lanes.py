@@ -3,14 +3,16 @@
 Measured, in one run on one key set and one prepared executor (the bundle's
 own circuit, lanes [0, 1]):
 * latency of one sentence with 1 lane (EncryptedExecutor alone), 2 lanes
-  (lane 1 on a Ray actor), the old two-process executor (circuit.parallel)
-  while it exists, and a whole sentence on a Ray actor (ray_sentences);
-  encryption to decryption, set-up excluded, wall and CPU;
+  (lane 1 on a Ray actor), and a whole sentence on a Ray actor
+  (ray_sentences); encryption to decryption, set-up excluded, wall and CPU;
 * throughput with C concurrent clients (threads, one sentence each) through
-  the same executors: the old one serializes them (one pipe, one run at a
-  time); Ray lanes take them all at once (lane 0 of each in this process);
-  Ray sentences run whole evaluations on one actor per CPU, this process only
-  encrypting, refreshing and decrypting.
+  the same executors: Ray lanes take them all at once (lane 0 of each in this
+  process); Ray sentences run whole evaluations on one actor per CPU, this
+  process only encrypting, refreshing and decrypting.
+The home-made two-process executor these replace (circuit/parallel.py: a
+forked worker, ciphertexts through /dev/shm files, one run at a time) was
+measured by this command in the same run before its removal; its numbers
+stay in docs/bench/ray_lanes.json.
 Predicted, by the simulator on the circuit recompiled for each lane count
 (1-64, capped at T shifts): the critical path when every lane has its own
 core (simulate's makespan, per-primitive costs of circuit/data/costs_n*.json),
@@ -51,7 +53,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="lane counts for the simulator's curve")
     p.add_argument("--buckets", type=int, nargs="+", default=None, help="buckets for the curve (default: all)")
     p.add_argument("--predict-only", action="store_true", help="skip every encrypted run")
-    p.add_argument("--no-old", action="store_true", help="skip the old two-process executor")
     p.add_argument("--ray", default=None, metavar="ADDRESS", help="join this Ray cluster (default: embedded)")
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--plot", type=Path, default=None, help="PNG for the curve and the measured points")
@@ -170,7 +171,7 @@ def _throughput(runner, prepared: list, clients: int, serialize: bool) -> dict:
             "max_latency_seconds": float(max(r["seconds"] for r in runs))}
 
 
-def measure(bundle: Path, reps: int, clients: int, old: bool, address: str | None, log, save=None) -> dict:
+def measure(bundle: Path, reps: int, clients: int, address: str | None, log, save=None) -> dict:
     """Each configuration in turn on one key set and one prepared executor (see the module docstring)."""
     from he_inhibitor.circuit.bundle import load_bundle
     from he_inhibitor.circuit.client_bundle import ClientBundle
@@ -210,16 +211,6 @@ def measure(bundle: Path, reps: int, clients: int, old: bool, address: str | Non
             save(out)  # a long run on a shared machine: keep what is measured so far
 
     bench("1 lane (one process)", ex, True, throughput=False)  # one process answers one sentence at a time
-    if old:
-        try:
-            from he_inhibitor.circuit.parallel import ParallelExecutor  # the home-made executor, while it exists
-        except ImportError:
-            log("old two-process executor: gone (see docs/bench for its last measurement)")
-        else:
-            t = time.perf_counter()
-            with ParallelExecutor(ex) as par:
-                out["setup_seconds"]["old_worker"] = time.perf_counter() - t
-                bench("2 lanes, old two-process executor", par, True)
     t = time.perf_counter()
     started = start_ray(address)
     out["setup_seconds"]["ray_start"] = time.perf_counter() - t
@@ -309,7 +300,7 @@ def run(args: argparse.Namespace) -> int:
                 args.json.parent.mkdir(parents=True, exist_ok=True)
                 args.json.write_text(json.dumps({**result, "measured": measured, "partial": True}, indent=1) + "\n")
 
-        result["measured"] = measure(bundle, args.reps, args.clients, not args.no_old, args.ray, log, save)
+        result["measured"] = measure(bundle, args.reps, args.clients, args.ray, log, save)
     log("predicting the curve")
     result["predicted"] = predict_curve(bundle, args.buckets or buckets_of(bundle), args.predict)
     for row in result["predicted"]:
