@@ -13,7 +13,7 @@ pytest.importorskip("torch")
 ray = pytest.importorskip("ray")
 
 from test_service import (  # noqa: E402,F401  (fixtures and tests, collected again here)
-    student, test_health_signature_and_openapi, test_key_files_are_owner_only_and_reload,
+    T, student, test_health_signature_and_openapi, test_key_files_are_owner_only_and_reload,
     test_text_round_trip_matches_plain_and_nothing_secret_travels,
 )
 
