@@ -77,6 +77,6 @@ def test_eval_the_teacher_for_reference(tmp_path, capsys):
     data.write_text("sentence\tlabel\na gorgeous , witty , seductive movie .\t1\na dull , lifeless mess .\t0\n")
     assert main(["eval", "--model", str(TEACHER), "--data", str(data), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out == {"accuracy": 1.0, "n": 2, "form": "teacher"}
+    assert out == {"accuracy": 1.0, "n": 2, "form": "teacher", "truncated": 0}  # none longer than its positions
     with pytest.raises(SystemExit, match="needs a student"):
         main(["eval", "--model", str(TEACHER), "--data", str(data), "--ranges"])
