@@ -122,12 +122,13 @@ for name, m in student.nonlinearities():
 NOTEBOOKS["02_distillation.ipynb"] = [
     ("md", """# 2. Distilling the teacher into the inhibitor student
 
-The teacher is all-MiniLM-L6-v2 fine-tuned on SST-2 (0.8899 dev). The student
-(d = 128, 4 heads, d_ff = 256, 2 layers, inhibitor attention, frozen norms)
-is distilled in two phases: exact |x| and ReLU first; then the intervals are
-calibrated, the norms frozen, and a short phase trains with the circuit's own
-polynomials. This notebook shows the results table (every row names the
-command that produced it) and the loss curves of the shipped student.
+The teacher is all-MiniLM-L6-v2 fine-tuned on SST-2. The student (inhibitor
+attention, frozen norms) is distilled with exact |x| and ReLU first; then the
+intervals are calibrated, the norms frozen, and the polynomials fitted where
+their inputs are, optionally followed by a phase that trains with the
+circuit's own polynomials. This notebook shows the results table (every row
+names the command that produced it) and the loss curves of an earlier
+student. Why each run was made and what was decided: `docs/log.md`.
 
 Numbers come from `docs/distillation/`, written by
 `scripts/results_table.py` from the run directories."""),
@@ -144,12 +145,14 @@ for r in rows:
 print()
 for r in rows:
     print(f"{r['run']}: {r['command']}")"""),
-    ("md", """## Loss curves of the shipped student
+    ("md", """## Loss curves of an earlier student
 
-The shipped student is `runs/main` (exact phase, then poly phase), recalibrated,
-then fine-tuned in poly form on teacher-labelled joined phrases
-(`runs/ft_concat`) and recalibrated again. Each point is one logged training
-batch (every 50 steps); dotted lines mark the phase switches."""),
+The last student whose training logs are committed was trained in two
+commands: an exact phase then a poly phase (`main_log.jsonl`), then a poly
+fine-tune on teacher-labelled joined phrases (`ft_concat_log.jsonl`). The
+shipped student's recipe has no poly phase (docs/log.md). Each point is one
+logged training batch (every 50 steps); dotted lines mark the phase
+switches."""),
     ("code", """def read(name, rename=None):
     rows = [json.loads(l) for l in (DOCS / name).read_text().splitlines() if l.strip()]
     return [{**r, "phase": rename or r["phase"]} for r in rows]
