@@ -127,6 +127,19 @@ def base_vs_dot(root: Path) -> str:
     return _table([""] + [s["name"] for s in sides], [[label] + [f(s) for s in sides] for label, f in fields])
 
 
+def shipped_fits(root: Path) -> str:
+    """Per layer and non-linearity of the shipped bundle: the fit, its depth and cost, its worst error, its bound."""
+    d = _load(root, "he_inhibitor/assets/sst2-inhibitor/student.json")
+    rows = []
+    for i, layer in enumerate(d["layers"]):
+        for name in ("abs_fn", "attn_relu", "ffn_relu"):
+            f = layer[name]["fit"]
+            rows.append([f"layer {i}", name, f"{f['fn']}, {f['method']}", str(f["degree"]), str(f["depth"]),
+                         str(f["mults"]), f"{f['max_error']:.4f}", f"{layer[name]['bound']:.2f}"])
+    return _table(["layer", "non-linearity", "fit", "degree", "depth", "non-scalar mults", "max error / B", "bound B"],
+                  rows)
+
+
 def ablations(root: Path) -> str:
     return results_markdown(_load(root, "docs/distillation/results.json")) + "\n"
 
@@ -173,7 +186,7 @@ def word_order(root: Path) -> str:
 TABLES: dict[str, Callable[[Path], str]] = {
     "headline": headline, "bench-buckets": bench_buckets, "bench-stages": bench_stages,
     "bench-totals": bench_totals, "base-vs-dot": base_vs_dot, "ablations": ablations, "by-length": by_length,
-    "degree-sweep": degree_sweep, "word-order": word_order,
+    "degree-sweep": degree_sweep, "word-order": word_order, "shipped-fits": shipped_fits,
 }
 
 
