@@ -12,7 +12,7 @@ from test_ray_lanes import cli_bundle  # noqa: E402,F401
 
 @pytest.mark.slow
 def test_predict_on_a_two_node_cluster(cli_bundle, monkeypatch):  # noqa: F811
-    from test_circuit_cli import SHORT
+    from test_circuit_cli import LONG
 
     from he_inhibitor.circuit.predict import Predictor
     from he_inhibitor.circuit.ray_lanes import start_ray
@@ -27,9 +27,9 @@ def test_predict_on_a_two_node_cluster(cli_bundle, monkeypatch):  # noqa: F811
         start_ray(cluster.address)  # the driver joins as a client of the cluster, as predict --ray would
         assert len([n for n in ray.nodes() if n["Alive"]]) == 2
         with Predictor(cli_bundle, "encrypted", lanes=3, ray=cluster.address) as p:
-            r = p.predict(SHORT)
+            r = p.predict(LONG)
             stats = p._pool.stats()
-        assert r["lanes"] == 3 and r["ray_workers"] == 2
+        assert r["lanes"] == min(3, r["plan"]["shifts"] if r.get("plan") else 3) > 1 and r["ray_workers"] == 2
         assert r["levels_used"] == r["depth"] and 0 < r["max_abs_error"] <= r["predicted_error_bound"]
         # one lane actor per node (each asks for the one CPU its node has), both ran, keys loaded once each
         assert len({s["node"] for s in stats}) == 2 and all(s["segments_run"] > 0 for s in stats)

@@ -80,10 +80,19 @@ class SentenceWorker:
 
         compiled, params = LaneWorker._lru(self.circuits, circuit_id, load_circuit, self.max_circuits)
         public = LaneWorker._lru(self.keys, key_id, load_keys, self.max_keys)
+
         def make():
             ev = CircuitEvaluator(compiled, params, public)
-            if self.cache_weights:
-                ev._ex._cache = self.weights.setdefault(circuit_id, {})
+            if self.cache_weights:  # the evaluator holds this one circuit: its executors may share the cache
+                shared = self.weights.setdefault(circuit_id, {})
+                make_executor = ev._executor
+
+                def cached(comp: Compiled) -> Any:
+                    ex = make_executor(comp)
+                    ex._cache = shared
+                    return ex
+
+                ev._executor = cached
             return ev
 
         for cid in [c for c in self.weights if c not in self.circuits]:
