@@ -75,6 +75,13 @@ class Builder:
         c = self._const(name)
         return [self._emit(OpKind.REFRESH, (*xs, c), arg=j) for j in range(n_out)]
 
+    def descend(self, x: int, level: int) -> int:
+        """x mod-switched down to `level` (when it is above it and the chain is bounded): every later op
+        on it runs on fewer primes, cheaper in proportion."""
+        if self.max_level is None or self._level[x] >= level:
+            return x
+        return self._emit(OpKind.MOD_SWITCH, (x,), level - self._level[x])
+
     def align(self, x: int, like: int) -> int:
         """x mod-switched down to like's level (no-op when x is already as deep)."""
         return self._align(x, like)[0] if self._level[x] < self._level[like] else x

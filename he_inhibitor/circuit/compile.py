@@ -4,7 +4,8 @@ Stages per layer, with the levels they consume (a = depth of |x|, r = depth
 of the attention ReLU, f = depth of the FFN ReLU):
 
     attn: QKV 1, |x| a, ReLU r (key mask folded in)      -> 1 + a + r, then
-          the client folds H back (a refresh), Wo 1
+          the client folds H back (a refresh), dropped to the level
+          where Wo, the FFN (and the head) end the chain, Wo 1
     ffn:  W1 1, ReLU f, W2 1                             -> 2 + f
     head: pooling weights 1                              -> 1
 
@@ -210,6 +211,9 @@ def compile_student(
                        else [spec.z_offset] * plan.m)
             h = inhibitor_attention(b, spec, q, k, v, [shift_mask_name(s) for s in range(plan.m)], offsets)
             h = b.client_map(h, arrange.MAP_H, xl.n_cts)
+            if b.max_level is not None:  # Wo, the FFN (and the head) need only the chain's last levels
+                last = li == len(sw.layers) - 1
+                h = [b.descend(hc, b.max_level - (3 + fw.ffn_relu.depth + last)) for hc in h]
             (o,) = compile_group([fw.wo], [fw.bo], xl, [xl], n1).apply(b, h)
             x = [b.add(xc, oc) for xc, oc in zip(x, o)]
         b.stage = f"layer{li}.ffn"

@@ -67,7 +67,8 @@ class EncryptedResult:
 def measured_depth(circuit: Circuit, chain_index: dict[int, int]) -> int:
     """Levels SEAL consumed on the deepest path to the output, counted through refreshes.
 
-    The same recursion as ir.consumed_levels, but on the chain indices SEAL
+    The same recursion as ir.consumed_levels (a refresh or a mod-switch consumes
+    nothing: only rescales count), but on the chain indices SEAL
     reported for each ciphertext, so a test can hold the simulator's depth
     against what really ran.
     """
@@ -78,7 +79,7 @@ def measured_depth(circuit: Circuit, chain_index: dict[int, int]) -> int:
             used[i] = 0
             continue
         deepest = max(cts, key=lambda a: used[a])
-        step = 0 if node.op is OpKind.REFRESH else max(chain_index[a] for a in cts) - chain_index[i]
+        step = 0 if node.op in (OpKind.REFRESH, OpKind.MOD_SWITCH) else max(chain_index[a] for a in cts) - chain_index[i]
         used[i] = used[deepest] + step
     return max(used[i] for i in circuit.of_kind(OpKind.OUTPUT))
 

@@ -157,10 +157,11 @@ def levels_and_degrees(circuit: Circuit) -> tuple[np.ndarray, np.ndarray]:
 
 
 def consumed_levels(circuit: Circuit) -> np.ndarray:
-    """Levels consumed along the deepest path to each node, counting through refreshes.
+    """Rescales along the deepest path to each node, counting through refreshes.
 
-    Equal to the level table when there are no refreshes; with them, it is the
-    depth the circuit would need on one unbroken chain.
+    Equal to the level table when there are neither refreshes nor deliberate
+    drops (mod-switches); with them, it is the depth the circuit would need on
+    one unbroken chain.
     """
     lv, _ = levels_and_degrees(circuit)
     used = np.zeros(len(circuit.nodes), dtype=np.int64)
@@ -169,7 +170,7 @@ def consumed_levels(circuit: Circuit) -> np.ndarray:
         if not cts:
             continue
         deepest = max(cts, key=lambda a: used[a])
-        step = 0 if node.op is OpKind.REFRESH else int(lv[i] - max(lv[a] for a in cts))
+        step = 0 if node.op in (OpKind.REFRESH, OpKind.MOD_SWITCH) else int(lv[i] - max(lv[a] for a in cts))
         used[i] = used[deepest] + step
     return used
 

@@ -65,6 +65,8 @@ def plan_student(sw: StudentWeights, T: int, n: int = 16384, precision: Precisio
             if refresh_round_trips(candidate.circuit) > trips:
                 break
             compiled, levels = candidate, shorter
+    if compiled.max_level is None:  # bound to the chosen chain: the compiler then knows which levels are spare
+        compiled = compile_student(sw, T, n // 2, max_level=levels, shifts=shifts)
     params = CkksParams.for_depth(levels, n, precision.scale_bits, precision.first_bits, precision.special_bits)
     return plan_of(compiled, params)
 
