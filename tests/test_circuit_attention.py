@@ -1,4 +1,4 @@
-"""The arranged layout reproduces inhibitor attention exactly, with work that follows n (docs/design.md §3.4)."""
+"""The arranged layout reproduces inhibitor attention exactly, with work that follows n (docs/design.md §3.4, §4)."""
 
 import numpy as np
 import pytest

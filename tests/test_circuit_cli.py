@@ -42,8 +42,13 @@ def test_bundle_holds_what_the_client_needs(bundle):
     rep = json.loads((bundle / "report.json").read_text())
     assert set(rep["buckets"]) == {"8", "16"}
     for T, r in rep["buckets"].items():
-        assert r["key_bytes"] > 0 and r["depth"] == load_bundle(bundle, int(T)).depth
-        assert int(T) // 2 in r["rotation_steps"]  # the second lane's first shift
+        assert r["key_bytes"] > 0
+        tokens = sorted(t for p in r["plans"].values() for t in p["tokens"])
+        assert tokens == list(range(1, 9) if T == "8" else range(9, 17))  # every length has its plan
+        for key, p in r["plans"].items():
+            plan = load_bundle(bundle, int(T), p["tokens"][0])
+            assert p["depth"] == plan.depth and set(p["rotation_steps"]) <= set(r["rotation_steps"])
+            assert f"{plan.compiled.plan.B},{plan.compiled.plan.m}" == key
     sig = json.loads((bundle / "client" / "signature.json").read_text())
     assert sig["labels"] == ["negative", "positive"] and sig["max_len"] == 16
     from safetensors.numpy import load_file

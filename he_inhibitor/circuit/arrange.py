@@ -1,4 +1,4 @@
-"""Attention whose cost follows the sentence: the n-dependent packing (docs/design.md §2.4).
+"""Attention whose cost follows the sentence: the n-dependent packing (docs/design.md §4).
 
 The residual stream x lives in the bucket's layout (layout.py): blocks of 2T
 slots, token i of feature f at offset i of its block's first half. For the

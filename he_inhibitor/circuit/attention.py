@@ -1,4 +1,4 @@
-"""Inhibitor attention over all query/key pairs in the arranged layout (docs/design.md §2.4).
+"""Inhibitor attention over all query/key pairs in the arranged layout (docs/design.md §3.4, §4).
 
 Q, K, V arrive from the Q/K/V linear layer in the arranged layout of
 arrange.py (queries in regions, keys and values cyclic over whole blocks,

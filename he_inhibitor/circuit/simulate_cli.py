@@ -60,7 +60,6 @@ def check(bundle: Path, sentences: list[str], labels: list[int]) -> dict:
     from he_inhibitor.vocab import SentenceTooLongError
 
     client = ClientBundle.load(bundle)
-    plans: dict[int, object] = {}
     worst: dict[str, Worst] = {}
     bounds, correct, skipped = [], 0, []
     for idx, (text, label) in enumerate(zip(sentences, labels)):
@@ -69,9 +68,7 @@ def check(bundle: Path, sentences: list[str], labels: list[int]) -> dict:
         except SentenceTooLongError:
             skipped.append(idx)
             continue
-        if prep.T not in plans:
-            plans[prep.T] = load_bundle(bundle, prep.T)
-        plan = plans[prep.T]
+        plan = load_bundle(bundle, prep.T, prep.n_tokens)  # the circuit of this length's plan (cached)
         sim = simulate(plan.compiled, NoiseModel.of(plan.params), prep.x0, prep.m, chain=plan.params.depth,
                        strict=False)
         for r in sim.ranges:
