@@ -44,6 +44,20 @@ SENTENCES = (
 )
 
 
+CONFIGS = ("one", "lanes", "sentences")
+
+
+def _bundle_plan(bundle: Path, T: int, n: int | None = None):
+    """load_bundle for bucket T and, where the compiler's circuits follow the sentence, n tokens."""
+    import inspect
+
+    from he_inhibitor.circuit.bundle import load_bundle
+
+    if n is not None and len(inspect.signature(load_bundle).parameters) > 2:
+        return load_bundle(bundle, T, n)
+    return load_bundle(bundle, T)
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench-lanes", help="latency and throughput against lanes on Ray; the simulator's curve")
     p.add_argument("--circuit", type=Path, default=None, help="circuit bundle (default: the shipped one)")
@@ -53,6 +67,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="lane counts for the simulator's curve")
     p.add_argument("--buckets", type=int, nargs="+", default=None, help="buckets for the curve (default: all)")
     p.add_argument("--predict-only", action="store_true", help="skip every encrypted run")
+    p.add_argument("--configs", nargs="+", choices=CONFIGS, default=list(CONFIGS),
+                   help="what to measure: one (1 lane), lanes (2 lanes on Ray), sentences (whole sentences on Ray)")
     p.add_argument("--ray", default=None, metavar="ADDRESS", help="join this Ray cluster (default: embedded)")
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--plot", type=Path, default=None, help="PNG for the curve and the measured points")
@@ -89,7 +105,7 @@ def lane_traffic(circuit, depth: int, sizes: dict[int, int]) -> dict:
 
 
 def predict_curve(bundle: Path, buckets: list[int], lanes: list[int]) -> list[dict]:
-    from he_inhibitor.circuit.bundle import load_bundle, load_weights
+    from he_inhibitor.circuit.bundle import load_weights
     from he_inhibitor.circuit.costs import CostTable
     from he_inhibitor.circuit.ir import OpKind
     from he_inhibitor.circuit.noise import NoiseModel
@@ -99,12 +115,12 @@ def predict_curve(bundle: Path, buckets: list[int], lanes: list[int]) -> list[di
     weights = load_weights(bundle)
     rows = []
     for T in buckets:
-        base = load_bundle(bundle, T)
+        base = _bundle_plan(bundle, T)
         params = base.params
         costs = CostTable.shipped(params.poly_modulus_degree)
         sizes = ciphertext_bytes(params)
         x0 = np.zeros((T, base.compiled.layout.d))
-        m = (np.arange(T) < T // 2).astype(np.float64)
+        m = np.ones(T)  # a full sentence: the bucket's own attention plan (n = T)
         for k in lanes:
             plan = with_lanes(base, k, weights)
             c = plan.compiled.circuit
@@ -171,9 +187,9 @@ def _throughput(runner, prepared: list, clients: int, serialize: bool) -> dict:
             "max_latency_seconds": float(max(r["seconds"] for r in runs))}
 
 
-def measure(bundle: Path, reps: int, clients: int, address: str | None, log, save=None) -> dict:
+def measure(bundle: Path, reps: int, clients: int, address: str | None, log, save=None,
+            configs: tuple[str, ...] = CONFIGS) -> dict:
     """Each configuration in turn on one key set and one prepared executor (see the module docstring)."""
-    from he_inhibitor.circuit.bundle import load_bundle
     from he_inhibitor.circuit.client_bundle import ClientBundle
     from he_inhibitor.circuit.encrypted import EncryptedExecutor
     from he_inhibitor.circuit.executors import PlainExecutor
@@ -185,13 +201,20 @@ def measure(bundle: Path, reps: int, clients: int, address: str | None, log, sav
     prepared = [client.prepare(s) for s in SENTENCES]
     T = min(p.T for p in prepared)
     prepared = [p for p in prepared if p.T == T]
-    plan = load_bundle(bundle, T)
+    groups: dict = {}  # sentences sharing one circuit (where circuits follow the token count)
+    for p in prepared:
+        plan = _bundle_plan(bundle, T, p.n_tokens)
+        groups.setdefault(getattr(plan.compiled, "plan", None), (plan, []))[1].append(p)
+    plan, prepared = max(groups.values(), key=lambda g: len(g[1]))
     plain = PlainExecutor(plan.compiled)
     t = time.perf_counter()
     keys = keygen(plan.params, sorted(plan.compiled.circuit.rotation_steps()))
     ex = EncryptedExecutor(plan.compiled, plan.params, keys)
     ex.prepare()
-    out: dict = {"T": T, "sentences": len(prepared), "setup_seconds": {"keys_and_weights": time.perf_counter() - t},
+    shifts = getattr(plan.compiled, "plan", None)
+    out: dict = {"T": T, "sentences": len(prepared), "n_tokens": [p.n_tokens for p in prepared],
+                 "attention_plan": None if shifts is None else str(shifts),
+                 "setup_seconds": {"keys_and_weights": time.perf_counter() - t},
                  "latency": {}, "throughput": {}, "key_bytes": len(keys.public_blob)}
 
     def bench(name: str, runner, serialize: bool, latency: bool = True, throughput: bool = True) -> None:
@@ -204,33 +227,38 @@ def measure(bundle: Path, reps: int, clients: int, address: str | None, log, sav
                 run["max_abs_error"] = float(np.abs(np.array(run["logits"]) - plain.run(p.x0, p.m).logits).max())
                 runs.append(run)
             out["latency"][name] = {"median_seconds": float(np.median([r["seconds"] for r in runs])), "runs": runs}
+            if save is not None:
+                save(out)
         if throughput and clients:
             log(f"throughput: {name}, {clients} concurrent clients")
             out["throughput"][name] = _throughput(runner, prepared, clients, serialize)
         if save is not None:
             save(out)  # a long run on a shared machine: keep what is measured so far
 
-    bench("1 lane (one process)", ex, True, throughput=False)  # one process answers one sentence at a time
+    if "one" in configs:
+        bench("1 lane (one process)", ex, True, throughput=False)  # one process answers one sentence at a time
     t = time.perf_counter()
     started = start_ray(address)
     out["setup_seconds"]["ray_start"] = time.perf_counter() - t
     try:
         t = time.perf_counter()
-        with RayLanes(1, address) as pool:
-            lanes = RayLaneExecutor(ex, pool)
-            out["setup_seconds"]["ray_lanes_warm"] = time.perf_counter() - t
-            bench("2 lanes on Ray", lanes, False)
-            out["ray_lane_workers"] = pool.stats()
-        ex._cache.clear()  # from here on this process only encrypts, refreshes and decrypts
-        t = time.perf_counter()
-        # weights encoded per evaluation, as the service does: actors stay small on a shared machine
-        out["sentence_actor_weight_cache"] = False
-        with RaySentences(address=address, cache_weights=False) as pool:
-            sentences = RaySentenceExecutor(ex, pool)
-            out["setup_seconds"]["ray_sentences"] = time.perf_counter() - t
-            bench(f"sentences on Ray ({len(pool.actors)} actors, 1 lane each)", sentences, False)
-            out["ray_sentence_workers"] = pool.stats()
-            out["sentence_attempts"] = sentences.attempts
+        if "lanes" in configs:
+            with RayLanes(1, address) as pool:
+                lanes = RayLaneExecutor(ex, pool)
+                out["setup_seconds"]["ray_lanes_warm"] = time.perf_counter() - t
+                bench("2 lanes on Ray", lanes, False)
+                out["ray_lane_workers"] = pool.stats()
+        if "sentences" in configs:
+            ex._cache.clear()  # from here on this process only encrypts, refreshes and decrypts
+            t = time.perf_counter()
+            # weights encoded per evaluation, as the service does: actors stay small on a shared machine
+            out["sentence_actor_weight_cache"] = False
+            with RaySentences(address=address, cache_weights=False) as pool:
+                sentences = RaySentenceExecutor(ex, pool)
+                out["setup_seconds"]["ray_sentences"] = time.perf_counter() - t
+                bench(f"sentences on Ray ({len(pool.actors)} actors, 1 lane each)", sentences, False)
+                out["ray_sentence_workers"] = pool.stats()
+                out["sentence_attempts"] = sentences.attempts
     finally:
         if started:
             import ray
@@ -300,7 +328,7 @@ def run(args: argparse.Namespace) -> int:
                 args.json.parent.mkdir(parents=True, exist_ok=True)
                 args.json.write_text(json.dumps({**result, "measured": measured, "partial": True}, indent=1) + "\n")
 
-        result["measured"] = measure(bundle, args.reps, args.clients, args.ray, log, save)
+        result["measured"] = measure(bundle, args.reps, args.clients, args.ray, log, save, tuple(args.configs))
     log("predicting the curve")
     result["predicted"] = predict_curve(bundle, args.buckets or buckets_of(bundle), args.predict)
     for row in result["predicted"]:
