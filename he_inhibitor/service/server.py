@@ -228,7 +228,8 @@ def create_app(circuits: Compiled | Bucket | Mapping[int, Compiled | Bucket], pa
                tokens: Tokens | None = None, lanes: Any = None) -> FastAPI:
     """A server for one compiled circuit, or one per token bucket ({T: Compiled}), under `params`.
 
-    lanes: a circuit.ray_lanes.RayLanes pool (serve --ray): each evaluation's lanes 1..K-1 run on it.
+    lanes: a circuit.ray_lanes.RayLanes pool (serve --lanes K): each evaluation's lanes 1..K-1 run on it;
+    or a circuit.ray_sentences.RaySentences pool (serve --ray ADDRESS): each whole evaluation runs on it.
     """
     given = dict(circuits) if isinstance(circuits, Mapping) else {circuits.T: circuits}
     by_T = {T: Bucket.of(c, params) if isinstance(c, Compiled) else c for T, c in given.items()}
