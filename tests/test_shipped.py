@@ -23,7 +23,8 @@ SENTENCES = [("a gorgeous , witty , seductive movie .", 32),
 
 @pytest.mark.parametrize(("text", "bucket"), SENTENCES)
 def test_shipped_bundle_computes_the_shipped_student(text, bucket):
-    """load_bundle recompiles and checks the hash; its plain executor equals torch in poly form."""
+    """load_bundle recompiles the circuit of the sentence's plan and checks its hash; its plain executor
+    equals torch in poly form."""
     model = load_student(SHIPPED_STUDENT, dtype=torch.float64).set_form("poly").eval()
     client = ClientBundle.load(SHIPPED_BUNDLE)
     assert buckets_of(SHIPPED_BUNDLE) == client.buckets
@@ -32,7 +33,9 @@ def test_shipped_bundle_computes_the_shipped_student(text, bucket):
     ids, mask = encode(client.embedder.tokenizer, [text], model.cfg.max_len)
     with torch.no_grad():
         want = model(torch.from_numpy(ids), torch.from_numpy(mask))[0].numpy()
-    got = make_executor("plain", load_bundle(SHIPPED_BUNDLE, prep.T).compiled).run(prep.x0, prep.m).logits
+    plan = load_bundle(SHIPPED_BUNDLE, prep.T, prep.n_tokens)
+    assert plan.compiled.plan.m <= prep.n_tokens < prep.T  # the shifts follow the sentence, not the bucket
+    got = make_executor("plain", plan.compiled).run(prep.x0, prep.m).logits
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)  # the bundle holds float16 weights as float64
 
 
