@@ -104,7 +104,10 @@ def lane_traffic(circuit, depth: int, sizes: dict[int, int]) -> dict:
             "fetched_bytes": int(sum(size(i) for s in segs for i in s.inputs + s.links))}
 
 
-def predict_curve(bundle: Path, buckets: list[int], lanes: list[int]) -> list[dict]:
+def predict_curve(bundle: Path, buckets: list[int], lanes: list[int], ns: dict[int, list[int]] | None = None
+                  ) -> list[dict]:
+    """Rows per (bucket T, token count n, lanes); n = T unless `ns` gives other counts for a bucket
+    (where circuits follow the token count, a short sentence has fewer shifts and so fewer useful lanes)."""
     from he_inhibitor.circuit.bundle import load_weights
     from he_inhibitor.circuit.costs import CostTable
     from he_inhibitor.circuit.ir import OpKind
@@ -114,25 +117,25 @@ def predict_curve(bundle: Path, buckets: list[int], lanes: list[int]) -> list[di
 
     weights = load_weights(bundle)
     rows = []
-    for T in buckets:
-        base = _bundle_plan(bundle, T)
+    for T, n in [(T, n) for T in buckets for n in (ns or {}).get(T, [T])]:
+        base = _bundle_plan(bundle, T, n)
         params = base.params
         costs = CostTable.shipped(params.poly_modulus_degree)
         sizes = ciphertext_bytes(params)
         x0 = np.zeros((T, base.compiled.layout.d))
-        m = np.ones(T)  # a full sentence: the bucket's own attention plan (n = T)
+        m = (np.arange(T) < n).astype(np.float64)
         for k in lanes:
             plan = with_lanes(base, k, weights)
             c = plan.compiled.circuit
             sim = simulate(plan.compiled, NoiseModel.of(params), x0, m, costs, chain=params.depth, strict=False)
             one = float(sum(sim.seconds.values()))
-            rows.append({"T": T, "lanes": k, "effective_lanes": len(lanes_of(c)),
+            rows.append({"T": T, "n": n, "lanes": k, "effective_lanes": len(lanes_of(c)),
                          "predicted_seconds": float(sim.parallel_seconds), "one_core_seconds": one,
                          "rotation_keys": len(c.rotation_steps()),
                          "refreshes": len(c.of_kind(OpKind.REFRESH)), **{f"store_{k2}": v for k2, v in
                                                                          lane_traffic(c, params.depth,
                                                                                       sizes).items()}})
-        _amdahl([r for r in rows if r["T"] == T], T)
+        _amdahl([r for r in rows if r["T"] == T and r["n"] == n], T)
     return rows
 
 
@@ -282,10 +285,10 @@ def plot(result: dict, path: Path) -> Path:
     fig, axes = plt.subplots(1, 2 if tp else 1, figsize=(12 if tp else 7, 4.5), squeeze=False)
     ax = axes[0][0]
     rows = result["predicted"]
-    for T in sorted({r["T"] for r in rows}):
-        pts = [r for r in rows if r["T"] == T]
+    for T, n in sorted({(r["T"], r.get("n", r["T"])) for r in rows}):
+        pts = [r for r in rows if r["T"] == T and r.get("n", T) == n]
         ax.plot([r["lanes"] for r in pts], [r["predicted_seconds"] for r in pts], "o-",
-                label=f"predicted critical path, T = {T} (serial part {pts[0].get('serial_seconds', 0):.1f} s)")
+                label=f"predicted critical path, T = {T}, n = {n} (serial part {pts[0].get('serial_seconds', 0):.1f} s)")
     for name, lat in meas.get("latency", {}).items():
         k = 2 if name.startswith("2 lanes") else 1
         cpu = float(np.median([r["driver_cpu_seconds"] + r["worker_cpu_seconds"] for r in lat["runs"]]))
@@ -330,9 +333,14 @@ def run(args: argparse.Namespace) -> int:
 
         result["measured"] = measure(bundle, args.reps, args.clients, args.ray, log, save, tuple(args.configs))
     log("predicting the curve")
-    result["predicted"] = predict_curve(bundle, args.buckets or buckets_of(bundle), args.predict)
+    measured = result.get("measured") or {}
+    buckets = args.buckets or buckets_of(bundle)
+    ns = {T: [T] for T in buckets}
+    if measured.get("n_tokens") and measured["T"] in ns:  # also the measured sentences' own circuit
+        ns[measured["T"]] = sorted({measured["n_tokens"][0], measured["T"]})
+    result["predicted"] = predict_curve(bundle, buckets, args.predict, ns)
     for row in result["predicted"]:
-        print(f"T={row['T']:3d} lanes {row['lanes']:3d} ({row['effective_lanes']:2d} effective): "
+        print(f"T={row['T']:3d} n={row['n']:3d} lanes {row['lanes']:3d} ({row['effective_lanes']:2d} effective): "
               f"{row['predicted_seconds']:7.2f} s (one core {row['one_core_seconds']:.2f} s), "
               f"{row['store_ciphertexts']} ciphertexts, {row['store_bytes'] / 1e6:.1f} MB through the store, "
               f"{row['rotation_keys']} rotation keys")
