@@ -70,6 +70,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--configs", nargs="+", choices=CONFIGS, default=list(CONFIGS),
                    help="what to measure: one (1 lane), lanes (2 lanes on Ray), sentences (whole sentences on Ray)")
     p.add_argument("--ray", default=None, metavar="ADDRESS", help="join this Ray cluster (default: embedded)")
+    p.add_argument("--sentence-cache", action="store_true",
+                   help="sentence actors keep the weight plaintexts (about 2 GB each at N = 16384) instead of "
+                        "encoding them per evaluation as the service does")
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--plot", type=Path, default=None, help="PNG for the curve and the measured points")
     p.set_defaults(func=run)
@@ -191,7 +194,7 @@ def _throughput(runner, prepared: list, clients: int, serialize: bool) -> dict:
 
 
 def measure(bundle: Path, reps: int, clients: int, address: str | None, log, save=None,
-            configs: tuple[str, ...] = CONFIGS) -> dict:
+            configs: tuple[str, ...] = CONFIGS, sentence_cache: bool = False) -> dict:
     """Each configuration in turn on one key set and one prepared executor (see the module docstring)."""
     from he_inhibitor.circuit.client_bundle import ClientBundle
     from he_inhibitor.circuit.encrypted import EncryptedExecutor
@@ -254,12 +257,13 @@ def measure(bundle: Path, reps: int, clients: int, address: str | None, log, sav
         if "sentences" in configs:
             ex._cache.clear()  # from here on this process only encrypts, refreshes and decrypts
             t = time.perf_counter()
-            # weights encoded per evaluation, as the service does: actors stay small on a shared machine
-            out["sentence_actor_weight_cache"] = False
-            with RaySentences(address=address, cache_weights=False) as pool:
+            # by default weights encoded per evaluation, as the service does: actors stay small
+            out["sentence_actor_weight_cache"] = sentence_cache
+            with RaySentences(address=address, cache_weights=sentence_cache) as pool:
                 sentences = RaySentenceExecutor(ex, pool)
                 out["setup_seconds"]["ray_sentences"] = time.perf_counter() - t
-                bench(f"sentences on Ray ({len(pool.actors)} actors, 1 lane each)", sentences, False)
+                bench(f"sentences on Ray ({len(pool.actors)} actors, 1 lane each"
+                      f"{', weights cached' if sentence_cache else ''})", sentences, False)
                 out["ray_sentence_workers"] = pool.stats()
                 out["sentence_attempts"] = sentences.attempts
     finally:
@@ -331,7 +335,8 @@ def run(args: argparse.Namespace) -> int:
                 args.json.parent.mkdir(parents=True, exist_ok=True)
                 args.json.write_text(json.dumps({**result, "measured": measured, "partial": True}, indent=1) + "\n")
 
-        result["measured"] = measure(bundle, args.reps, args.clients, args.ray, log, save, tuple(args.configs))
+        result["measured"] = measure(bundle, args.reps, args.clients, args.ray, log, save, tuple(args.configs),
+                                     args.sentence_cache)
     log("predicting the curve")
     measured = result.get("measured") or {}
     buckets = args.buckets or buckets_of(bundle)
