@@ -127,9 +127,11 @@ def test_depth_and_key_steps():
     a, r, f = (sw.layers[0].abs_fn.fn.depth, sw.layers[0].attn_relu.fn.depth, sw.layers[0].ffn_relu.fn.depth)
     assert depth(comp.circuit, through_refresh=True) == 2 * ((2 + a + r) + (2 + f)) + 1
     assert depth(comp.circuit) == 4 + f  # the output: Wo, the FFN and the head after the last refresh
-    assert check(comp.circuit, 99).max() == max(1 + a + r, 4 + f)  # the deepest segment: the attention alone
+    # the deepest segment between the client's refreshes: the attention's polynomials, or Wo + FFN + next QKV
+    assert check(comp.circuit, 99).max() == max(a + r, 4 + f)
     steps = comp.circuit.rotation_steps()
     bs, bpc = 2 * T, 256 // (2 * T)
     head_sums = {H * bs * 2**i for i in range(int(np.log2(bpc // H)))}
-    # 1 and 2: the shifts on two lanes (lane 1 starts one shift on, each lane strides 2); -T: the pooled label
+    # 1 and 2: the shifts on two lanes (lane 1 starts one shift on, each lane strides 2); -T: the pooled label;
+    # the linear layers all run in the bucket layout (the client arranges the attention's inputs)
     assert steps == {-T, 1, 2, bs, comp.n1 * bs} | head_sums

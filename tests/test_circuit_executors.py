@@ -6,7 +6,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from he_inhibitor.circuit.arrange import one_region  # noqa: E402
-from he_inhibitor.circuit.attention import AttentionSpec, head_sum_steps  # noqa: E402
+from he_inhibitor.circuit.attention import head_sum_steps  # noqa: E402
 from he_inhibitor.circuit.compile import compile_student  # noqa: E402
 from he_inhibitor.circuit.executors import make_executor  # noqa: E402
 from he_inhibitor.circuit.layout import Layout  # noqa: E402
@@ -41,16 +41,14 @@ def test_stage_stats_match_the_layout_formulas():
     fw = fold_layer(sw.layers[0], H)
     xl = Layout.heads(T, n_slots, sw.d, H)
     fl = Layout.natural(T, n_slots, sw.d_ff)
-    al = comp.att_layout  # the length-blind plan: blocks of 2T, T shifts
-    spec = AttentionSpec(al, H, fw.abs_fn, fw.attn_relu, fw.z_bias, T)
-    qkv = (compile_group([fw.wq], [fw.bq], al, [al], comp.n1).rotation_count()
-           + compile_group([fw.wk, fw.wv], [fw.bk, fw.bv], al, [al] * 2, comp.n1).rotation_count())
+    al = comp.att_layout  # the full bucket's plan: blocks of 2T, T shifts
+    qkv = compile_group([fw.wq, fw.wk, fw.wv], [fw.bq, fw.bk, fw.bv], xl, [xl] * 3, comp.n1).rotation_count()
     wo = compile_group([fw.wo], [fw.bo], xl, [xl], comp.n1).rotation_count()
     attn = stats["layer0.attn"]
     head_sums = len(head_sum_steps(al, H))
     # K and V each rotate T - 1 times over the two lanes; Z is head-summed once per shift
     assert attn["rotate"] == qkv + wo + 2 * al.n_cts * (T - 1) + T * head_sums
-    assert attn["levels"] == 2 + fw.abs_fn.depth + fw.attn_relu.depth
+    assert attn["levels"] == 2 + fw.abs_fn.depth + fw.attn_relu.depth  # QKV, the polynomials, Wo
     assert attn["poly"] == 2 * T * al.n_cts
     ffn = stats["layer0.ffn"]
     w1 = compile_group([fw.w1], [fw.b1], xl, [fl], comp.n1).rotation_count()

@@ -31,8 +31,8 @@ def test_simulate_matches_plain_and_counts(student):
     r = simulate(comp, NoiseModel(512, 30), x0, m)
     got = comp.read_logits(plain.run(comp.circuit, comp.pack_input(x0, m), comp.public_plaintexts(m))["logits"])
     np.testing.assert_array_equal(r.logits, got)
-    # the refreshes are the client's maps: one group per attention's fold, one per later layer's arrangement
-    assert r.depth == depth(comp.circuit, through_refresh=True) and r.round_trips == 3
+    # the refreshes are the client's maps: per layer one arranging Q, K, V (and x) and one folding H back
+    assert r.depth == depth(comp.circuit, through_refresh=True) and r.round_trips == 4
     assert r.refreshes == len(comp.circuit.of_kind(OpKind.REFRESH))
     totals = r.totals()
     assert totals["rotate"] == len(comp.circuit.of_kind(OpKind.ROTATE))
@@ -73,7 +73,7 @@ def test_parameters_from_depth_and_refresh(student):
     assert roomy.params.depth == check(roomy.compiled.circuit, 99).max()
     tight = plan_student(sw, T, n=16384)
     assert tight.depth == roomy.depth and tight.params.depth <= Precision().max_levels(16384)
-    assert tight.round_trips == roomy.round_trips == 3
+    assert tight.round_trips == roomy.round_trips == 4
     assert tight.params.total_bits <= 438
     with pytest.raises(InsecureParametersError):
         CkksParams.for_depth(12, 8192, 30, 50, 50)

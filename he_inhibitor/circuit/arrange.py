@@ -18,10 +18,12 @@ the cyclic offsets o = s + g*m in [0, a*m), which covers [0, n): every
 stay inside a block while a*n + m - 1 <= B. A shift thus does a*n useful pairs
 in a block of B slots instead of n in 2T, and m = ceil(n/a) shifts replace T.
 
-The attention output H leaves in the arranged layout (query i once per
-region, each copy holding that region's offsets); the client sums the copies
-back into the bucket layout at the refresh the attention needs anyway before
-its output projection. Every arrangement is a public linear map of slot
+Q, K and V are projected in the bucket layout (one ciphertext at T = 32,
+shared baby steps, at the bottom of the chain where rotations are cheapest)
+and re-packed by the client in one round trip; the attention output H leaves
+in the arranged layout (query i once per region, each copy holding that
+region's offsets) and the client sums the copies back into the bucket layout
+at the refresh before the output projection. Every arrangement is a public linear map of slot
 vectors (`ClientMap`): the server adds a mask r, the client returns
 map(x + r), the server subtracts map(r). The packing costs no level, no
 server rotation and no Galois key; it reveals n, which the bucket and the key
@@ -37,8 +39,8 @@ import numpy as np
 
 from he_inhibitor.circuit.layout import Layout
 
-MAP_X, MAP_Q, MAP_K, MAP_H = "map.x", "map.q", "map.k", "map.h"
-"""Public map names: x refreshed as it is (padding zeroed), queries, keys/values arranged, H folded back."""
+MAP_QKV, MAP_QKVX, MAP_H = "map.qkv", "map.qkvx", "map.h"
+"""Public map names: Q, K, V arranged (and, after layer 0, x refreshed with its padding zeroed); H folded back."""
 
 
 @dataclass(frozen=True)
@@ -192,28 +194,39 @@ def fold_map(att: Layout, res: Layout, plan: ShiftPlan, n: int) -> ClientMap:
     return ClientMap(att, res, idx)
 
 
-def maps(res: Layout, att: Layout, plan: ShiftPlan, n: int) -> dict[str, ClientMap]:
-    return {MAP_X: x_map(res, n), MAP_Q: query_map(res, att, plan, n), MAP_K: key_map(res, att, n),
+@dataclass(frozen=True)
+class StackedMap:
+    """Several maps side by side: the inputs split in their order, the outputs concatenated."""
+
+    parts: tuple[ClientMap, ...]
+
+    def apply(self, cts: Sequence[np.ndarray]) -> list[np.ndarray]:
+        if len(cts) != self.n_in:
+            raise ValueError(f"the map takes {self.n_in} ciphertexts, not {len(cts)}")
+        out, k = [], 0
+        for part in self.parts:
+            out += part.apply(cts[k:k + part.n_in])
+            k += part.n_in
+        return out
+
+    @property
+    def src(self) -> Layout:
+        return self.parts[0].src
+
+    @property
+    def n_in(self) -> int:
+        return sum(p.n_in for p in self.parts)
+
+    @property
+    def n_out(self) -> int:
+        return sum(p.n_out for p in self.parts)
+
+
+def maps(res: Layout, att: Layout, plan: ShiftPlan, n: int) -> dict[str, ClientMap | StackedMap]:
+    """The public maps of a sentence of n tokens: Q, K, V (then x) into the arranged layout; H back."""
+    qkv = (query_map(res, att, plan, n), key_map(res, att, n), key_map(res, att, n))
+    return {MAP_QKV: StackedMap(qkv), MAP_QKVX: StackedMap(qkv + (x_map(res, n),)),
             MAP_H: fold_map(att, res, plan, n)}
-
-
-def input_names(res: Layout, att: Layout | None) -> list[str]:
-    """The circuit's inputs: x, then (inhibitor students) layer 0's arranged queries and keys."""
-    names = [f"x{c}" for c in range(res.n_cts)]
-    if att is not None:
-        names += [f"xq{c}" for c in range(att.n_cts)] + [f"xk{c}" for c in range(att.n_cts)]
-    return names
-
-
-def pack_inputs(res: Layout, att: Layout | None, plan: ShiftPlan | None, x0: np.ndarray, n: int
-                ) -> dict[str, np.ndarray]:
-    """The client's input slot vectors for x0 [T, d] (zero at padding) of n tokens, by input name."""
-    x = list(res.pack(x0))
-    out = {f"x{c}": ct for c, ct in enumerate(x)}
-    if att is not None and plan is not None:
-        out.update({f"xq{c}": ct for c, ct in enumerate(query_map(res, att, plan, n).apply(x))})
-        out.update({f"xk{c}": ct for c, ct in enumerate(key_map(res, att, n).apply(x))})
-    return out
 
 
 def pairs(plan: ShiftPlan, n: int, s: int, B: int) -> tuple[np.ndarray, np.ndarray]:

@@ -3,19 +3,18 @@
 Stages per layer, with the levels they consume (a = depth of |x|, r = depth
 of the attention ReLU, f = depth of the FFN ReLU):
 
-    attn: QKV 1, |x| a, ReLU r (key mask folded in)      -> 1 + a + r, then
-          the client folds H back (a refresh), dropped to the level
-          where Wo, the FFN (and the head) end the chain, Wo 1
+    attn: QKV 1 (at the chain's last level), then the client arranges
+          Q, K, V (a refresh); |x| a, ReLU r (key mask folded in) -> a + r,
+          then the client folds H back (a refresh), dropped to the level
+          where Wo, the FFN and the next QKV (or the head) end the chain; Wo 1
     ffn:  W1 1, ReLU f, W2 1                             -> 2 + f
     head: pooling weights 1                              -> 1
 
 The inhibitor attention runs in the arranged layout of a ShiftPlan
-(arrange.py, docs/design.md §2.4): layer 0's arranged queries and keys come
-with the client's input, every later layer's from a refresh of x that
-returns x, its queries and its keys in one round trip; H returns to the
-bucket layout through the refresh before Wo. Those refreshes are where the
-circuit needs the client anyway (the attention alone takes 1 + a + r of the
-chain), so the packing adds no round trip.
+(arrange.py, docs/design.md §4): Q, K and V are projected in the bucket
+layout (one input, shared baby steps, on the fewest primes) and the client
+re-packs them, with x after layer 0, in one round trip; H returns to the
+bucket layout through the refresh before Wo. Two round trips per layer.
 
 A dot-product student (layers read as DotLayerWeights) gets
 dot_attention.dot_attention_block instead: 4 + r levels per attention.
@@ -85,12 +84,12 @@ class Compiled:
         return n
 
     def input_names(self) -> list[str]:
-        return arrange.input_names(self.layout, self.att_layout)
+        return [f"x{c}" for c in range(self.layout.n_cts)]
 
     def pack_input(self, x0: np.ndarray, m: np.ndarray) -> dict[str, np.ndarray]:
-        """x0 [T, d] (zero at padding), mask m [T] -> {input name: slot vector}: x, and for an
-        inhibitor student layer 0's arranged queries and keys (arrange.py)."""
-        return arrange.pack_inputs(self.layout, self.att_layout, self.plan, x0, self._tokens(m))
+        """x0 [T, d] (zero at padding), mask m [T] of the sentence it holds -> {input name: slot vector}."""
+        self._tokens(m)
+        return {f"x{c}": ct for c, ct in enumerate(self.layout.pack(x0))}
 
     def public_plaintexts(self, m: np.ndarray) -> dict[str, object]:
         """What a request binds by name: the shifts' key masks (n^-key_norm where a counted pair meets),
@@ -183,14 +182,11 @@ def compile_student(
     lw0 = sw.layers[0]
     spec_steps = (DotSpec(xl, H, lw0.attn_relu.fn, lanes, main_shifts).steps if dot
                   else AttentionSpec(al, H, lw0.abs_fn.fn, lw0.attn_relu.fn, 0.0, plan.m, lanes=lanes).steps)
-    n1 = choose_n1(xl.blocks_per_ct, [(xl.n_cts, xl.n_cts), (xl.n_cts, fl.n_cts), (fl.n_cts, xl.n_cts)]
-                   + [(xl.n_cts, 3 * xl.n_cts)] * dot, spec_steps, xl.block_size)
-    n1_att = None if al is None else _shared_giant(n1, xl, al)
+    n1 = choose_n1(xl.blocks_per_ct, [(xl.n_cts, 3 * xl.n_cts), (xl.n_cts, xl.n_cts),
+                                      (xl.n_cts, fl.n_cts), (fl.n_cts, xl.n_cts)], spec_steps, xl.block_size)
     b = Builder(n_slots, max_level)
     x = [b.input(f"x{c}") for c in range(xl.n_cts)]
-    if al is not None:
-        xq = [b.input(f"xq{c}") for c in range(al.n_cts)]
-        xk = [b.input(f"xk{c}") for c in range(al.n_cts)]
+    x_in = x if max_level is None else [b.descend(xc, max_level - 1) for xc in x]  # QKV: the chain's last level
     rel_biases, z_offsets = [], []
     for li, lw in enumerate(sw.layers):
         b.stage = f"layer{li}.attn"
@@ -199,11 +195,13 @@ def compile_student(
             x = dot_attention_block(b, fw, xl, H, n1, x, lanes, main_shifts)
         else:
             fw = fold_layer(lw, H)
-            if li:  # x, its queries and its keys in one round trip
-                x, xq, xk = (b.client_map(x, name, lay.n_cts) for name, lay in
-                             ((arrange.MAP_X, xl), (arrange.MAP_Q, al), (arrange.MAP_K, al)))
-            (q,) = compile_group([fw.wq], [fw.bq], al, [al], n1_att).apply(b, xq)
-            k, v = compile_group([fw.wk, fw.wv], [fw.bk, fw.bv], al, [al] * 2, n1_att).apply(b, xk)
+            qkv = compile_group([fw.wq, fw.wk, fw.wv], [fw.bq, fw.bk, fw.bv], xl, [xl] * 3, n1).apply(b, x_in)
+            if li == 0:  # the client arranges Q, K, V (and, after layer 0, refreshes x) in one round trip
+                out = b.client_map([c for t in qkv for c in t], arrange.MAP_QKV, 3 * al.n_cts)
+            else:
+                out = b.client_map([c for t in qkv for c in t] + x, arrange.MAP_QKVX, 3 * al.n_cts + xl.n_cts)
+                x = out[3 * al.n_cts:]
+            q, k, v = (out[j * al.n_cts:(j + 1) * al.n_cts] for j in range(3))
             spec = AttentionSpec(al, H, fw.abs_fn, fw.attn_relu, fw.z_bias, plan.m, sw.signed, lanes)
             rel_biases.append(fw.rel_bias)
             z_offsets.append(spec.z_offset)
@@ -211,9 +209,8 @@ def compile_student(
                        else [spec.z_offset] * plan.m)
             h = inhibitor_attention(b, spec, q, k, v, [shift_mask_name(s) for s in range(plan.m)], offsets)
             h = b.client_map(h, arrange.MAP_H, xl.n_cts)
-            if b.max_level is not None:  # Wo, the FFN (and the head) need only the chain's last levels
-                last = li == len(sw.layers) - 1
-                h = [b.descend(hc, b.max_level - (3 + fw.ffn_relu.depth + last)) for hc in h]
+            if b.max_level is not None:  # Wo, the FFN and the next QKV (or the head) take the chain's last levels
+                h = [b.descend(hc, b.max_level - (4 + fw.ffn_relu.depth)) for hc in h]
             (o,) = compile_group([fw.wo], [fw.bo], xl, [xl], n1).apply(b, h)
             x = [b.add(xc, oc) for xc, oc in zip(x, o)]
         b.stage = f"layer{li}.ffn"
@@ -222,6 +219,7 @@ def compile_student(
         a = [b.poly(ac, fw.ffn_relu) for ac in a]
         (f,) = compile_group([fw.w2], [fw.b2], fl, [xl], n1).apply(b, a)
         x = [b.add(xc, fc) for xc, fc in zip(x, f)]
+        x_in = x
     b.stage = "head"
     x = [b.headroom(xc, 1) for xc in x]
     logits = None
@@ -238,12 +236,6 @@ def compile_student(
     pool_w = sw.sf[:, None] * sw.wc
     return Compiled(b.circuit, xl, pool_w, n1, max_level, main_shifts, sw.key_norm, plan, H,
                     tuple(rel_biases), tuple(z_offsets))
-
-
-def _shared_giant(n1: int, xl: Layout, al: Layout) -> int | None:
-    """The arranged layout's baby-step width whose giant step n1_att*B is the bucket's n1*2T (no new key)."""
-    span = n1 * xl.block_size
-    return span // al.block_size if span % al.block_size == 0 and span >= al.block_size else None
 
 
 def _sum_blocks(b: Builder, y: int, lay: Layout, H: int) -> int:
@@ -272,3 +264,4 @@ def _sum_half(b: Builder, y: int, T: int, unit_steps: bool) -> int:
         r = b.rotate(r, 1)
         acc = b.add(acc, r)
     return acc
+

@@ -45,7 +45,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from he_inhibitor.ckks import CkksParams
-from he_inhibitor.circuit.arrange import ClientMap, ShiftPlan, input_names, maps, pack_inputs
+from he_inhibitor.circuit.arrange import ClientMap, ShiftPlan, StackedMap, maps
 from he_inhibitor.circuit.layout import Layout
 
 CONTENT_TYPE = "application/octet-stream"
@@ -217,15 +217,17 @@ class Signature:
         return res, plan.layout(res, self.n_heads), plan
 
     def input_names(self, n_tokens: int) -> list[str]:
-        res, att, _ = self.layouts(n_tokens)
-        return input_names(res, att)
+        """The circuit's inputs for n_tokens, in the order the server reads their frames."""
+        self.layouts(n_tokens)
+        return [f"x{c}" for c in range(len(Layout(self.T, self.n_slots, self.block_of).pack(
+            np.zeros((self.T, len(self.block_of))))))]
 
     def pack(self, x0: np.ndarray, n_tokens: int) -> dict[str, np.ndarray]:
         """The client's input slot vectors for x0 [T, d] of n_tokens, by input name."""
-        res, att, plan = self.layouts(n_tokens)
-        return pack_inputs(res, att, plan, x0, n_tokens)
+        res, _, _ = self.layouts(n_tokens)
+        return {f"x{c}": ct for c, ct in enumerate(res.pack(x0))}
 
-    def client_maps(self, n_tokens: int) -> dict[str, ClientMap]:
+    def client_maps(self, n_tokens: int) -> dict[str, ClientMap | StackedMap]:
         """The public maps a refresh may ask the client to apply (none for a dot-product circuit)."""
         res, att, plan = self.layouts(n_tokens)
         return {} if plan is None else maps(res, att, plan, n_tokens)
