@@ -43,7 +43,9 @@ def test_without_a_token_only_basic_health_answers(authed):
                                                                     "authorization": "Bearer wrong-token-000000"})
     assert r.status_code == 401
     bob = {"authorization": f"Bearer {BOB}"}
-    assert "keys" in httpx.get(server.url + "/v1/health", headers=bob).json()
+    detailed = httpx.get(server.url + "/v1/health", headers=bob).json()
+    # a key set is charged what SEAL holds: (relin + 1 Galois key) x 4 data primes x 2 x N x 5 primes x 8 bytes
+    assert detailed["charge_per_key_set"] == 2 * 4 * 2 * 8192 * 5 * 8 and "memory_used" in detailed
     assert "/v1/evaluate" in httpx.get(server.url + "/openapi.json", headers=bob).json()["paths"]
     assert httpx.get(server.url + "/docs", headers=bob).status_code == 200
 

@@ -162,9 +162,6 @@ class SealPool:
             raise ClientGone("the client disconnected", started=not fut.cancel())
         return work.result()
 
-    def shutdown(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
-
 
 async def _disconnected(request: Request) -> None:
     """Returns when the client has gone (the body must have been read before)."""
@@ -253,7 +250,6 @@ def create_app(circuits: Compiled | Bucket | Mapping[int, Compiled | Bucket], pa
                   openapi_url=None if tokens else "/openapi.json")
     app.state.registry, app.state.jobs, app.state.signature = registry, jobs, sig
     app.state.limits, app.state.budget, app.state.pool = limits, budget, pool
-    app.state.job_bytes, app.state.key_set_bytes = job_bytes, keys_bytes
 
     @app.exception_handler(RequestError)
     async def _client_error(request: Request, err: RequestError) -> JSONResponse:
@@ -357,6 +353,7 @@ def create_app(circuits: Compiled | Bucket | Mapping[int, Compiled | Bucket], pa
         jobs.purge()
         return {"status": "ok", "keys": len(registry), "key_bytes": registry.nbytes, "paused_jobs": len(jobs),
                 "active_jobs": jobs.active, "memory_used": budget.used, "memory_budget": budget.total,
+                "charge_per_key_set": keys_bytes, "charge_per_evaluation": {str(T): b for T, b in job_bytes.items()},
                 "queued_or_running": pool.pending, "uploads": uploads["now"]}
 
     @app.get("/v1/signature")

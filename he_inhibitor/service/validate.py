@@ -142,10 +142,6 @@ class ContextParts:
     relin: bytes
     galois: bytes | None
 
-    @property
-    def nbytes(self) -> int:
-        return len(self.relin) + len(self.galois or b"")
-
 
 async def _seal_part(reader: "BodyReader", bound: int, what: str) -> bytes:
     (n,) = struct.unpack("<Q", await reader.exactly(8, f"{what} length"))
