@@ -214,11 +214,15 @@ if SMALL:
 else:
     target = load_target(SHIPPED_CIRCUIT, buckets=[32])
     sentences = ["a charming and often affecting journey", "unflinchingly bleak and desperate"]
-plan = target.plan
-print(f"N = {plan.params.poly_modulus_degree}, chain = {plan.params.coeff_bits}, T = {plan.compiled.T}")
-print(f"depth {plan.depth}, refreshes {plan.refreshes}, rotation steps {sorted(plan.compiled.circuit.rotation_steps())}")"""),
+T = target.buckets[0]
+bucket = target.buckets_by_T[T]
+params = bucket.params
+print(f"N = {params.poly_modulus_degree}, chain = {params.coeff_bits}, T = {T}, key steps {bucket.rotation_steps}")
+for n in sorted(bucket.plans)[::4]:  # the attention's plan follows the sentence's length
+    plan = bucket.plan_for(n)
+    print(f"{n:2d} tokens: {plan.compiled.plan}, depth {plan.depth}, {plan.round_trips} round trips")"""),
     ("md", """## Client and server over HTTP"""),
-    ("code", """with LocalServer(create_app(plan.compiled, plan.params)) as server, Client(server.url) as client:
+    ("code", """with LocalServer(create_app(target.buckets_by_T, params)) as server, Client(server.url) as client:
     client.generate_keys()
     client.register_keys()
     for s in sentences:
@@ -233,7 +237,7 @@ encrypted circuit to measure each stage."""),
 from he_inhibitor.bench.measure import bench_target
 from he_inhibitor.circuit.costs import measure
 
-costs = measure(plan.params.poly_modulus_degree, plan.params.depth, plan.params.scale_bits, 1)
+costs = measure(params.poly_modulus_degree, params.depth, params.scale_bits, 1)
 corpus = embed_corpus(target, sentences, [1] * len(sentences))
 r = bench_target(target, corpus, costs, k=1)
 stages = list(r["stages"])
