@@ -159,8 +159,15 @@ class SealPool:
             gone.cancel()
         if not work.done():
             cancel.set()
+            work.add_done_callback(_retrieve)  # its Cancelled (or result) is nobody's answer any more
             raise ClientGone("the client disconnected", started=not fut.cancel())
         return work.result()
+
+
+def _retrieve(done: asyncio.Future) -> None:
+    """Consume an abandoned work's outcome, so that asyncio does not log it as never retrieved."""
+    if not done.cancelled():
+        done.exception()
 
 
 async def _disconnected(request: Request) -> None:
