@@ -183,9 +183,28 @@ def read_overrides(path: Path, _seen: tuple[Path, ...] = ()) -> dict:
     return merge(read_overrides(path.parent / parent, (*_seen, path.resolve())), data)
 
 
-def load_config(path: Path) -> DistillConfig:
-    """The shipped recipe with a config file's overrides (``read_overrides``) applied."""
-    return DistillConfig.from_dict(read_overrides(path))
+def load_config(path: Path | None = None, sets: list[str] = ()) -> DistillConfig:
+    """The shipped recipe with a config file's overrides (``read_overrides``) and then each
+    ``--set`` applied (``parse_set``)."""
+    overrides = read_overrides(path) if path is not None else {}
+    for item in sets:
+        overrides = merge(overrides, parse_set(item))
+    return DistillConfig.from_dict(overrides)
+
+
+def parse_set(item: str) -> dict:
+    """``"student.n_layers=3"`` -> ``{"student": {"n_layers": 3}}``: a dotted key and a JSON value
+    (a bare word that is not JSON is taken as a string, so ``layer_map=last`` works unquoted)."""
+    key, sep, text = item.partition("=")
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ValueError(f"--set takes KEY=VALUE with a dotted KEY, not {item!r}")
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        value = text
+    for part in reversed(key.split(".")):
+        value = {part: value}
+    return value
 
 
 def teacher_layers(layer_map: str | list[int], n_student: int, n_teacher: int) -> list[int]:
@@ -761,6 +780,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", type=Path, default=None,
                    help="JSON of overrides of the shipped recipe (any subset of DistillConfig's keys; "
                         "\"extends\": another such file underneath); without it: the shipped recipe")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="one override after --config, dotted key and JSON value, e.g. --set student.n_layers=3 "
+                        "(repeatable)")
     p.add_argument("--cache-dir", type=Path, default=Path("runs/cache"), help="where teacher outputs are cached")
     p.add_argument("--init", type=Path, default=None,
                    help="fine-tune this trained student (poly phase only) instead of distilling a new one")
@@ -768,12 +790,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    cfg = DistillConfig()
-    if args.config is not None:
-        try:
-            cfg = load_config(args.config)
-        except (OSError, json.JSONDecodeError, TypeError, ValueError) as err:
-            raise SystemExit(f"error: --config {args.config}: {err}")
+    try:
+        cfg = load_config(args.config, args.sets)
+    except (OSError, json.JSONDecodeError, TypeError, ValueError) as err:
+        raise SystemExit(f"error: --config {args.config} / --set {args.sets}: {err}")
     data_dir = args.data_dir or default_data_dir()
     if data_dir is None:
         raise SystemExit("error: no --data-dir given and no default SST-2 directory found")

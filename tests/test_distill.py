@@ -80,6 +80,20 @@ def test_overrides_merge_key_by_key_and_extend(tmp_path) -> None:
         load_config(tmp_path / "child.json")
 
 
+def test_set_overrides_after_the_config_file(tmp_path) -> None:
+    from he_inhibitor.distill import load_config
+
+    (tmp_path / "c.json").write_text('{"seed": 7, "student": {"n_layers": 3}}')
+    cfg = load_config(tmp_path / "c.json", ["student.n_layers=4", "layer_map=last", "augment.concat=0.5"])
+    assert (cfg.seed, cfg.student.n_layers, cfg.layer_map, cfg.augment.concat) == (7, 4, "last", 0.5)
+    assert load_config(None, ["seed=2"]).seed == 2 and load_config().seed == DistillConfig().seed
+    for bad in ("seed", "=3", "student..n_layers=3"):
+        with pytest.raises(ValueError, match="KEY=VALUE"):
+            load_config(None, [bad])
+    with pytest.raises(ValueError, match="unknown"):
+        load_config(None, ["student.bogus=1"])
+
+
 @pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "configs").rglob("*.json")),
                          ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_every_committed_config_loads(path) -> None:
