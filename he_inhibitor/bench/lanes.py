@@ -32,15 +32,15 @@ from pathlib import Path
 
 import numpy as np
 
-SENTENCES = (
-    "a gripping , beautifully acted film .",
+SENTENCES = (  # 12 tokens each: the shipped T = 32 bucket's circuit for them has 3 shifts, so up to 3 lanes
     "the plot is dull and the jokes fall flat .",
+    "a warm and funny story with a great cast .",
+    "the acting is fine but the story goes nowhere .",
+    "the script is lazy and the direction is worse .",
+    "the jokes are stale and the pacing is slow .",
+    "a gripping , beautifully acted film .",
     "not bad at all .",
     "an utterly forgettable sequel .",
-    "a warm , funny and moving story .",
-    "it drags on far too long .",
-    "the cast is wonderful .",
-    "a mess from start to finish .",
 )
 
 
@@ -211,7 +211,14 @@ def measure(bundle: Path, reps: int, clients: int, address: str | None, log, sav
     for p in prepared:
         plan = _bundle_plan(bundle, T, p.n_tokens)
         groups.setdefault(getattr(plan.compiled, "plan", None), (plan, []))[1].append(p)
-    plan, prepared = max(groups.values(), key=lambda g: len(g[1]))
+    from he_inhibitor.circuit.ray_lanes import lanes_of
+
+    # the largest group whose circuit has work for a second lane (circuits that follow n give short
+    # sentences a single shift); any group when no lanes are measured
+    usable = [g for g in groups.values() if "lanes" not in configs or len(lanes_of(g[0].compiled.circuit)) > 1]
+    if not usable:
+        raise SystemExit("no sentence here has a circuit with two lanes: measure with --configs one sentences")
+    plan, prepared = max(usable, key=lambda g: len(g[1]))
     plain = PlainExecutor(plan.compiled)
     t = time.perf_counter()
     keys = keygen(plan.params, sorted(plan.compiled.circuit.rotation_steps()))
