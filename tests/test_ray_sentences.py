@@ -38,7 +38,7 @@ def test_concurrent_sentences_on_two_actors(student, cluster):  # noqa: F811
         for (x0, m), res in zip(cases, results):
             sim = simulate(plan.compiled, NoiseModel.of(plan.params), x0, m, chain=plan.params.depth)
             assert np.abs(res.logits - sim.logits).max() <= sim.noise_bound
-            assert res.refreshes == plan.refreshes
+            assert res.refreshes == plan.round_trips  # one client round trip per group of refreshes
         stats = pool.stats()
     assert sum(s["evaluations"] for s in stats) == 3 and all(s["jobs"] == 0 for s in stats)
     assert all(s["key_loads"] in ({}, {sentences.key_id: 1}) for s in stats)  # once per actor that needed them

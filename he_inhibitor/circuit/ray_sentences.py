@@ -343,6 +343,7 @@ class RaySentenceExecutor:
         t = time.perf_counter()
         logits = comp.read_logits(np.asarray(keys.decrypt(outs["logits"])))
         client += time.perf_counter() - t
+        # refreshes: client round trips (each carries a group of refreshed ciphertexts); chain indices stay remote
         return EncryptedResult(logits, {}, refreshes, {}, client, time.process_time() - cpu)
 
     @property
