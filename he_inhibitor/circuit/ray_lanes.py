@@ -25,9 +25,12 @@ consumes a segment's output.
   `timeout_s`, the sentence fails with a `LaneError` naming the lane: never a
   wrong answer and never a hang.
 
-Ray starts embedded (2 CPUs, no dashboard, a small object store, loopback
-only, no usage stats) unless an address is given (`ray start` cluster). A
-circuit with a single lane never touches Ray.
+Ray starts embedded (2 CPUs, no dashboard, a small object store, no usage
+stats) unless an address is given (`ray start` cluster). Ray (2.60) cannot be
+held to loopback: it maps 127.0.0.1 to the node's address and its servers
+listen on every interface, behind its token authentication (on by default);
+on a shared network, firewall its ports. A circuit with a single lane never
+touches Ray.
 """
 
 from __future__ import annotations
@@ -210,8 +213,7 @@ def start_ray(address: str | None = None, num_cpus: int = 2,
     if address:
         ray.init(address=address, **common)
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, object_store_memory=object_store_bytes,
-                 _node_ip_address="127.0.0.1", **common)
+        ray.init(num_cpus=num_cpus, include_dashboard=False, object_store_memory=object_store_bytes, **common)
     return True
 
 
