@@ -14,7 +14,7 @@ once per (constant, chain index) and cached across requests; the key-mask
 plaintexts inside masked polynomials depend only on the sentence length, so
 they are cached for the last length seen (requests of equal length reuse them).
 
-With a `LaneLink` (parallel.py) only lane-0 nodes run here; values of other
+With a `LaneLink` (ray_lanes.py) only lane-0 nodes run here; values of other
 lanes arrive through the link and lane-0 values they need leave through it.
 
 Refresh nodes play both sides in one process (this executor holds the client

@@ -60,7 +60,7 @@ class SimResult:
     counts: dict[str, Counter] = field(default_factory=dict)
     ranges: list[PolyRange] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
-    parallel_seconds: float = 0.0  # predicted with each lane in its own process (parallel.py): the critical path
+    parallel_seconds: float = 0.0  # predicted with each lane in its own process (ray_lanes.py): the critical path
 
     def totals(self) -> Counter:
         out: Counter = Counter()
