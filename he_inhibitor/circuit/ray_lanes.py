@@ -532,7 +532,34 @@ class RayLink:
         self._meta.clear()
 
 
-class RayLaneExecutor:
+class PoolExecutor:
+    """An encrypted executor whose work runs on a Ray pool: the wrapped executor's circuit and
+    parameters, and the pool closed with it when this executor started it (`_own`)."""
+
+    ex: Any  # EncryptedExecutor
+    pool: Any
+    _own: bool
+
+    @property
+    def compiled(self) -> Compiled:
+        return self.ex.compiled
+
+    @property
+    def params(self) -> Any:
+        return self.ex.params
+
+    def close(self) -> None:
+        if self._own:
+            self.pool.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class RayLaneExecutor(PoolExecutor):
     """An EncryptedExecutor (it holds the client keys: it plays both sides) whose lane-k>0
     segments run on a RayLanes pool; same results, same chain indices.
 
@@ -579,21 +606,3 @@ class RayLaneExecutor:
     @property
     def transfer_seconds(self) -> float:
         return self.last.get("transfer_seconds", 0.0)
-
-    @property
-    def compiled(self) -> Compiled:
-        return self.ex.compiled
-
-    @property
-    def params(self) -> Any:
-        return self.ex.params
-
-    def close(self) -> None:
-        if self._own:
-            self.pool.close()
-
-    def __enter__(self) -> RayLaneExecutor:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

@@ -39,7 +39,7 @@ import numpy as np
 
 from he_inhibitor.circuit.compile import Compiled
 from he_inhibitor.circuit.ray_lanes import (
-    DEFAULT_TIMEOUT_S, LaneError, LaneWorker, circuit_id_of, key_id_of, public_blob, start_ray,
+    DEFAULT_TIMEOUT_S, LaneError, LaneWorker, PoolExecutor, circuit_id_of, key_id_of, public_blob, start_ray,
 )
 
 
@@ -286,7 +286,7 @@ class RaySentences:
         self.close()
 
 
-class RaySentenceExecutor:
+class RaySentenceExecutor(PoolExecutor):
     """Whole sentences on a RaySentences pool; this side holds the client keys (encrypts, refreshes,
     decrypts). Thread-safe: concurrent run() calls spread over the actors. A sentence whose actor
     died is run again from its inputs, up to `retries` times."""
@@ -345,21 +345,3 @@ class RaySentenceExecutor:
         client += time.perf_counter() - t
         # refreshes: client round trips (each carries a group of refreshed ciphertexts); chain indices stay remote
         return EncryptedResult(logits, {}, refreshes, {}, client, time.process_time() - cpu)
-
-    @property
-    def compiled(self) -> Compiled:
-        return self.ex.compiled
-
-    @property
-    def params(self) -> Any:
-        return self.ex.params
-
-    def close(self) -> None:
-        if self._own:
-            self.pool.close()
-
-    def __enter__(self) -> RaySentenceExecutor:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
