@@ -354,7 +354,7 @@ class RayLanes:
                         after.setdefault(src, []).append(k)
                 stripped = strip(compiled, segs)
                 ref = ray.put((stripped, params))
-                self.store_bytes_once += _object_size(ref)
+                self.store_bytes_once += _payload_bytes(stripped)
                 self._circuits[cid] = _Registered(compiled, segs, feeds, after, owner, ref)
         return cid
 
@@ -428,13 +428,14 @@ class RayLanes:
         self.close()
 
 
-def _object_size(ref: Any) -> int:
-    """Bytes of a put object (pickled size; the store's own accounting is not exposed per object)."""
-    import pickle
+def _payload_bytes(compiled: Compiled) -> int:
+    """Bytes a stripped circuit puts into the store: its constant arrays and its node list (as JSON)."""
+    import json
 
-    import ray
+    from he_inhibitor.circuit.bundle import node_list
 
-    return len(pickle.dumps(ray.get(ref), protocol=5))
+    arrays = sum(np.asarray(c).nbytes for c in compiled.circuit.consts if not isinstance(c, str))
+    return arrays + len(json.dumps(node_list(compiled.circuit)))
 
 
 class RayLink:
