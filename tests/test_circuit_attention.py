@@ -91,6 +91,48 @@ def test_arranged_attention_equals_direct(case):
     assert set(ops.steps) <= spec.steps
 
 
+class LaneOps(SlotOps):
+    """SlotOps that also counts polynomial evaluations per lane."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lane = 0
+        self.polys_on: dict[int, int] = {}
+
+    def set_lane(self, lane: int) -> None:
+        self.lane = lane
+
+    def poly(self, x, fn, mask=None):
+        self.polys_on[self.lane] = self.polys_on.get(self.lane, 0) + 1
+        return super().poly(x, fn, mask)
+
+
+@settings(max_examples=60, deadline=None)
+@given(cases())
+def test_lanes_share_the_polynomials_evenly(case):
+    """Lanes run whole shifts or split the ciphertexts (a one-shift plan, say), whichever keeps the busiest
+    lane's (shift, ciphertext) pairs fewer: every lane that can get work does, loads differ by at most one
+    unit of the split, and the split beats or ties the other."""
+    res, H, n, plan, signed, _, seed, lanes, _ = case
+    rng = np.random.default_rng(seed)
+    q, k, v = (rng.uniform(-0.5, 0.5, size=(res.T, res.d)) for _ in range(3))
+    att = plan.layout(res, H)
+    spec = AttentionSpec(att, H, Scaled(EXACT_ABS, 0.1), EXACT_RELU, 0.0, plan.m, signed, lanes)
+    qa = arrange.query_map(res, att, plan, n).apply(list(res.pack(q)))
+    ka, va = (arrange.key_map(res, att, n).apply(list(res.pack(t))) for t in (k, v))
+    ops = LaneOps()
+    inhibitor_attention(ops, spec, qa, ka, va, [1.0] * plan.m, [0.0] * plan.m)
+    per_ct = 1 + (2 if signed else 1)
+    units = plan.m if spec.split_shifts else att.n_cts
+    assert len(ops.polys_on) == min(lanes, units) == spec.lane_count
+    loads = list(ops.polys_on.values())
+    unit = att.n_cts * per_ct if spec.split_shifts else plan.m * per_ct
+    assert max(loads) - min(loads) <= unit
+    assert sum(loads) == plan.m * att.n_cts * per_ct
+    ceil = lambda a, b: -(-a // b)  # noqa: E731
+    assert max(loads) == per_ct * min(ceil(plan.m, lanes) * att.n_cts, plan.m * ceil(att.n_cts, lanes))
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.integers(0, 6), st.data())
 def test_every_pair_meets_once(log_t, data):

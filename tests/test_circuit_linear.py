@@ -47,6 +47,48 @@ def test_bsgs_equals_dense(problem):
     assert ops.counts["rescale"] == sum(d.n_cts for d in dsts)
 
 
+class LaneOps(SlotOps):
+    """SlotOps that records which lane each rotation and product ran on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lane, self.work = 0, {}
+
+    def set_lane(self, lane: int) -> None:
+        self.lane = lane
+
+    def rotate(self, x, k):
+        self.work[self.lane] = self.work.get(self.lane, 0) + 1
+        return super().rotate(x, k)
+
+    def mul_plain(self, x, p):
+        self.work[self.lane] = self.work.get(self.lane, 0) + 1
+        return super().mul_plain(x, p)
+
+
+@settings(max_examples=60, deadline=None)
+@given(problems(), st.integers(2, 3))
+def test_lanes_change_nothing_but_who_works(problem, lanes):
+    """Split over lanes (by output ciphertext, or by input where outputs are fewer than lanes), a layer gives
+    the same values; no lane does more than the whole layer on one lane, and the last op is on lane 0."""
+    T, n_slots, src, dsts, sparse, seed = problem
+    rng = np.random.default_rng(seed)
+    ws = [rng.normal(size=(src.d, d.d)) * (rng.random((src.d, d.d)) >= sparse) for d in dsts]
+    for w in ws:
+        w[0, 0] = 1.0
+    group = compile_group(ws, [rng.normal(size=d.d) for d in dsts], src, dsts)
+    packed = list(src.pack(rng.normal(size=(T, src.d))))
+    one, split = LaneOps(), LaneOps()
+    want = group.apply(one, packed)
+    got = group.apply(split, packed, lanes)
+    for a, b in zip(want, got):
+        np.testing.assert_allclose(np.stack(b), np.stack(a), rtol=1e-12, atol=1e-12)
+    assert max(split.work.values()) <= one.work[0]
+    assert split.lane == 0
+    if sum(d.n_cts for d in dsts) >= lanes:
+        assert len(split.work) == lanes
+
+
 def test_qkv_rotation_budget_at_T32():
     """d = 128 at T = 32 fills one ciphertext: Q, K, V share baby steps, ~2*sqrt(d) per matrix."""
     rng = np.random.default_rng(0)

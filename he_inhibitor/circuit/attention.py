@@ -21,9 +21,12 @@ simulator checks every slot anyway.
 Everything is in the scaled domain the compiler prepares: Q and K divided by
 B_abs, V and Z by B_att, so both polynomials see [-1, 1].
 
-The shifts are dealt round-robin to `lanes` independent lanes (lane l runs
-s = l, l + lanes, ...: one rotation by l, then rotations by `lanes`), each
-with its own accumulator, summed on lane 0.
+Where the lanes divide the shifts, the shifts are dealt round-robin to
+`lanes` independent lanes (lane l runs s = l, l + lanes, ...: one rotation
+by l, then rotations by `lanes`), each with its own accumulator, summed on
+lane 0. Otherwise the ciphertexts are: lane l takes every lanes-th one
+through every shift, and the partial sums of Z meet on lane 0 once per
+shift (design §3.4).
 
 The all-T-shift helpers at the end (half copies, contiguous lanes) serve the
 dot-product attention (dot_attention.py), whose softmax substitute needs
@@ -33,6 +36,7 @@ every key of a query in one sum.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -57,9 +61,11 @@ class AttentionSpec:
     z_bias: float
     shifts: int
     signed: bool = False
-    lanes: int = 2  # independent groups of shifts (processes or Ray workers a parallel executor may use)
+    lanes: int = 2  # independent groups of work (processes or Ray workers a parallel executor may use)
 
     def __post_init__(self) -> None:
+        if self.lanes < 1:
+            raise ValueError("an attention needs at least one lane")
         if self.layout.blocks_per_ct % self.n_heads:
             raise ValueError("blocks per ciphertext must be a multiple of the head count")
         if self.shifts < 1:
@@ -79,13 +85,21 @@ class AttentionSpec:
         return self.z_bias - unused * float(self.abs_fn(np.zeros(1))[0])
 
     @property
+    def split_shifts(self) -> bool:
+        """Whether the lanes run whole shifts rather than split the ciphertexts: the split whose busiest
+        lane runs fewer (shift, ciphertext) pairs, whole shifts on a tie (the lanes then meet only once)."""
+        L, C = self.lanes, self.layout.n_cts
+        return -(-self.shifts // L) * C <= self.shifts * -(-C // L)
+
+    @property
     def lane_count(self) -> int:
-        return max(1, min(self.lanes, self.shifts))
+        """Lanes that get work."""
+        return min(self.lanes, self.shifts if self.split_shifts else self.layout.n_cts)
 
     @property
     def steps(self) -> set[int]:
-        """Galois steps: each lane's first shift, the lane stride, the head sums."""
-        L = self.lane_count
+        """Galois steps: each lane's first shift and the lane stride (or steps of 1), the head sums."""
+        L = self.lane_count if self.split_shifts else 1
         shifts = set(range(1, L)) | ({L} if self.shifts > L else set())
         return shifts | set(head_sum_steps(self.layout, self.n_heads))
 
@@ -98,43 +112,70 @@ def inhibitor_attention(
 
     masks[s], offsets[s]: shift s's key mask and what it adds to Z (a float
     or the name of a public plaintext).
+
+    Lanes: where that balances the work better (AttentionSpec.split_shifts),
+    each lane runs whole shifts and the lanes meet once, at the end.
+    Otherwise (a plan of one shift, say) each lane takes every L-th
+    ciphertext of Q, K and V through every shift: its |x| polynomials give a partial Z, lane 0 sums the partials
+    (and the head sums), and every lane runs the ReLU polynomials of its
+    own V ciphertexts against that Z. The lanes then meet once per shift,
+    but the polynomials, which are most of the work, split evenly.
     """
     L = spec.lane_count
-    parts = []
-    for lane in range(L):
-        ops.set_lane(lane)
-        parts.append(_lane(ops, spec, q, k, v, masks, offsets, range(lane, spec.shifts, L)))
+    if spec.split_shifts:
+        parts = []
+        for lane in range(L):
+            parts.append(_shifts(ops, spec, q, k, v, masks, offsets, range(lane, spec.shifts, L), lambda c, lane=lane: lane))
+        ops.set_lane(0)
+        acc = parts[0]
+        for part in parts[1:]:
+            acc = [ops.add(a, b) for a, b in zip(acc, part)]
+        return acc
+    out = _shifts(ops, spec, q, k, v, masks, offsets, range(spec.shifts), lambda c: c % L)
     ops.set_lane(0)
-    acc = parts[0]
-    for part in parts[1:]:
-        acc = [ops.add(a, b) for a, b in zip(acc, part)]
-    return acc
+    return out
 
 
-def _lane(ops: Ops[V], spec: AttentionSpec, q: list[V], k: list[V], v: list[V], masks: list[Plain],
-          offsets: list[Plain], shifts: range) -> list[V]:
-    """sum over s in shifts of mask_s * r(rot(V, s) - Z^(s)): one rotation by the first shift, then by the stride."""
+def _shifts(ops: Ops[V], spec: AttentionSpec, q: list[V], k: list[V], v: list[V], masks: list[Plain],
+            offsets: list[Plain], shifts: range, lane_of: Callable[[int], int]) -> list[V]:
+    """sum over s in shifts of mask_s * r(rot(V, s) - Z^(s)): one rotation by the first shift, then by the stride.
+
+    Ciphertext c's work runs on lane lane_of(c); Z is summed per lane, then
+    across lanes on lane_of(0).
+    """
     acc: list[V | None] = [None] * len(v)
+    cts = range(len(k))
+
+    def on(c: int) -> int:
+        ops.set_lane(lane_of(c))
+        return c
+
     if shifts.start:
-        k = [ops.rotate(kc, shifts.start) for kc in k]
+        k = [ops.rotate(k[on(c)], shifts.start) for c in cts]
     for idx, s in enumerate(shifts):
         if idx:
-            k = [ops.rotate(kc, shifts.step) for kc in k]
-            v = [ops.rotate(vc, shifts.step) for vc in v]
-        z: V | None = None
-        for qc, kc in zip(q, k, strict=True):
-            a = ops.poly(ops.sub(qc, kc), spec.abs_fn)
-            z = a if z is None else ops.add(z, a)
-        assert z is not None
+            k = [ops.rotate(k[on(c)], shifts.step) for c in cts]
+            v = [ops.rotate(v[on(c)], shifts.step) for c in cts]
+        partial: dict[int, V] = {}
+        for c in cts:
+            a = ops.poly(ops.sub(q[on(c)], k[c]), spec.abs_fn)
+            partial[lane_of(c)] = ops.add(partial[lane_of(c)], a) if lane_of(c) in partial else a
+        ops.set_lane(lane_of(0))
+        z = partial[lane_of(0)]
+        for lane, part in partial.items():
+            if lane != lane_of(0):
+                z = ops.add(z, part)
         for step in head_sum_steps(spec.layout, spec.n_heads):
             z = ops.add(z, ops.rotate(z, step))
         if idx == 0:  # shift V where it is used: mod-switched once, rotated at the cheaper level
-            v = [ops.align(vc, z) for vc in v]
+            v = [ops.align(v[on(c)], z) for c in cts]
             if shifts.start:
-                v = [ops.rotate(vc, shifts.start) for vc in v]
+                v = [ops.rotate(v[on(c)], shifts.start) for c in cts]
         if not (isinstance(offsets[s], float) and offsets[s] == 0.0):  # a name, a vector, or a non-zero scalar
+            ops.set_lane(lane_of(0))
             z = ops.add_plain(z, offsets[s])
-        for c, vc in enumerate(v):
+        for c in cts:
+            vc = v[on(c)]
             t = ops.poly(ops.sub(vc, z), spec.relu_fn, masks[s])
             if spec.signed:
                 t = ops.sub(t, ops.poly(ops.add(vc, z), Reflected(spec.relu_fn), masks[s]))

@@ -129,6 +129,14 @@ def offset_name(layer: int, s: int) -> str:
     return f"zoff{layer}.{s}"
 
 
+def _on_lane(b: Builder, lane: int, op) -> int:
+    """op() recorded on `lane` (where linear.LinearGroup.apply left its input), then back to lane 0."""
+    b.set_lane(lane)
+    out = op()
+    b.set_lane(0)
+    return out
+
+
 def _sum(b: Builder, terms: list[int]) -> int:
     acc = terms[0]
     for t in terms[1:]:
@@ -159,8 +167,10 @@ def compile_student(
     deeper circuits get client-aided refreshes of the residual stream.
     unit_pool_steps: sum the pooled tokens by T-1 rotations of 1 (no new keys)
     rather than log2(T) rotations by powers of two (log2(T)-1 more keys).
-    lanes: the attention shifts dealt to this many independent lanes (see
-    attention.py); main_shifts: a dot-product attention's shifts on lane 0.
+    lanes: independent lanes of work (processes or Ray workers): the attention's
+    shifts or ciphertexts (attention.py), the linear layers' output or input
+    ciphertexts (linear.py) and the FFN ReLUs; main_shifts: a dot-product
+    attention's shifts on lane 0.
     shifts: the inhibitor's packing (default: the plan that holds every n <= T;
     a bundle compiles one circuit per plan its sentences need, arrange.choose_plans).
     """
@@ -195,7 +205,7 @@ def compile_student(
             x = dot_attention_block(b, fw, xl, H, n1, x, lanes, main_shifts)
         else:
             fw = fold_layer(lw, H)
-            qkv = compile_group([fw.wq, fw.wk, fw.wv], [fw.bq, fw.bk, fw.bv], xl, [xl] * 3, n1).apply(b, x_in)
+            qkv = compile_group([fw.wq, fw.wk, fw.wv], [fw.bq, fw.bk, fw.bv], xl, [xl] * 3, n1).apply(b, x_in, lanes)
             if li == 0:  # the client arranges Q, K, V (and, after layer 0, refreshes x) in one round trip
                 out = b.client_map([c for t in qkv for c in t], arrange.MAP_QKV, 3 * al.n_cts)
             else:
@@ -211,13 +221,13 @@ def compile_student(
             h = b.client_map(h, arrange.MAP_H, xl.n_cts)
             if b.max_level is not None:  # Wo, the FFN and the next QKV (or the head) take the chain's last levels
                 h = [b.descend(hc, b.max_level - (4 + fw.ffn_relu.depth)) for hc in h]
-            (o,) = compile_group([fw.wo], [fw.bo], xl, [xl], n1).apply(b, h)
+            (o,) = compile_group([fw.wo], [fw.bo], xl, [xl], n1).apply(b, h, lanes)
             x = [b.add(xc, oc) for xc, oc in zip(x, o)]
         b.stage = f"layer{li}.ffn"
         x = [b.headroom(xc, 2 + fw.ffn_relu.depth) for xc in x]
-        (a,) = compile_group([fw.w1], [fw.b1], xl, [fl], n1).apply(b, x)
-        a = [b.poly(ac, fw.ffn_relu) for ac in a]
-        (f,) = compile_group([fw.w2], [fw.b2], fl, [xl], n1).apply(b, a)
+        (a,) = compile_group([fw.w1], [fw.b1], xl, [fl], n1).apply(b, x, lanes)
+        a = [_on_lane(b, c % lanes, lambda ac=ac: b.poly(ac, fw.ffn_relu)) for c, ac in enumerate(a)]
+        (f,) = compile_group([fw.w2], [fw.b2], fl, [xl], n1).apply(b, a, lanes)
         x = [b.add(xc, fc) for xc, fc in zip(x, f)]
         x_in = x
     b.stage = "head"

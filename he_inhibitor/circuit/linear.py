@@ -71,27 +71,82 @@ class LinearGroup:
             out.add(self.n1 * b)
         return out
 
-    def apply(self, ops: Ops[V], x: list[V]) -> list[list[V]]:
-        """y = x W + b for every matrix; returns one list of output ciphertexts per matrix."""
+    def apply(self, ops: Ops[V], x: list[V], lanes: int = 1) -> list[list[V]]:
+        """y = x W + b for every matrix; returns one list of output ciphertexts per matrix.
+
+        lanes > 1 splits the work: by output ciphertext (over all matrices,
+        round-robin) where there are enough of them, each lane computing the
+        baby steps it needs itself (recomputing beats waiting for another
+        lane's); else by input ciphertext, each lane folding the giant steps
+        of its inputs' partial sums, added on lane 0. Input ciphertext c is
+        expected on lane c % lanes (where the producer left it).
+        """
+        outs_total = sum(m.out_layout.n_cts for m in self.matrices)
+        by_input = lanes > 1 and outs_total < lanes <= len(x)
+        if by_input:
+            return self._by_input(ops, x, lanes)
         step = self.in_layout.block_size
-        baby: list[list[V]] = []
-        for xc in x:
-            row = [ops.headroom(xc, 1)]
-            for _ in range(self.baby_max):
-                row.append(ops.rotate(row[-1], step))
-            baby.append(row)
-        outs = []
+        baby: dict[tuple[int, int], list[V]] = {}  # (lane, input ct) -> rotations by j*2T
+
+        def babies(lane: int, c: int) -> list[V]:
+            if (lane, c) not in baby:
+                row = [ops.headroom(x[c], 1)]
+                for _ in range(self.baby_max):
+                    row.append(ops.rotate(row[-1], step))
+                baby[lane, c] = row
+            return baby[lane, c]
+
+        outs, k = [], 0
         for m in self.matrices:
             ys = []
             for o in range(m.out_layout.n_cts):
+                lane = k % lanes
+                k += 1
+                ops.set_lane(lane)
                 acc: V | None = None
                 for g in range(self.giant_max(m, o), -1, -1):
                     if acc is not None:
                         acc = ops.rotate(acc, self.n1 * step)
                     for c, j, diag in m.terms.get((o, g), []):
-                        t = ops.mul_plain(baby[c][j], diag)
+                        t = ops.mul_plain(babies(lane, c)[j], diag)
                         acc = t if acc is None else ops.add(acc, t)
                 assert acc is not None
+                ys.append(ops.add_plain(ops.rescale(acc), m.bias[o]))
+            outs.append(ys)
+        ops.set_lane(0)
+        return outs
+
+    def _by_input(self, ops: Ops[V], x: list[V], lanes: int) -> list[list[V]]:
+        """Each lane folds the giant steps of its own inputs' terms; lane 0 sums the partials."""
+        step = self.in_layout.block_size
+        baby: dict[int, list[V]] = {}
+        for c, xc in enumerate(x):
+            ops.set_lane(c % lanes)
+            row = [ops.headroom(xc, 1)]
+            for _ in range(self.baby_max):
+                row.append(ops.rotate(row[-1], step))
+            baby[c] = row
+        outs = []
+        for m in self.matrices:
+            ys = []
+            for o in range(m.out_layout.n_cts):
+                parts: list[V] = []
+                for lane in range(lanes):
+                    ops.set_lane(lane)
+                    acc: V | None = None
+                    for g in range(self.giant_max(m, o), -1, -1):
+                        if acc is not None:
+                            acc = ops.rotate(acc, self.n1 * step)
+                        for c, j, diag in m.terms.get((o, g), []):
+                            if c % lanes == lane:
+                                t = ops.mul_plain(baby[c][j], diag)
+                                acc = t if acc is None else ops.add(acc, t)
+                    if acc is not None:
+                        parts.append(acc)
+                ops.set_lane(0)
+                acc = parts[0]
+                for part in parts[1:]:
+                    acc = ops.add(acc, part)
                 ys.append(ops.add_plain(ops.rescale(acc), m.bias[o]))
             outs.append(ys)
         return outs
