@@ -16,7 +16,7 @@ import sys
 COMMANDS: dict[str, str] = {
     "approx": "he_inhibitor.approx.cli",
     "teacher": "he_inhibitor.teacher",
-    "distill": "he_inhibitor.distill",
+    "distill": "he_inhibitor.train.pipeline",
     "calibrate": "he_inhibitor.recalibrate",
     "eval": "he_inhibitor.evaluate",
     "compile": "he_inhibitor.circuit.cli",

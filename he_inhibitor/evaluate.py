@@ -61,7 +61,7 @@ def predictions(model_dir: Path, form: str, sentences: list[str]) -> tuple[np.nd
         tok = load_tokenizer(model_dir)
         labels = logits(load_teacher(model_dir), tok, sentences).argmax(-1).numpy()
         return labels, np.array([len(ids) for ids in tok(sentences)["input_ids"]])
-    from he_inhibitor.distill import predict
+    from he_inhibitor.train.pipeline import predict
     from he_inhibitor.model.student import load_student
     from he_inhibitor.vocab import load_tokenizer
 

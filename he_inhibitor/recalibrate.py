@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from he_inhibitor.data import default_data_dir
-from he_inhibitor.distill import calibrate, refit_weighted, training_batches
+from he_inhibitor.train.pipeline import calibrate, refit_weighted, training_batches
 from he_inhibitor.model.student import load_student, save_student
 from he_inhibitor.vocab import TOKENIZER_FILE, load_tokenizer
 

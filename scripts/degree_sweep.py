@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from he_inhibitor.data import default_data_dir, load_sst2
-from he_inhibitor.distill import Batches, evaluate, refit_weighted, training_batches
+from he_inhibitor.train.pipeline import Batches, evaluate, refit_weighted, training_batches
 from he_inhibitor.model.nonlinear import PolySpec
 from he_inhibitor.model.student import load_student
 from he_inhibitor.vocab import load_tokenizer

@@ -88,6 +88,6 @@ def tiny_student_config():
 @pytest.fixture
 def pre_recipe_config():
     """DistillConfig factory: ``PRE_RECIPE`` with a test's own overrides merged on top."""
-    from he_inhibitor.distill import DistillConfig, merge
+    from he_inhibitor.train.pipeline import DistillConfig, merge
 
     return lambda overrides=None: DistillConfig.from_dict(merge(PRE_RECIPE, overrides or {}))

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from he_inhibitor.data import default_data_dir, load_sst2
-from he_inhibitor.distill import (
+from he_inhibitor.train.pipeline import (
     Batches, DistillConfig, Distiller, LossWeights, init_embeddings_from_teacher, param_groups, position_table,
     teacher_layers,
 )
@@ -64,7 +64,7 @@ def test_defaults_are_the_shipped_recipe() -> None:
 
 
 def test_overrides_merge_key_by_key_and_extend(tmp_path) -> None:
-    from he_inhibitor.distill import load_config
+    from he_inhibitor.train.pipeline import load_config
 
     cfg = DistillConfig.from_dict({"student": {"n_layers": 3, "abs_poly": {"degree": 6}}, "augment": {"copies": 6}})
     recipe = DistillConfig()
@@ -81,7 +81,7 @@ def test_overrides_merge_key_by_key_and_extend(tmp_path) -> None:
 
 
 def test_set_overrides_after_the_config_file(tmp_path) -> None:
-    from he_inhibitor.distill import load_config
+    from he_inhibitor.train.pipeline import load_config
 
     (tmp_path / "c.json").write_text('{"seed": 7, "student": {"n_layers": 3}}')
     cfg = load_config(tmp_path / "c.json", ["student.n_layers=4", "layer_map=last", "augment.concat=0.5"])
@@ -97,7 +97,7 @@ def test_set_overrides_after_the_config_file(tmp_path) -> None:
 @pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "configs").rglob("*.json")),
                          ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_every_committed_config_loads(path) -> None:
-    from he_inhibitor.distill import load_config
+    from he_inhibitor.train.pipeline import load_config
 
     load_config(path)
 
@@ -171,7 +171,7 @@ def test_mse_distillation_loss_is_the_squared_logit_error(tiny_student_config) -
 
 def test_tied_word_table_starts_equal_and_moves_unseen_words(tiny_student_config) -> None:
     """R + E P equals the PCA table at first; a step on one word's row moves every word through P."""
-    from he_inhibitor.distill import untie_word_table
+    from he_inhibitor.train.pipeline import untie_word_table
 
     rows = np.random.default_rng(0).normal(size=(30, 12)).astype(np.float32)
     students = []
@@ -259,7 +259,7 @@ def _teacher_vocabulary():
 @needs_teacher
 def test_teacher_labels_perturbed_copies(tiny_setup) -> None:
     """Unperturbed, the live teacher reproduces the cache; perturbed, it labels what it sees."""
-    from he_inhibitor.augment import AugmentConfig, TeacherLabeller
+    from he_inhibitor.train.augment import AugmentConfig, TeacherLabeller
     from he_inhibitor.teacher import load_teacher
 
     cache, teacher_tok, tok, _ = tiny_setup
@@ -282,8 +282,8 @@ def test_teacher_labels_perturbed_copies(tiny_setup) -> None:
 @needs_teacher
 def test_neighbour_table_and_labeller(tiny_setup) -> None:
     """Whole words get student words as neighbours, other pieces none; a labelled copy only swaps in neighbours."""
-    from he_inhibitor.augment import AugmentConfig, TeacherLabeller
-    from he_inhibitor.distill import student_token_vectors, word_neighbour_table
+    from he_inhibitor.train.augment import AugmentConfig, TeacherLabeller
+    from he_inhibitor.train.pipeline import student_token_vectors, word_neighbour_table
     from he_inhibitor.teacher import load_teacher
 
     cache, teacher_tok, tok, _ = tiny_setup
@@ -315,7 +315,7 @@ def test_neighbour_table_and_labeller(tiny_setup) -> None:
 def test_poly_calibration_covers_what_the_polynomials_see(tiny_setup, recursive, relu_method) -> None:
     """After calibration in poly form, every input the poly student feeds a fit lies inside its interval
     (weighted fits: made during calibration, at the final bounds)."""
-    from he_inhibitor.distill import calibrate
+    from he_inhibitor.train.pipeline import calibrate
 
     cache, teacher_tok, tok, _ = tiny_setup
     torch.manual_seed(1)
@@ -341,7 +341,7 @@ def test_poly_calibration_covers_what_the_polynomials_see(tiny_setup, recursive,
 @needs_teacher
 def test_longest_batches_and_calibration_on_them(tiny_setup) -> None:
     """`longest` batches hold the longest rows, longest first; bounds calibrated there cover them."""
-    from he_inhibitor.distill import calibrate
+    from he_inhibitor.train.pipeline import calibrate
 
     cache, teacher_tok, tok, _ = tiny_setup
     batches = Batches(cache, teacher_to_student_ids(teacher_tok, tok), 8, 0, need_attn=False)
@@ -364,7 +364,7 @@ def test_distill_then_finetune_a_trained_student(tmp_path, pre_recipe_config) ->
     """`distill` end to end on a tiny config; `init` then runs only the poly phase and keeps vocabulary and bounds."""
     import json
 
-    from he_inhibitor.distill import distill
+    from he_inhibitor.train.pipeline import distill
     from he_inhibitor.model.student import load_student
 
     common = {"limit": 64, "batch_size": 32, "threads": 1}

@@ -11,7 +11,7 @@ from he_inhibitor.circuit.bundle import SHIPPED_BUNDLE, buckets_of, load_bundle
 from he_inhibitor.circuit.client_bundle import ClientBundle
 from he_inhibitor.circuit.executors import make_executor
 from he_inhibitor.data import default_data_dir, load_sst2
-from he_inhibitor.distill import evaluate
+from he_inhibitor.train.pipeline import evaluate
 from he_inhibitor.evaluate import SHIPPED_STUDENT, range_report
 from he_inhibitor.model.student import load_student
 from he_inhibitor.vocab import encode, load_tokenizer

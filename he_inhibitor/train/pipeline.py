@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from he_inhibitor.augment import AugmentConfig, TeacherLabeller, nearest_words
+from he_inhibitor.train.augment import AugmentConfig, TeacherLabeller, nearest_words
 from he_inhibitor.data import default_data_dir, load_sst2
 from he_inhibitor.model.nonlinear import PolySpec
 from he_inhibitor.model.student import Student, StudentConfig, load_student, save_student

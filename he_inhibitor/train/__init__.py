@@ -1,0 +1,1 @@
+"""Distillation of the teacher into the HE-friendly student (``he-inhibitor distill``)."""
