@@ -20,6 +20,9 @@ from he_inhibitor.train.augment import AugmentConfig
 
 @dataclass
 class LossWeights:
+    """The weight of each loss in the total (``train.losses``); 0 leaves a loss out (kd and ce are always
+    computed, for the log). The exact phase runs with ``range`` at 0: there are no bounds yet to respect."""
+
     kd: float = 1.0
     ce: float = 0.2
     hidden: float = 0.05
