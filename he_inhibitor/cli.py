@@ -2,8 +2,12 @@
 
 Each subcommand lives in the module that owns its feature; that module exposes
 ``add_parser(subparsers)`` which registers the subcommand and sets
-``func=callable(args) -> int``. Modules are imported lazily so that
-``he-inhibitor approx`` never imports torch.
+``func=callable(args) -> int``. Only the module of the command given is
+imported, by name: the core commands (``approx``, ``predict --mode plain``,
+``simulate``, ``serve``, ``query``, ``demo``) then never import torch, an
+optional extra (``train``). This is the package's one deliberate lazy
+import of its own modules; tests/test_layers.py reads ``COMMANDS`` as the
+CLI's imports.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import sys
 COMMANDS: dict[str, str] = {
     "approx": "he_inhibitor.approx.cli",
     "teacher": "he_inhibitor.teacher",
-    "distill": "he_inhibitor.distill",
+    "distill": "he_inhibitor.train.cli",
     "calibrate": "he_inhibitor.recalibrate",
     "eval": "he_inhibitor.evaluate",
     "compile": "he_inhibitor.circuit.cli",
@@ -36,7 +40,7 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     wanted = argv[0] if argv and argv[0] in COMMANDS else None
     for name, module in COMMANDS.items():
-        if wanted is None or name == wanted:
+        if wanted is None or name == wanted:  # lazy: keeps torch optional (module docstring)
             importlib.import_module(module).add_parser(sub)
         else:  # listed in --help without importing its (possibly heavy) module
             sub.add_parser(name, help=f"see `he-inhibitor {name} --help`")

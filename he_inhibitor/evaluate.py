@@ -7,11 +7,16 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from he_inhibitor.data import load_sst2_tsv
 from he_inhibitor.model.nonlinear import FORMS
-from he_inhibitor.paths import SHIPPED_STUDENT  # noqa: F401  (re-exported for scripts and notebooks)
-
+from he_inhibitor.model.predict import predict
+from he_inhibitor.model.student import Student, load_student
+from he_inhibitor.paths import SHIPPED_STUDENT
+from he_inhibitor.teacher import load_teacher, logits
+from he_inhibitor.teacher import load_tokenizer as load_teacher_tokenizer
+from he_inhibitor.vocab import encode, load_tokenizer
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -56,15 +61,9 @@ def predictions(model_dir: Path, form: str, sentences: list[str]) -> tuple[np.nd
     says how many were.
     """
     if is_teacher(model_dir):
-        from he_inhibitor.teacher import load_teacher, load_tokenizer, logits
-
-        tok = load_tokenizer(model_dir)
+        tok = load_teacher_tokenizer(model_dir)
         labels = logits(load_teacher(model_dir), tok, sentences).argmax(-1).numpy()
         return labels, np.array([len(ids) for ids in tok(sentences)["input_ids"]])
-    from he_inhibitor.distill import predict
-    from he_inhibitor.model.student import load_student
-    from he_inhibitor.vocab import load_tokenizer
-
     student, tok = load_student(model_dir).set_form(form), load_tokenizer(model_dir)
     return (predict(student, tok, sentences, truncate=True),
             np.array([len(e.ids) for e in tok.encode_batch(sentences)]))
@@ -74,8 +73,6 @@ def truncated_count(model_dir: Path, lengths: np.ndarray) -> int:
     """Sentences longer than a student's max_len (the teacher takes 512: none)."""
     if is_teacher(model_dir):
         return 0
-    from he_inhibitor.model.student import load_student
-
     return int((lengths > load_student(model_dir).cfg.max_len).sum())
 
 
@@ -90,16 +87,12 @@ def by_length(correct: np.ndarray, lengths: np.ndarray, edges: list[int]) -> lis
     return rows
 
 
-def range_report(student, tokenizer, sentences: list[str]) -> dict:
+def range_report(student: Student, tokenizer, sentences: list[str]) -> dict:
     """Per sentence, the largest |input| / B of any non-linearity; how many exceed 1 and the worst.
 
     Beyond B the polynomial the circuit evaluates is no longer an approximation:
     such sentences get unreliable logits, in plain and encrypted form alike.
     """
-    import torch
-
-    from he_inhibitor.vocab import encode
-
     student.eval()
     worst = []
     with torch.no_grad():
@@ -129,9 +122,6 @@ def _run(args: argparse.Namespace) -> int:
     if args.by_length:
         out["by_length"] = by_length(correct, lengths, args.by_length)
     if args.ranges:
-        from he_inhibitor.model.student import load_student
-        from he_inhibitor.vocab import load_tokenizer
-
         out.update(range_report(load_student(args.model).set_form(args.form), load_tokenizer(args.model), sentences))
     if args.json:
         print(json.dumps(out))

@@ -3,9 +3,9 @@
 ``distill`` calibrates each bound B on random training batches. SST-2's
 training phrases are short (median 10 tokens) while dev sentences run to 55,
 and the inhibitor sums over keys, so later layers see larger inputs on long
-sentences: the first shipped augmented student put 11 of 872 dev sentences
+sentences: bounds fitted to random batches can leave long dev sentences
 beyond a bound, where the polynomial explodes. This command observes the
-longest training rows, in exact and then poly form (as ``distill.calibrate``
+longest training rows, in exact and then poly form (as ``train.calibration.calibrate``
 does), and keeps for each bound the wider of the old and the new. Weights are
 unchanged (weighted fits are refitted at the kept bounds, on the same rows);
 only training data is looked at.
@@ -22,7 +22,8 @@ import numpy as np
 import torch
 
 from he_inhibitor.data import default_data_dir
-from he_inhibitor.distill import calibrate, refit_weighted, training_batches
+from he_inhibitor.train.batches import training_batches
+from he_inhibitor.train.calibration import calibrate, refit_weighted
 from he_inhibitor.model.student import load_student, save_student
 from he_inhibitor.vocab import TOKENIZER_FILE, load_tokenizer
 

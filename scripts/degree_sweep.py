@@ -12,7 +12,7 @@ fit the student has to be trained around and which it does not.
 A setting is ``abs,attn_relu,ffn_relu`` degrees (each even: the fits are on
 [-1, 1]). A degree followed by ``w`` (``14w``) is a weighted fit
 (``he_inhibitor.approx.weighted_fit``), made from 25 random training batches
-in call order with the fits before it in place (``distill.refit_weighted``);
+in call order with the fits before it in place (``train.calibration.refit_weighted``);
 it needs the teacher's training cache (``--teacher``).
 """
 
@@ -26,9 +26,11 @@ import numpy as np
 import torch
 
 from he_inhibitor.data import default_data_dir, load_sst2
-from he_inhibitor.distill import Batches, evaluate, refit_weighted, training_batches
 from he_inhibitor.model.nonlinear import PolySpec
+from he_inhibitor.model.predict import accuracy
 from he_inhibitor.model.student import load_student
+from he_inhibitor.train.batches import Batches, training_batches
+from he_inhibitor.train.calibration import refit_weighted
 from he_inhibitor.vocab import load_tokenizer
 
 
@@ -105,7 +107,7 @@ def main() -> None:
     student.load_state_dict(weights)  # the exact-phase weights; the checkpoint predates calibration
     for name, m in student.nonlinearities():
         m.bound.fill_(bounds[name])
-    exact = evaluate(student.set_form("exact"), tokenizer, sentences, labels)
+    exact = accuracy(student.set_form("exact"), tokenizer, sentences, labels)
     batches = None
     inputs = {}
     if args.inputs:  # where each fit's inputs fall, in exact form: why minimax fits lose and weighted ones do not
@@ -120,7 +122,7 @@ def main() -> None:
         if any(d.endswith("w") for d in degrees):
             batches = batches or batches_for(args.teacher, Path(data_dir), tokenizer, student.cfg.max_len)
             refit_weighted(student, batches, 25)
-        acc = evaluate(student.set_form("poly"), tokenizer, sentences, labels)
+        acc = accuracy(student.set_form("poly"), tokenizer, sentences, labels)
         rows.append({"abs": degrees[0], "attn_relu": degrees[1], "ffn_relu": degrees[2], "dev_poly": acc})
         print(f"abs {degrees[0]:>3}  attention ReLU {degrees[1]:>3}  FFN ReLU {degrees[2]:>3}: dev {acc:.4f}", flush=True)
     out = {"run": str(args.run), "dev_exact": exact, "bounds": bounds, "settings": rows, "inputs": inputs}

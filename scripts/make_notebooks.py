@@ -95,7 +95,7 @@ without a local copy of SST-2, a few sentences of its own) through the student
 to show how close real inputs come to the edge."""),
     ("code", """import torch
 from he_inhibitor.data import default_data_dir, load_sst2
-from he_inhibitor.evaluate import SHIPPED_STUDENT
+from he_inhibitor.paths import SHIPPED_STUDENT
 from he_inhibitor.model.student import load_student
 from he_inhibitor.vocab import encode, load_tokenizer
 

@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 from he_inhibitor.data import load_sst2_tsv
-from he_inhibitor.evaluate import SHIPPED_STUDENT, predictions
+from he_inhibitor.evaluate import predictions
+from he_inhibitor.paths import SHIPPED_STUDENT
 
 
 def shuffled(sentences: list[str], seed: int) -> list[str]:

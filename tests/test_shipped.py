@@ -11,9 +11,10 @@ from he_inhibitor.circuit.bundle import SHIPPED_BUNDLE, buckets_of, load_bundle
 from he_inhibitor.circuit.client_bundle import ClientBundle
 from he_inhibitor.circuit.executors import make_executor
 from he_inhibitor.data import default_data_dir, load_sst2
-from he_inhibitor.distill import evaluate
-from he_inhibitor.evaluate import SHIPPED_STUDENT, range_report
+from he_inhibitor.evaluate import range_report
+from he_inhibitor.model.predict import accuracy
 from he_inhibitor.model.student import load_student
+from he_inhibitor.paths import SHIPPED_STUDENT
 from he_inhibitor.vocab import encode, load_tokenizer
 
 SENTENCES = [("a gorgeous , witty , seductive movie .", 32),
@@ -47,7 +48,7 @@ def test_shipped_student_meets_the_bar_on_dev():
     student, tok = load_student(SHIPPED_STUDENT).set_form("poly"), load_tokenizer(SHIPPED_STUDENT)
     assert student.cfg.n_layers >= 2
     assert max(len(e.ids) for e in tok.encode_batch(sentences)) <= student.cfg.max_len
-    accuracy = evaluate(student, tok, sentences, labels)
-    assert accuracy >= 0.85
-    assert accuracy == pytest.approx(json.loads((SHIPPED_STUDENT / "metrics.json").read_text())["dev_poly"], abs=1e-9)
+    acc = accuracy(student, tok, sentences, labels)
+    assert acc >= 0.85
+    assert acc == pytest.approx(json.loads((SHIPPED_STUDENT / "metrics.json").read_text())["dev_poly"], abs=1e-9)
     assert range_report(student, tok, sentences)["beyond_bound"] == 0

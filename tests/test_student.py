@@ -8,14 +8,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from he_inhibitor.approx import weighted_fit
 from he_inhibitor.model import Student, StudentConfig
 from he_inhibitor.model.attention import InhibitorAttention, one_sided_bias
 from he_inhibitor.model.nonlinear import Nonlinearity, PolySpec
 from he_inhibitor.model.student import load_student, save_student
-
-TINY = dict(vocab_size=50, max_len=16, d_model=16, n_heads=2, d_ff=24, n_layers=2, dropout=0.0,
-            abs_poly=PolySpec(degree=8), relu_poly=PolySpec(degree=8))
-
 
 def batch(b: int = 3, t: int = 9, vocab: int = 50, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
@@ -26,8 +23,8 @@ def batch(b: int = 3, t: int = 9, vocab: int = 50, seed: int = 0) -> tuple[torch
 
 
 @pytest.mark.parametrize("variant", [{}, {"signed": True}, {"recursive": True}, {"attention": "dot"}, {"center": True}])
-def test_shapes(variant: dict) -> None:
-    model = Student(StudentConfig(**TINY, **variant)).eval()
+def test_shapes(model_student_config, variant: dict) -> None:
+    model = Student(model_student_config(**variant)).eval()
     ids, mask = batch()
     x, hidden, weights = model.encode(model.embed(ids, mask), mask, need_weights=True)
     assert x.shape == (3, 9, 16) and len(hidden) == 2 and weights[0].shape == (3, 9, 9)
@@ -37,10 +34,10 @@ def test_shapes(variant: dict) -> None:
 @pytest.mark.parametrize("form", ["exact", "poly"])
 @pytest.mark.parametrize("variant", [{}, {"signed": True}, {"recursive": True}, {"attention": "dot"}, {"key_norm": 0.5},
                                      {"rel_bias": True}])
-def test_padding_changes_nothing(form: str, variant: dict) -> None:
+def test_padding_changes_nothing(model_student_config, form: str, variant: dict) -> None:
     """Extra padding (a larger token bucket) leaves every logit unchanged, in both forms."""
     torch.manual_seed(0)
-    model = Student(StudentConfig(**TINY, **variant)).double().eval().set_form(form)
+    model = Student(model_student_config(**variant)).double().eval().set_form(form)
     ids, mask = batch()
     pad = torch.zeros(3, 7, dtype=ids.dtype)
     a = model(ids, mask)
@@ -126,9 +123,9 @@ def test_range_penalty_only_outside_margin() -> None:
 
 
 @pytest.mark.parametrize("variant", [{}, {"recursive": True}, {"rel_bias": True}])
-def test_save_load_round_trip(tmp_path, variant: dict) -> None:
+def test_save_load_round_trip(model_student_config, tmp_path, variant: dict) -> None:
     torch.manual_seed(2)
-    model = Student(StudentConfig(**TINY, **variant))
+    model = Student(model_student_config(**variant))
     if model.layers[0].attn.rel_bias is not None:
         with torch.no_grad():
             model.layers[0].attn.rel_bias.uniform_(-0.5, 0.5)
@@ -143,17 +140,17 @@ def test_save_load_round_trip(tmp_path, variant: dict) -> None:
     assert (loaded(ids, mask) - load_student(tmp_path)(ids, mask)).abs().max() < 1e-2
 
 
-def test_load_refuses_bad_directory(tmp_path) -> None:
+def test_load_refuses_bad_directory(model_student_config, tmp_path) -> None:
     with pytest.raises(FileNotFoundError, match="not a student directory"):
         load_student(tmp_path)
-    save_student(Student(StudentConfig(**TINY)), tmp_path)
+    save_student(Student(model_student_config()), tmp_path)
     (tmp_path / "config.json").write_text('{"d_model": 16, "bogus": 1}')
     with pytest.raises(ValueError, match="bogus"):
         load_student(tmp_path)
 
 
-def test_frozen_norm_is_affine_after_freezing() -> None:
-    model = Student(StudentConfig(**TINY)).train()
+def test_frozen_norm_is_affine_after_freezing(model_student_config) -> None:
+    model = Student(model_student_config()).train()
     ids, mask = batch()
     model(ids, mask)
     model.freeze_norms()
@@ -163,15 +160,15 @@ def test_frozen_norm_is_affine_after_freezing() -> None:
     torch.testing.assert_close(norm(x, torch.ones(2, 5, dtype=torch.bool)), x * scale + shift)
 
 
-def test_sentence_longer_than_positions_refused() -> None:
-    model = Student(StudentConfig(**TINY))
+def test_sentence_longer_than_positions_refused(model_student_config) -> None:
+    model = Student(model_student_config())
     with pytest.raises(ValueError, match="exceeds max_len"):
         model.embed(torch.zeros(1, 17, dtype=torch.long), torch.ones(1, 17, dtype=torch.bool))
 
 
-def test_dot_product_exact_form_calibrates_its_substitute() -> None:
+def test_dot_product_exact_form_calibrates_its_substitute(model_student_config) -> None:
     """The softmax phase must still record the score range the poly substitute will see."""
-    model = Student(StudentConfig(**TINY, attention="dot")).eval()
+    model = Student(model_student_config(attention="dot")).eval()
     ids, mask = batch()
     model(ids, mask)
     ratios = [float(m.max_ratio) for name, m in model.nonlinearities() if "attn" in name]
@@ -184,8 +181,6 @@ def test_dot_product_exact_form_calibrates_its_substitute() -> None:
 def test_weighted_fit_follows_the_observed_inputs(kind: str, degree: int, bound: float, centre: float, seed: int) -> None:
     """A weighted non-linearity refuses poly form until fitted; fitted to a histogram of its inputs, its
     poly form is B * fit(x / B) of that histogram's fit, and the fit survives a save/load round trip."""
-    from he_inhibitor.approx import weighted_fit
-
     nl = Nonlinearity(kind, bound, PolySpec(degree, "weighted")).double()
     g = torch.Generator().manual_seed(seed)
     x = (centre + 0.1 * torch.randn(4000, generator=g, dtype=torch.float64)).clamp(-1, 1) * bound
@@ -209,11 +204,10 @@ def test_weighted_fit_follows_the_observed_inputs(kind: str, degree: int, bound:
     torch.testing.assert_close(back(x), nl(x), rtol=0, atol=bound * 1e-5)
 
 
-def test_weighted_student_round_trip(tmp_path) -> None:
+def test_weighted_student_round_trip(model_student_config, tmp_path) -> None:
     """A student with weighted fits keeps them through save_student/load_student (buffers stay float32)."""
     torch.manual_seed(3)
-    tiny = {**TINY, "relu_poly": PolySpec(8, "weighted")}
-    model = Student(StudentConfig(**tiny)).eval()
+    model = Student(model_student_config(relu_poly=PolySpec(8, "weighted"))).eval()
     ids, mask = batch()
     for _, m in model.nonlinearities():
         if m.spec.weighted:
@@ -234,11 +228,11 @@ def test_weighted_student_round_trip(tmp_path) -> None:
         Nonlinearity("relu", 1.0, PolySpec(8)).fit_to_density()
 
 
-def test_key_norm_divides_the_sum_over_keys() -> None:
+def test_key_norm_divides_the_sum_over_keys(model_student_config) -> None:
     """key_norm p scales each sentence's attention output by n^-p (n its length); beta starts 10^p higher."""
     torch.manual_seed(0)
-    plain = Student(StudentConfig(**TINY)).double().eval()
-    normed = Student(StudentConfig(**TINY, key_norm=0.5)).double().eval()
+    plain = Student(model_student_config()).double().eval()
+    normed = Student(model_student_config(key_norm=0.5)).double().eval()
     normed.load_state_dict(plain.state_dict())  # the same weights, beta included
     ids, mask = batch()
     x = plain.embed(ids, mask)
@@ -247,11 +241,11 @@ def test_key_norm_divides_the_sum_over_keys() -> None:
     bias = plain.layers[0].attn.out.bias
     n = mask.sum(1).double()[:, None, None]
     torch.testing.assert_close(b - bias, (a - bias) / n.sqrt(), rtol=1e-10, atol=1e-12)
-    assert float(Student(StudentConfig(**TINY, key_norm=0.5)).layers[0].attn.beta) == pytest.approx(0.2 * 10**0.5)
+    assert float(Student(model_student_config(key_norm=0.5)).layers[0].attn.beta) == pytest.approx(0.2 * 10**0.5)
     with pytest.raises(ValueError, match="key_norm"):
-        StudentConfig(**TINY, key_norm=0.5, attention="dot")
+        model_student_config(key_norm=0.5, attention="dot")
     with pytest.raises(ValueError, match="key_norm"):
-        StudentConfig(**TINY, key_norm=1.5)
+        model_student_config(key_norm=1.5)
 
 
 @pytest.mark.parametrize("bad,match", [({"method": "weightd"}, "unknown fit method"), ({"degree": 0}, "degree"),
@@ -263,11 +257,11 @@ def test_bad_poly_spec_refused_at_config_load(bad: dict, match: str) -> None:
 
 
 @pytest.mark.parametrize("rel_bias", [False, True])
-def test_fused_exact_attention_equals_the_modules(rel_bias: bool) -> None:
+def test_fused_exact_attention_equals_the_modules(model_student_config, rel_bias: bool) -> None:
     """Student.fuse_exact: the compiled kernel gives the same logits and gradients, pads nothing, refuses poly form;
     also with a relative bias (an [H, T, T] offset)."""
     torch.manual_seed(0)
-    cfg = StudentConfig(**{**TINY, "dropout": 0.0}, key_norm=0.5, rel_bias=rel_bias)
+    cfg = model_student_config(key_norm=0.5, rel_bias=rel_bias)
     plain, fused = Student(cfg), Student(cfg)
     with torch.no_grad():  # alpha and the bias start at 0: move them, so that the kernel's offset is checked too
         for layer in plain.layers:
@@ -310,11 +304,11 @@ def test_one_sided_bias_pattern(n_heads: int, L: int, c: float) -> None:
     np.testing.assert_array_equal(b[2 * q :], 0.0)
 
 
-def test_one_sided_heads_ignore_the_other_side() -> None:
+def test_one_sided_heads_ignore_the_other_side(model_student_config) -> None:
     """With a large start, a left-looking head's output at query i does not move when tokens after i change,
     a right-looking one's not when tokens before i change (exact form, out = identity to read the heads)."""
     torch.manual_seed(0)
-    cfg = StudentConfig(**{**TINY, "n_heads": 4}, rel_bias=True, rel_bias_init=1e4)
+    cfg = model_student_config(n_heads=4, rel_bias=True, rel_bias_init=1e4)
     attn = Student(cfg).double().eval().layers[0].attn
     with torch.no_grad():
         attn.out.weight.copy_(torch.eye(16))
@@ -330,6 +324,6 @@ def test_one_sided_heads_ignore_the_other_side() -> None:
     torch.testing.assert_close(out_before[d_h : 2 * d_h], out[d_h : 2 * d_h])  # head 1 the right
     assert not torch.allclose(out_after[2 * d_h :], out[2 * d_h :])  # the zero-start heads see both sides
     with pytest.raises(ValueError, match="needs rel_bias"):
-        StudentConfig(**TINY, rel_bias_init=1.0)
+        model_student_config(rel_bias_init=1.0)
     with pytest.raises(ValueError, match=">= 0"):
-        StudentConfig(**TINY, rel_bias=True, rel_bias_init=-1.0)
+        model_student_config(rel_bias=True, rel_bias_init=-1.0)

@@ -9,17 +9,24 @@ training really learns (the loss on its own rows falls).
 from __future__ import annotations
 
 import json
+import os
+import signal
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
-
 import torch
 from safetensors import safe_open
 
 from he_inhibitor.cli import main
 from he_inhibitor.data import default_data_dir, load_sst2_tsv
-from he_inhibitor.teacher import evaluate, init_model, load_teacher, load_tokenizer
+from he_inhibitor.teacher import (
+    RunOptions, TeacherConfig, evaluate, init_model, length_batches, load_teacher, load_tokenizer, logits, train,
+)
+from he_inhibitor.teacher_logits import LogitCache, decode_rows
+from he_inhibitor.vocab import load_unpadded
 
 TRAIN_ROWS = 64
 DEV_ROWS = 128  # a dev subset keeps the test fast; the full dev set is 872 rows
@@ -89,3 +96,97 @@ def test_teacher_refuses_malformed_data(tmp_path: Path) -> None:
     (tmp_path / "dev.tsv").write_text("sentence\tlabel\nbad film\t0\n", encoding="utf-8")
     with pytest.raises(ValueError, match=r"train\.tsv, line 2: label must be 0 or 1"):
         main(["teacher", "--data-dir", str(tmp_path), "--out", str(tmp_path / "out")])
+
+
+# -- dynamic padding and resume ------------------------------------------------------------------
+
+
+def test_length_batches_cover_every_row_once_with_little_padding() -> None:
+    lengths = [(7 * i) % 23 + 3 for i in range(101)]
+    batches = length_batches(lengths, 8, 4, torch.Generator().manual_seed(0))
+    assert len(batches) == 13 and sorted(i for b in batches for i in b) == list(range(101))
+    assert sum(len(b) < 8 for b in batches) == 1  # only the last chunk ends in a partial batch
+    padded = sum(len(b) * max(lengths[i] for i in b) for b in batches)
+    plain = length_batches(lengths, 8, 1, torch.Generator().manual_seed(0))
+    assert padded < 0.8 * sum(len(b) * max(lengths[i] for i in b) for b in plain)
+    # sort_chunk 1 is the plain shuffled order: consecutive slices of one permutation
+    assert plain == [b.tolist() for b in torch.randperm(101, generator=torch.Generator().manual_seed(0)).split(8)]
+
+
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(subset_dir: Path, tmp_path: Path,
+                                                               one_thread: None) -> None:
+    """8 steps straight vs. SIGTERM after step 3, a resume that stops at the epoch boundary (step 4), a resume to the end."""
+    x, y = load_sst2_tsv(subset_dir / "train.tsv")
+    x, y = x[:TRAIN_ROWS], y[:TRAIN_ROWS]
+    cfg = TeacherConfig(epochs=2, batch_size=16, lr=2e-4, max_length=24, sort_chunk=2, threads=1)
+    ckpt = tmp_path / "ckpt"
+
+    def fresh():
+        return init_model(seed=cfg.seed)
+
+    straight, tok = fresh()
+    assert train(straight, tok, x, y, cfg)["finished"]
+
+    def interrupt() -> float:  # a real SIGTERM, delivered while the step-3 evaluation runs
+        os.kill(os.getpid(), signal.SIGTERM)
+        return 0.0
+
+    model, tok = fresh()
+    first = train(model, tok, x, y, cfg, RunOptions(checkpoint_dir=ckpt, eval_every=3), interrupt)
+    assert (first["finished"], first["step"]) == (False, 3)
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(*fresh(), x, y, cfg, RunOptions(checkpoint_dir=ckpt))
+    with pytest.raises(ValueError, match=r"lr: 0.0002 -> 0.001"):
+        train(*fresh(), x, y, replace(cfg, lr=1e-3), RunOptions(checkpoint_dir=ckpt, resume=True))
+    second = train(*fresh(), x, y, cfg, RunOptions(checkpoint_dir=ckpt, resume=True, stop_after=1))
+    assert (second["finished"], second["step"]) == (False, 4)
+    model, tok = fresh()
+    last = train(model, tok, x, y, cfg, RunOptions(checkpoint_dir=ckpt, resume=True))
+    assert (last["finished"], last["step"]) == (True, 8)
+
+    a, b = straight.state_dict(), model.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a["classifier.weight"], fresh()[0].state_dict()["classifier.weight"])  # it trained
+
+
+# -- cached logits ---------------------------------------------------------------------------------
+
+
+def test_cached_logits_equal_live_ones(subset_dir: Path, tmp_path: Path, one_thread: None) -> None:
+    """Dev sentences and teacher-perturbed copies of them (as text): cached once, read back equal to a live run."""
+    model, tok = init_model(seed=0)
+    teacher_dir = tmp_path / "teacher"
+    model.save_pretrained(teacher_dir)  # float32: load_teacher returns these very weights
+    tok.save_pretrained(teacher_dir)
+    x, _ = load_sst2_tsv(subset_dir / "dev.tsv")
+    x = x[:24]
+
+    wp = load_unpadded(teacher_dir)
+    rows = [e.ids for e in wp.encode_batch(x)]
+    lengths = np.array([len(r) for r in rows])
+    ids = np.zeros((len(rows), lengths.max()), np.int64)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = r
+    # copies as the augmentation makes them: inner pieces masked or replaced, [CLS]/[SEP] kept
+    pos = np.arange(ids.shape[1])[None, :]
+    inner = (pos > 0) & (pos < lengths[:, None] - 1)
+    copies = ids.copy()
+    copies[inner & (pos % 4 == 1)] = wp.token_to_id("[MASK]")
+    copies[inner & (pos % 4 == 3)] = wp.token_to_id("film")
+    copy_text = decode_rows(wp, copies, lengths, tok.mask_token)
+    masked = (copies == wp.token_to_id("[MASK]")).sum(1)
+    assert [t.count(tok.mask_token) for t in copy_text] == masked.tolist() and masked.sum() > 0
+
+    texts = list(dict.fromkeys(x + copy_text))
+    cache = LogitCache(tmp_path / "cache", teacher_dir)
+    assert cache.add(x + copy_text + x[:5]) == len(texts)  # each distinct text runs once
+    live = logits(load_teacher(teacher_dir), load_tokenizer(teacher_dir), texts)
+    assert torch.equal(cache.get(texts), live)  # the same batches, so the same bits
+    order = list(reversed(texts))
+    assert torch.equal(cache.get(order), live.flip(0))
+
+    again = LogitCache(tmp_path / "cache", teacher_dir)  # read back from disk
+    assert len(again) == len(texts) and again.add(texts) == 0 and torch.equal(again.get(texts), live)
+    with pytest.raises(KeyError, match="1 of 2 texts have no cached logits"):
+        again.get([texts[0], "a sentence nobody cached"])
+    assert LogitCache(tmp_path / "cache", teacher_dir, max_length=32).dir != cache.dir  # another key, not mixed

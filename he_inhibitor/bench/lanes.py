@@ -113,10 +113,9 @@ def predict_curve(bundle: Path, buckets: list[int], lanes: list[int], ns: dict[i
     (where circuits follow the token count, a short sentence has fewer shifts and so fewer useful lanes)."""
     from he_inhibitor.circuit.bundle import load_weights
     from he_inhibitor.circuit.costs import CostTable
+    from he_inhibitor.circuit.executors import Mode, make_executor
     from he_inhibitor.circuit.ir import OpKind
-    from he_inhibitor.circuit.noise import NoiseModel
     from he_inhibitor.circuit.ray_lanes import lanes_of, with_lanes
-    from he_inhibitor.circuit.simulate import simulate
 
     weights = load_weights(bundle)
     rows = []
@@ -130,7 +129,7 @@ def predict_curve(bundle: Path, buckets: list[int], lanes: list[int], ns: dict[i
         for k in lanes:
             plan = with_lanes(base, k, weights)
             c = plan.compiled.circuit
-            sim = simulate(plan.compiled, NoiseModel.of(params), x0, m, costs, chain=params.depth, strict=False)
+            sim = make_executor(Mode.SIMULATE, plan.compiled, params, costs, strict=False).run(x0, m)
             one = float(sum(sim.seconds.values()))
             rows.append({"T": T, "n": n, "lanes": k, "effective_lanes": len(lanes_of(c)),
                          "predicted_seconds": float(sim.parallel_seconds), "one_core_seconds": one,
@@ -197,8 +196,7 @@ def measure(bundle: Path, reps: int, clients: int, address: str | None, log, sav
             configs: tuple[str, ...] = CONFIGS, sentence_cache: bool = False) -> dict:
     """Each configuration in turn on one key set and one prepared executor (see the module docstring)."""
     from he_inhibitor.circuit.client_bundle import ClientBundle
-    from he_inhibitor.circuit.encrypted import EncryptedExecutor
-    from he_inhibitor.circuit.executors import PlainExecutor
+    from he_inhibitor.circuit.executors import Mode, make_executor
     from he_inhibitor.circuit.ray_lanes import RayLaneExecutor, RayLanes, start_ray
     from he_inhibitor.circuit.ray_sentences import RaySentenceExecutor, RaySentences
     from he_inhibitor.ckks import keygen
@@ -219,11 +217,10 @@ def measure(bundle: Path, reps: int, clients: int, address: str | None, log, sav
     if not usable:
         raise SystemExit("no sentence here has a circuit with two lanes: measure with --configs one sentences")
     plan, prepared = max(usable, key=lambda g: len(g[1]))
-    plain = PlainExecutor(plan.compiled)
+    plain = make_executor(Mode.PLAIN, plan.compiled)
     t = time.perf_counter()
     keys = keygen(plan.params, sorted(plan.compiled.circuit.rotation_steps()))
-    ex = EncryptedExecutor(plan.compiled, plan.params, keys)
-    ex.prepare()
+    ex = make_executor(Mode.ENCRYPTED, plan.compiled, plan.params, keys=keys, prepare=True)
     shifts = getattr(plan.compiled, "plan", None)
     out: dict = {"T": T, "sentences": len(prepared), "n_tokens": [p.n_tokens for p in prepared],
                  "attention_plan": None if shifts is None else str(shifts),

@@ -42,11 +42,11 @@ from he_inhibitor.ckks import ClientKeys, keygen, serial
 from he_inhibitor.circuit import plain
 from he_inhibitor.circuit.compile import Compiled
 from he_inhibitor.circuit.costs import CostTable
-from he_inhibitor.circuit.encrypted import EncryptedExecutor, measured_depth
+from he_inhibitor.circuit.encrypted import measured_depth
+from he_inhibitor.circuit.executors import Mode, make_executor
 from he_inhibitor.circuit.ir import OpKind
-from he_inhibitor.circuit.noise import NoiseModel
 from he_inhibitor.circuit.params import Plan
-from he_inhibitor.circuit.simulate import simulate
+from he_inhibitor.circuit.ray_lanes import RayLanes, lanes_of
 from he_inhibitor.circuit.stats import stage_stats
 
 # report key -> simulator primitive
@@ -133,7 +133,7 @@ def shared_keys(target: Target) -> tuple[dict[int, ClientKeys], int, float]:
 
 
 def _simulate(plan: Plan, x0: np.ndarray, m: np.ndarray, costs: CostTable):
-    return simulate(plan.compiled, NoiseModel.of(plan.params), x0, m, costs, chain=plan.params.depth, strict=False)
+    return make_executor(Mode.SIMULATE, plan.compiled, plan.params, costs, strict=False).run(x0, m)
 
 
 def _stage_table(compiled: Compiled, sim, measured: dict[str, list[float]]) -> dict[str, dict]:
@@ -182,8 +182,6 @@ def _encrypted_runs(target: Target, keys: dict[int, ClientKeys], corpus: Corpus,
                     ray: str | None = None) -> dict[tuple[int, object], float]:
     """Run every sample sentence not yet in the log, grouped by circuit (one set-up each, one alive at a
     time: a prepared executor holds its encoded weights); returns the set-up seconds per circuit."""
-    from he_inhibitor.circuit.ray_lanes import RayLaneExecutor, RayLanes, lanes_of
-
     todo = [int(i) for i in sample if int(i) not in log.records]
     setup: dict[tuple[int, object], float] = {}
     pool = None
@@ -192,12 +190,10 @@ def _encrypted_runs(target: Target, keys: dict[int, ClientKeys], corpus: Corpus,
         for (T, shifts), rows in _by_circuit(target, corpus, todo).items():
             t = time.perf_counter()
             plan = target.plan_for(T, corpus.n(rows[0]))
-            run = ex = EncryptedExecutor(plan.compiled, plan.params, keys=keys[T], seed=seed)
-            ex.prepare()
-            if lanes > 1 and len(lanes_of(plan.compiled.circuit)) > 1:
-                if pool is None:
-                    pool = stack.enter_context(RayLanes(lanes - 1, ray))
-                run = RayLaneExecutor(ex, pool)
+            if lanes > 1 and len(lanes_of(plan.compiled.circuit)) > 1 and pool is None:
+                pool = stack.enter_context(RayLanes(lanes - 1, ray))
+            run = make_executor(Mode.ENCRYPTED, plan.compiled, plan.params, keys=keys[T], seed=seed, prepare=True,
+                                pool=pool if lanes > 1 else None)
             setup[T, shifts] = time.perf_counter() - t
             for i in rows:
                 t = time.perf_counter()
@@ -218,7 +214,7 @@ def _encrypted_runs(target: Target, keys: dict[int, ClientKeys], corpus: Corpus,
                     "max_poly_input_ratio": max((r.ratio for r in sim.ranges), default=0.0),
                 }, shifts)
                 bar.update()
-            del run, ex
+            del run
             target.release(T, shifts)
     return setup
 

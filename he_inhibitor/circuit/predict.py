@@ -17,15 +17,24 @@ on a loaded machine wall clock measures the load as much as the circuit.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import time
 from pathlib import Path
 
 import numpy as np
 
-from he_inhibitor.circuit.bundle import SHIPPED_BUNDLE
+from he_inhibitor.ckks import keygen
+from he_inhibitor.circuit.bundle import SHIPPED_BUNDLE, load_bucket, load_bundle, load_weights
+from he_inhibitor.circuit.client_bundle import ClientBundle
+from he_inhibitor.circuit.costs import CostTable
+from he_inhibitor.circuit.encrypted import measured_depth
+from he_inhibitor.circuit.executors import Mode, make_executor
+from he_inhibitor.circuit.ray_lanes import RayLaneExecutor, RayLanes, lanes_of, with_lanes
+from he_inhibitor.data import load_sst2_tsv
+from he_inhibitor.vocab import SentenceTooLongError
 
-MODES = ("plain", "simulate", "encrypted")
+MODES = tuple(m.value for m in Mode)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -49,8 +58,6 @@ class Predictor:
     mode, keys and executor (with its Ray lane workers) made once and reused. Close it when done."""
 
     def __init__(self, bundle: Path, mode: str = "encrypted", lanes: int = 2, ray: str | None = None) -> None:
-        from he_inhibitor.circuit.client_bundle import ClientBundle
-
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}: expected one of {MODES}")
         if lanes < 1:
@@ -64,9 +71,6 @@ class Predictor:
 
     def _plan(self, T: int, n: int):
         """The bundled circuit for n tokens (hash-checked), recompiled when asked for more lanes than it has."""
-        from he_inhibitor.circuit.bundle import load_bundle, load_weights
-        from he_inhibitor.circuit.ray_lanes import lanes_of, with_lanes
-
         if (T, n) not in self._plans:
             plan = load_bundle(self.bundle, T, n)
             if self.lanes > len(lanes_of(plan.compiled.circuit)):
@@ -76,15 +80,10 @@ class Predictor:
 
     def lanes_for(self, plan) -> int:
         """Lanes an encrypted run of this plan uses (at most the circuit's, 1 without Ray)."""
-        from he_inhibitor.circuit.ray_lanes import lanes_of
-
         return min(self.lanes, len(lanes_of(plan.compiled.circuit)))
 
     def _bucket_keys(self, T: int, plan) -> tuple:
         """(keys, seconds to make them): one key set per bucket, for every plan's rotation steps."""
-        from he_inhibitor.circuit.bundle import load_bucket
-        from he_inhibitor.ckks import keygen
-
         if T not in self._keys:
             t = time.perf_counter()
             steps = set(load_bucket(self.bundle, T).rotation_steps)
@@ -95,38 +94,27 @@ class Predictor:
 
     def _runner(self, T: int, n: int) -> tuple:
         """(runner, key bytes, seconds to make the keys, seconds to encode the weights and start the workers)."""
-        from he_inhibitor.circuit.encrypted import EncryptedExecutor
-        from he_inhibitor.circuit.ray_lanes import RayLaneExecutor, RayLanes
-
         plan = self._plan(T, n)
         key = (T, plan.compiled.plan)
         if key not in self._runners:
             keys, key_seconds = self._bucket_keys(T, plan)
             t = time.perf_counter()
-            ex = EncryptedExecutor(plan.compiled, plan.params, keys)
-            ex.prepare()
-            runner = ex
-            if self.lanes_for(plan) > 1:
-                if self._pool is None:
-                    self._pool = RayLanes(self.lanes - 1, self.ray)
-                runner = RayLaneExecutor(ex, self._pool)
+            if self.lanes_for(plan) > 1 and self._pool is None:
+                self._pool = RayLanes(self.lanes - 1, self.ray)
+            runner = make_executor(Mode.ENCRYPTED, plan.compiled, plan.params, keys=keys, prepare=True,
+                                   pool=self._pool if self.lanes_for(plan) > 1 else None)
             self._runners[key] = (runner, len(keys.public_blob), key_seconds, time.perf_counter() - t)
         return self._runners[key]
 
     def predict(self, text: str) -> dict:
         """The prediction and its accounting as one JSON-ready dict."""
-        from he_inhibitor.circuit.costs import CostTable
-        from he_inhibitor.circuit.executors import PlainExecutor
-        from he_inhibitor.circuit.noise import NoiseModel
-        from he_inhibitor.circuit.simulate import simulate
-
         prep = self.client.prepare(text)
         t = time.perf_counter()
         plan = self._plan(prep.T, prep.n_tokens)
         compile_seconds = time.perf_counter() - t
         comp, params = plan.compiled, plan.params
         t = time.perf_counter()
-        plain = PlainExecutor(comp).run(prep.x0, prep.m).logits
+        plain = make_executor(Mode.PLAIN, comp).run(prep.x0, prep.m).logits
         shifts = comp.plan
         out: dict = {"mode": self.mode, "T": prep.T, "n_tokens": prep.n_tokens, "plain_logits": plain.tolist(),
                      "plan": None if shifts is None else {"B": shifts.B, "shifts": shifts.m,
@@ -136,8 +124,8 @@ class Predictor:
         logits = plain
         if self.mode != "plain":
             t = time.perf_counter()
-            sim = simulate(comp, NoiseModel.of(params), prep.x0, prep.m,
-                           CostTable.shipped(params.poly_modulus_degree), chain=params.depth, strict=False)
+            sim = make_executor(Mode.SIMULATE, comp, params, CostTable.shipped(params.poly_modulus_degree),
+                                strict=False).run(prep.x0, prep.m)
             one = float(sum(sim.seconds.values()))
             out.update(predicted_error_bound=sim.noise_bound, approx_error=sim.approx_error,
                        counts=dict(sim.totals()), floor_seconds=sim.parallel_seconds if self.lanes_for(plan) > 1
@@ -153,9 +141,6 @@ class Predictor:
         return out
 
     def _encrypted(self, prep, out: dict) -> np.ndarray:
-        from he_inhibitor.circuit.encrypted import measured_depth
-        from he_inhibitor.circuit.ray_lanes import RayLaneExecutor
-
         runner, key_bytes, key_seconds, setup_seconds = self._runner(prep.T, prep.n_tokens)
         parallel = isinstance(runner, RayLaneExecutor)
         t = time.perf_counter()
@@ -240,8 +225,6 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit("predict takes either TEXT or --data FILE.tsv")
     lanes = args.lanes
     if lanes is None:
-        import importlib.util
-
         lanes = 2 if importlib.util.find_spec("ray") is not None else 1
     elif lanes > 1 and importlib_missing("ray"):
         raise SystemExit("--lanes K > 1 runs lanes on Ray: pip install 'he-inhibitor[ray]'")
@@ -250,9 +233,6 @@ def run(args: argparse.Namespace) -> int:
             r = p.predict(args.text)
             print(json.dumps(r) if args.json else _text(r))
             return 0
-        from he_inhibitor.data import load_sst2_tsv
-        from he_inhibitor.vocab import SentenceTooLongError
-
         sentences, labels = load_sst2_tsv(args.data)
         rows, kept = [], []
         for text, y in list(zip(sentences, labels))[:args.limit]:
@@ -271,6 +251,4 @@ def run(args: argparse.Namespace) -> int:
 
 
 def importlib_missing(name: str) -> bool:
-    import importlib.util
-
     return importlib.util.find_spec(name) is None

@@ -439,7 +439,7 @@ def _payload_bytes(compiled: Compiled) -> int:
 
 
 class RayLink:
-    """One sentence's lane link (encrypted.LaneLink): lane-0 values out, segment results in.
+    """One sentence's lane link (interpret.LaneLink): lane-0 values out, segment results in.
 
     A segment is submitted once every lane-0 value it reads has been offered
     and every segment it reads from has been submitted (their outputs go to

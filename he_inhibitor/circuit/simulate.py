@@ -31,6 +31,7 @@ import numpy as np
 from he_inhibitor.circuit import plain
 from he_inhibitor.circuit.compile import Compiled
 from he_inhibitor.circuit.costs import CostTable
+from he_inhibitor.circuit.interpret import Answer, Backend, RefreshPoint, answered, interpret
 from he_inhibitor.circuit.ir import Node, OpKind, RangeError, depth, levels_and_degrees, refresh_round_trips
 from he_inhibitor.circuit.masked import masked_plan_of
 from he_inhibitor.circuit.noise import Err, NoiseModel
@@ -130,111 +131,124 @@ def _slope(fn: PolyFn, x: np.ndarray) -> np.ndarray:
     return np.abs(fn(x + h) - fn(x - h)) / (2 * h)
 
 
-def simulate(
-    compiled: Compiled,
-    noise: NoiseModel,
-    x0: np.ndarray,
-    m: np.ndarray,
-    costs: CostTable | None = None,
-    chain: int | None = None,
-    strict: bool = True,
-) -> SimResult:
-    """Run one sentence (x0 [T, d], mask m [T]) through the circuit with full tracking.
+class _Noisy:
+    """A simulated ciphertext: its message, its per-slot noise and the polynomials' approximation error."""
 
-    chain: levels in the modulus chain (for the cost table: primes remaining
-    = chain + 1 - level); strict: raise RangeError when a polynomial input
-    leaves its interval in any slot.
-    """
-    circuit = compiled.circuit
-    levels, degrees = levels_and_degrees(circuit)
-    T = compiled.T
-    first = np.tile(np.repeat([True, False], T), circuit.n_slots // (2 * T))
-    err: dict[int, Err] = {}  # per-slot noise, dropped after its last use
-    apx: dict[int, Err] = {}  # the polynomials' approximation error, alike
-    drops = plain.last_uses(circuit)
-    counts: dict[str, Counter] = defaultdict(Counter)
-    seconds: dict[str, float] = defaultdict(float)
-    ranges: list[PolyRange] = []
-    chain = int(levels.max()) if chain is None else chain
+    __slots__ = ("v", "e", "a")
 
-    node_seconds = np.zeros(len(circuit.nodes))
-    current = [0]  # the node being visited
+    def __init__(self, v: np.ndarray, e: Err, a: Err) -> None:
+        self.v, self.e, self.a = v, e, a
 
-    def charge(stage: str, op: str, level: int) -> None:
-        counts[stage][op] += 1
-        if costs is not None:
-            cost = costs.seconds(op, chain + 1 - level)
-            seconds[stage] += cost
-            node_seconds[current[0]] += cost
 
-    enc = Err.fresh(noise.encode, noise.k)
-    fresh = Err.fresh(noise.fresh, noise.k)
-    rounding = Err.fresh(noise.rounding, noise.k)
-    scalar = Err.fresh(noise.scalar_encode, noise.k)
-    refresh = fresh + enc + enc
+class _SimBackend(Backend):
+    """The simulate backend: each op's message as `plain.evaluate` computes it, its noise and
+    approximation error propagated, its primitives counted (and costed) per stage."""
 
-    def visit(i: int, node: Node, args: list, value: np.ndarray) -> None:
-        op, a = node.op, node.args
-        lvl, st = int(levels[i]), node.stage
-        current[0] = i
-        e0, a0 = err[a[0]], apx[a[0]]
+    def __init__(self, compiled: Compiled, noise: NoiseModel, m: np.ndarray, costs: CostTable | None,
+                 chain: int | None, strict: bool) -> None:
+        circuit = compiled.circuit
+        self.noise, self.costs, self.strict = noise, costs, strict
+        self.public = compiled.public_plaintexts(m)
+        self.levels, self.degrees = levels_and_degrees(circuit)
+        self.chain = int(self.levels.max()) if chain is None else chain
+        T, self.n_slots = compiled.T, circuit.n_slots
+        self.first = np.tile(np.repeat([True, False], T), circuit.n_slots // (2 * T))
+        self.counts: dict[str, Counter] = defaultdict(Counter)
+        self.seconds: dict[str, float] = defaultdict(float)
+        self.ranges: list[PolyRange] = []
+        self.node_seconds = np.zeros(len(circuit.nodes))
+        self.current = 0  # the node being evaluated
+        self.enc = Err.fresh(noise.encode, noise.k)
+        self.rounding = Err.fresh(noise.rounding, noise.k)
+        self.scalar = Err.fresh(noise.scalar_encode, noise.k)
+        self.fresh_refresh = Err.fresh(noise.fresh, noise.k) + self.enc + self.enc
+
+    def charge(self, stage: str, op: str, level: int) -> None:
+        self.counts[stage][op] += 1
+        if self.costs is not None:
+            cost = self.costs.seconds(op, self.chain + 1 - level)
+            self.seconds[stage] += cost
+            self.node_seconds[self.current] += cost
+
+    def encrypted(self, x: np.ndarray) -> _Noisy:
+        """The client's fresh encryption of an input."""
+        n = self.n_slots
+        return _Noisy(np.asarray(x, dtype=np.float64), Err.fresh(self.noise.fresh, self.noise.k, np.zeros(n)),
+                      Err(np.zeros(n), np.zeros(n)))
+
+    def const(self, index: int, payload) -> np.ndarray | float:
+        return plain.resolve(payload, self.public)
+
+    def refresh(self, point: RefreshPoint) -> Answer:
+        """The client's map carries the inputs' errors along with their values; re-encryption adds its own."""
+        xs = point.values
+        out: Answer = {}
+        for name, count in point.maps.items():
+            if name is None:
+                out[name] = [_Noisy(x.v, x.e + self.fresh_refresh, x.a) for x in xs]
+                continue
+            f = plain.resolve(name, self.public)
+            vs = f.apply([x.v for x in xs])
+            out[name] = [_Noisy(vs[k], _mapped(f, [x.e for x in xs], k) + self.fresh_refresh,
+                                _mapped(f, [x.a for x in xs], k)) for k in range(count)]
+        return out
+
+    def leave(self, i: int, node: Node, value: _Noisy) -> None:
+        if node.op is OpKind.REFRESH:
+            self.counts[node.stage]["refresh"] += 1
+
+    def op(self, i: int, node: Node, args: list) -> _Noisy:
+        op, noise = node.op, self.noise
+        lvl, st = int(self.levels[i]), node.stage
+        self.current = i
+        x = args[0]
+        vals = [a.v if isinstance(a, _Noisy) else a for a in args]
+        value = plain.evaluate(node, vals)
+        e0, a0 = x.e, x.a
         if op in (OpKind.ADD, OpKind.SUB):
-            err[i], apx[i] = e0 + err[a[1]], a0 + apx[a[1]]
-            charge(st, "add", lvl)
+            e, a = e0 + args[1].e, a0 + args[1].a
+            self.charge(st, "add", lvl)
         elif op is OpKind.ADD_PLAIN:
-            err[i], apx[i] = e0 + enc, a0
-            charge(st, "add_plain", lvl)
+            e, a = e0 + self.enc, a0
+            self.charge(st, "add_plain", lvl)
         elif op is OpKind.MUL_PLAIN:
-            err[i] = e0.times(enc, args[0], args[1])
-            apx[i] = a0.scaled(args[1])
-            charge(st, "mul_plain", lvl)
+            e = e0.times(self.enc, vals[0], vals[1])
+            a = a0.scaled(vals[1])
+            self.charge(st, "mul_plain", lvl)
         elif op is OpKind.MUL:
-            err[i] = e0.times(err[a[1]], args[0], args[1]) + Err.fresh(noise.key_switch(2), noise.k)
-            apx[i] = a0.times(apx[a[1]], args[0], args[1])
-            charge(st, "mul", lvl)
-            charge(st, "relinearize", lvl)
+            e = e0.times(args[1].e, vals[0], vals[1]) + Err.fresh(noise.key_switch(2), noise.k)
+            a = a0.times(args[1].a, vals[0], vals[1])
+            self.charge(st, "mul", lvl)
+            self.charge(st, "relinearize", lvl)
         elif op is OpKind.ROTATE:
-            err[i] = e0.rotated(node.arg) + Err.fresh(noise.key_switch(int(degrees[i])), noise.k)
-            apx[i] = a0.rotated(node.arg)
-            charge(st, "rotate", lvl)
+            e = e0.rotated(node.arg) + Err.fresh(noise.key_switch(int(self.degrees[i])), noise.k)
+            a = a0.rotated(node.arg)
+            self.charge(st, "rotate", lvl)
         elif op is OpKind.RESCALE:
-            err[i], apx[i] = e0 + rounding, a0
-            charge(st, "rescale", lvl - 1)
+            e, a = e0 + self.rounding, a0
+            self.charge(st, "rescale", lvl - 1)
         elif op is OpKind.MOD_SWITCH:
             # as the ckks evaluator's drop_to runs it: mod-switch to one level above the
             # target, then multiply by 1 encoded so that the rescale lands on the target's
             # exact scale (a scalar encoding and a rescale rounding: measured, not free)
-            err[i], apx[i] = e0 + scalar.scaled(args[0]) + rounding, a0
+            e, a = e0 + self.scalar.scaled(vals[0]) + self.rounding, a0
             for k in range(node.arg - 1):
-                charge(st, "mod_switch", int(levels[a[0]]) + k)
-            charge(st, "mul_plain", lvl - 1)
-            charge(st, "rescale", lvl - 1)
-        elif op is OpKind.REFRESH:
-            if len(a) > 1:  # the client's map carries the inputs' errors along with their values
-                f, src = args[-1], a[:-1]
-                err[i] = _mapped(f, [err[j] for j in src], node.arg) + refresh
-                apx[i] = _mapped(f, [apx[j] for j in src], node.arg)
-            else:
-                err[i], apx[i] = e0 + refresh, a0
-            counts[st]["refresh"] += 1
-        elif op is OpKind.POLY:
-            mask = args[1] if len(args) > 1 else None
-            err[i], apx[i] = _poly(i, node, args[0], mask, e0, a0, int(levels[a[0]]))
-        elif op is OpKind.OUTPUT:
-            err[i], apx[i] = e0, a0
-            final[node.name] = (e0, a0)
-        for d in drops[i]:
-            err.pop(d, None)
-            apx.pop(d, None)
+                self.charge(st, "mod_switch", int(self.levels[node.args[0]]) + k)
+            self.charge(st, "mul_plain", lvl - 1)
+            self.charge(st, "rescale", lvl - 1)
+        else:  # POLY
+            mask = vals[1] if len(vals) > 1 else None
+            e, a = self._poly(i, node, vals[0], mask, e0, a0, int(self.levels[node.args[0]]))
+        return _Noisy(value, e, a)
 
-    def _poly(i: int, node: Node, x: np.ndarray, mask: np.ndarray | None, e_in: Err, a_in: Err,
+    def _poly(self, i: int, node: Node, x: np.ndarray, mask: np.ndarray | None, e_in: Err, a_in: Err,
               lvl: int) -> tuple[Err, Err]:
-        fn = node.fn
+        fn, noise, first = node.fn, self.noise, self.first
         lo, hi = fn.interval
         half = max(abs(lo), abs(hi))
-        ranges.append(PolyRange(i, node.stage, fn.name, float(np.abs(x[first]).max() / half),
-                                float(np.abs(x[~first]).max() / half)))
-        if strict and (x.min() < lo or x.max() > hi):
+        self.ranges.append(PolyRange(i, node.stage, fn.name, float(np.abs(x[first]).max() / half),
+                                     float(np.abs(x[~first]).max() / half)))
+        if self.strict and (x.min() < lo or x.max() > hi):
             where = "first halves" if (x[first].min() < lo or x[first].max() > hi) else "second halves (garbage)"
             raise RangeError(f"node {i} ({node.stage}, {fn.name}): input in [{x.min():.4g}, {x.max():.4g}] "
                              f"leaves the interval [{lo}, {hi}] in the {where}")
@@ -251,19 +265,33 @@ def simulate(
             e_eval = Err.fresh(math.sqrt(fn.depth) * noise.rounding * amp, noise.k, x)
             log = [("poly", lvl)]
         for op, level in log:
-            charge(node.stage, op, level)
+            self.charge(node.stage, op, level)
         fit_err = fn.max_error if mask is None else fn.max_error * np.abs(mask)
         return e_in.scaled(gain) + e_eval, a_in.scaled(gain) + Err(fit_err, fit_err**2 / 3)
 
-    final: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    for idx in circuit.of_kind(OpKind.INPUT):  # the client's fresh encryption
-        err[idx] = Err.fresh(noise.fresh, noise.k, np.zeros(circuit.n_slots))
-        apx[idx] = Err(np.zeros(circuit.n_slots), np.zeros(circuit.n_slots))
-    out = plain.run(circuit, compiled.pack_input(x0, m), compiled.public_plaintexts(m), visit)
-    e_final, a_final = final["logits"]
-    e_out, wc_out, awc_out = (compiled.read_logits(v) for v in (e_final.bound(noise.k), e_final.wc, a_final.wc))
-    logits = compiled.read_logits(out["logits"])
-    exact = plain.run(circuit, compiled.pack_input(x0, m), compiled.public_plaintexts(m), substitute=exact_form)
+
+def simulate(
+    compiled: Compiled,
+    noise: NoiseModel,
+    x0: np.ndarray,
+    m: np.ndarray,
+    costs: CostTable | None = None,
+    chain: int | None = None,
+    strict: bool = True,
+) -> SimResult:
+    """Run one sentence (x0 [T, d], mask m [T]) through the circuit with full tracking.
+
+    chain: levels in the modulus chain (for the cost table: primes remaining
+    = chain + 1 - level); strict: raise RangeError when a polynomial input
+    leaves its interval in any slot.
+    """
+    circuit = compiled.circuit
+    sim = _SimBackend(compiled, noise, m, costs, chain, strict)
+    inputs = {k: sim.encrypted(v) for k, v in compiled.pack_input(x0, m).items()}
+    final = answered(interpret(circuit, sim, inputs), sim.refresh)["logits"]
+    e_out, wc_out, awc_out = (compiled.read_logits(v) for v in (final.e.bound(noise.k), final.e.wc, final.a.wc))
+    logits = compiled.read_logits(final.v)
+    exact = plain.run(circuit, compiled.pack_input(x0, m), sim.public, substitute=exact_form)
 
     return SimResult(
         logits=logits,
@@ -272,13 +300,13 @@ def simulate(
         approx_error=float(np.abs(compiled.read_logits(exact["logits"]) - logits).max()),
         approx_worst_case=float(awc_out.max()),
         depth=depth(circuit, through_refresh=True),
-        max_level=int(levels.max()),
+        max_level=int(sim.levels.max()),
         refreshes=len(circuit.of_kind(OpKind.REFRESH)),
         round_trips=refresh_round_trips(circuit),
-        counts=dict(counts),
-        ranges=ranges,
-        seconds=dict(seconds),
-        parallel_seconds=_makespan(circuit, node_seconds),
+        counts=dict(sim.counts),
+        ranges=sim.ranges,
+        seconds=dict(sim.seconds),
+        parallel_seconds=_makespan(circuit, sim.node_seconds),
     )
 
 

@@ -6,6 +6,10 @@ import tenseal.sealapi as seal
 
 from .params import CkksParams, InsecureParametersError
 
+Ciphertext = seal.Ciphertext  # the SEAL types, for callers that name them without importing SEAL
+Plaintext = seal.Plaintext
+SEALContext = seal.SEALContext
+
 
 def make_context(params: CkksParams) -> seal.SEALContext:
     """A SEALContext that SEAL itself also checked at 128-bit security."""

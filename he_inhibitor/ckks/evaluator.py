@@ -11,12 +11,19 @@ Invariants every method keeps, so callers can combine results freely:
 No scale is ever overwritten, so no approximation enters through scales.
 The method names and depth rules match `he_inhibitor.approx.plan.Backend`, so
 an evaluation plan runs on ciphertexts as `plan.run(ct, evaluator)`.
+
+The circuit IR rescales explicitly (a product is one node, its rescale
+another), so the circuit's SEAL backend (circuit/encrypted.py) also uses the
+unrescaled primitives below the plan backend: `encode` at a level and scale,
+`plain_scale` (the scale rule above for a plaintext factor), `add_encoded`,
+`sub_encoded`, `multiply_encoded`, `multiply` (relinearized) and `rescale`.
 """
 
 from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
 import tenseal.sealapi as seal
 
 from .context import level_of, level_scales, parms_id_at
@@ -56,13 +63,19 @@ class CkksEvaluator:
             self._ev.mod_switch_to(ct, parms_id_at(self.context, level + 1), src)
         return self._scaled_product(src, 1.0, level)
 
-    def _prime(self, level: int) -> float:
+    def prime(self, level: int) -> float:
+        """q_level: the prime a rescale at chain index `level` drops."""
         data = self.context.get_context_data(parms_id_at(self.context, level))
         return float(data.parms().coeff_modulus()[-1].value())
 
+    def plain_scale(self, level: int, ct_scale: float) -> float:
+        """The scale to encode a plaintext factor of a ciphertext at `level` (scale ct_scale) at, so that
+        the product's rescale lands on Delta_{level-1} exactly."""
+        return self.scales[level - 1] * self.prime(level) / ct_scale
+
     def _scaled_product(self, ct: seal.Ciphertext, value: float | Sequence[float], level: int) -> seal.Ciphertext:
         """ct * value, rescaled to `level` = level(ct) - 1 with scale Delta_level."""
-        pt_scale = self.scales[level] * self._prime(level + 1) / ct.scale
+        pt_scale = self.plain_scale(level + 1, ct.scale)
         pt = seal.Plaintext()
         self.encoder.encode(value if isinstance(value, float) else list(value), ct.parms_id(), pt_scale, pt)
         out = seal.Ciphertext()
@@ -137,4 +150,49 @@ class CkksEvaluator:
             raise KeyError(f"no Galois key for step {step}; keys exist for {self.public.rotation_steps}")
         out = seal.Ciphertext()
         self._ev.rotate_vector(a, step, self.public.galois_keys, out)
+        return out
+
+    # ---- the circuit's primitives: products await an explicit rescale ------
+    def encode(self, values: float | np.ndarray, level: int, scale: float) -> seal.Plaintext:
+        """A scalar, or a vector broadcast to every slot, at chain index `level` and `scale`."""
+        pt = seal.Plaintext()
+        v = values if np.isscalar(values) else np.broadcast_to(values, (self.public.params.slots,)).tolist()
+        self.encoder.encode(float(v) if np.isscalar(v) else v, parms_id_at(self.context, level), scale, pt)
+        return pt
+
+    def add_encoded(self, a: seal.Ciphertext, pt: seal.Plaintext) -> seal.Ciphertext:
+        out = seal.Ciphertext()
+        self._ev.add_plain(a, pt, out)
+        return out
+
+    def sub_encoded(self, a: seal.Ciphertext, pt: seal.Plaintext) -> seal.Ciphertext:
+        out = seal.Ciphertext()
+        self._ev.sub_plain(a, pt, out)
+        return out
+
+    def multiply_encoded(self, a: seal.Ciphertext, pt: seal.Plaintext) -> seal.Ciphertext:
+        """ct * pt, awaiting its rescale (pt encoded at plain_scale for an exact one)."""
+        out = seal.Ciphertext()
+        self._ev.multiply_plain(a, pt, out)
+        return out
+
+    def multiply(self, a: seal.Ciphertext, b: seal.Ciphertext) -> seal.Ciphertext:
+        """ct * ct of equal levels, relinearized, awaiting its rescale."""
+        out = seal.Ciphertext()
+        self._ev.multiply(a, b, out)
+        self._ev.relinearize_inplace(out, self.public.relin_keys)
+        return out
+
+    def rescale(self, a: seal.Ciphertext) -> seal.Ciphertext:
+        """Drop the last prime; the result carries Delta_{level-1} (exact when the factors followed plain_scale)."""
+        level = self.level(a)
+        out = seal.Ciphertext()
+        self._ev.rescale_to_next(a, out)
+        out.scale = self.scales[level - 1]  # equal up to float rounding
+        return out
+
+    def to_last(self, a: seal.Ciphertext) -> seal.Ciphertext:
+        """Mod-switched to the last level: fewer limbs, same message (a reply the client only decrypts)."""
+        out = seal.Ciphertext()
+        self._ev.mod_switch_to(a, self.context.last_parms_id(), out)
         return out

@@ -21,7 +21,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from he_inhibitor.approx.fit import DATA_METHODS, DEFAULT_WEIGHT_FLOOR, METHODS
+from he_inhibitor.approx.basis import cheb_to_monomial
+from he_inhibitor.approx.fit import DATA_METHODS, DEFAULT_WEIGHT_FLOOR, METHODS, series_fit, weighted_fit
+from he_inhibitor.approx.fit import fit as fit_on_interval
 
 FORMS = ("exact", "poly")
 
@@ -84,15 +86,13 @@ class Nonlinearity(nn.Module):
     def fit(self):
         """The approximation-library fit on [-1, 1] (built lazily: exact form never needs it)."""
         if self._fit is None:
-            from he_inhibitor.approx import fit, series_fit
-
             if self.spec.weighted:
                 coeffs = self.poly_coeffs.double().tolist()
                 if not any(coeffs):
                     raise RuntimeError(f"{self.kind}: its weighted fit is not made yet (calibrate the student first)")
                 self._fit = series_fit(self.kind, coeffs, self.spec.method)
             else:
-                self._fit = fit(self.kind, self.spec.degree, (-1.0, 1.0), self.spec.method)
+                self._fit = fit_on_interval(self.kind, self.spec.degree, (-1.0, 1.0), self.spec.method)
         return self._fit
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
@@ -109,8 +109,6 @@ class Nonlinearity(nn.Module):
 
     def fit_to_density(self) -> None:
         """Make the weighted fit from the histogram collected since ``collect_density(True)``."""
-        from he_inhibitor.approx import weighted_fit
-
         if not self.spec.weighted:
             raise ValueError(f"{self.kind}: fit method {self.spec.method!r} is not fitted to data")
         if self.density is None or float(self.density.sum()) == 0:
@@ -128,8 +126,6 @@ class Nonlinearity(nn.Module):
         any fit's error (1e-2).
         """
         if self._parts is None:
-            from he_inhibitor.approx.basis import cheb_to_monomial
-
             f = self.fit
             if f.stages or f.basis != "chebyshev":
                 raise ValueError(f"{self.kind}: only single-stage Chebyshev fits have a parity form")

@@ -343,7 +343,7 @@ def run(args: argparse.Namespace) -> int:
     Each honest answer is also checked against the plain circuit (numpy, in
     the clear) of its bucket: the label must agree.
     """
-    from he_inhibitor.circuit.executors import PlainExecutor
+    from he_inhibitor.circuit.executors import Mode, make_executor
     from he_inhibitor.service.artifacts import SHIPPED_CLIENT
     from he_inhibitor.service.embed import Embedder
     from he_inhibitor.service.server import load_buckets
@@ -371,7 +371,7 @@ def run(args: argparse.Namespace) -> int:
                 pred = c.classify(text, embedder)
                 seconds = time.perf_counter() - t0
                 x0, n, _ = c.embed(text, embedder)
-            want = PlainExecutor(circuits[pred.bucket]).run(x0, (np.arange(pred.bucket) < n).astype(float)).logits
+            want = make_executor(Mode.PLAIN, circuits[pred.bucket]).run(x0, (np.arange(pred.bucket) < n).astype(float)).logits
             details.append({"tokens": embedder.n_tokens(text), "bucket": pred.bucket, "truncated": pred.truncated,
                             "label": pred.label, "seconds": seconds, "round_trips": pred.traffic.round_trips,
                             "max_abs_error_vs_plain": float(np.abs(pred.logits - want).max())})

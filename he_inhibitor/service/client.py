@@ -32,7 +32,6 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-import tenseal.sealapi as seal
 
 from he_inhibitor.ckks import CkksParams, ClientKeys, SecretKey, keygen, make_context
 from he_inhibitor.service import sealio
@@ -199,7 +198,7 @@ class Client:
         if params != self.signature.params:
             raise ValueError(f"{path} holds keys for {params}, the server's circuit needs {self.signature.params}")
         context = make_context(params)
-        self.keys = ClientKeys(params, SecretKey(sealio.load(seal.SecretKey(), sk, context)), public, context)
+        self.keys = ClientKeys(params, SecretKey(sealio.secret_key(sk, context)), public, context)
         self.key_id = key_id_of(container_parts(public)[1:])  # evaluate() registers only if the server lost it
         return self.keys
 

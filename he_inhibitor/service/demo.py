@@ -24,7 +24,7 @@ import numpy as np
 from he_inhibitor.ckks import CkksParams
 from he_inhibitor.circuit.bundle import Bucket
 from he_inhibitor.circuit.compile import Compiled
-from he_inhibitor.circuit.executors import PlainExecutor
+from he_inhibitor.circuit.executors import Mode, make_executor
 from he_inhibitor.service.artifacts import SHIPPED_CLIENT
 from he_inhibitor.service.client import Client, ServerError
 from he_inhibitor.service.console import Progress, megabytes, table
@@ -68,7 +68,7 @@ def run_demo(circuits: Compiled | Bucket | Mapping[int, Compiled | Bucket], para
             progress(f"sentence {i}/{len(sentences)}: encrypting")
             pred = client.classify(text, embedder)
             x0, n, _ = client.embed(text, embedder)
-            plain = PlainExecutor(by_T[pred.bucket].plan_for(n).compiled)  # the circuit of this sentence's plan
+            plain = make_executor(Mode.PLAIN, by_T[pred.bucket].plan_for(n).compiled)  # the circuit of this sentence's plan
             want = plain.run(x0, (np.arange(pred.bucket) < n).astype(np.float64)).logits
             rows.append({"text": text, **pred.to_json(), "plain_logits": want.tolist(),
                          "plain_label": sig.labels[int(np.argmax(want))],

@@ -52,3 +52,15 @@ def load(obj: _T, data: bytes, context: seal.SEALContext) -> _T:
 def ciphertext(data: bytes, context: seal.SEALContext) -> seal.Ciphertext:
     """A (possibly seeded) ciphertext; SEAL expands the seed on load."""
     return load(seal.Ciphertext(), data, context)
+
+
+def secret_key(data: bytes, context: seal.SEALContext) -> seal.SecretKey:
+    return load(seal.SecretKey(), data, context)
+
+
+def relin_keys(data: bytes, context: seal.SEALContext) -> seal.RelinKeys:
+    return load(seal.RelinKeys(), data, context)
+
+
+def galois_keys(data: bytes, context: seal.SEALContext) -> seal.GaloisKeys:
+    return load(seal.GaloisKeys(), data, context)

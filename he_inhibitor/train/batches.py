@@ -1,0 +1,79 @@
+"""Training batches from the teacher cache: length-bucketed, shuffled, reproducible per epoch.
+
+Each row carries what the losses compare against: the teacher's logits and
+hidden states (and attention maps when the attention loss is on), read from
+the memory-mapped cache, with the teacher's token ids mapped to the student's.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from he_inhibitor.data import load_sst2
+from he_inhibitor.teacher_cache import TeacherCache, build_cache
+from he_inhibitor.vocab import load_unpadded, teacher_to_student_ids
+
+
+class Batches:
+    """Length-bucketed shuffled batches from the teacher cache, reproducible per epoch."""
+
+    def __init__(self, cache: TeacherCache, id_map: np.ndarray, batch_size: int, seed: int, need_attn: bool) -> None:
+        self.cache, self.id_map, self.batch_size, self.seed, self.need_attn = cache, id_map, batch_size, seed, need_attn
+        self.lengths = cache.lengths()
+
+    def order(self, epoch: int) -> list[np.ndarray]:
+        """Epoch ``epoch``'s batches (row indices) in training order; the same epoch always gives the same order."""
+        rng = np.random.default_rng(self.seed + epoch)
+        idx = rng.permutation(len(self.lengths))
+        chunk = self.batch_size * 50
+        batches = []
+        for c in range(0, len(idx), chunk):  # sort within chunks: little padding, still random
+            part = idx[c : c + chunk]
+            part = part[np.argsort(self.lengths[part], kind="stable")]
+            batches += [part[b : b + self.batch_size] for b in range(0, len(part), self.batch_size)]
+        return [batches[i] for i in rng.permutation(len(batches))]
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.lengths) / self.batch_size)
+
+    def longest(self, n_batches: int) -> list[np.ndarray]:
+        """The ``n_batches`` batches of the longest rows, longest first."""
+        idx = np.argsort(-self.lengths, kind="stable")[: n_batches * self.batch_size]
+        return [idx[b : b + self.batch_size] for b in range(0, len(idx), self.batch_size)]
+
+    def collate(self, rows: np.ndarray) -> dict[str, torch.Tensor]:
+        """``rows`` padded to their longest: student and teacher ids, mask, labels and the teacher's outputs."""
+        c, lens = self.cache, self.lengths[rows]
+        t, b = int(lens.max()), len(rows)
+        t_ids = np.zeros((b, t), np.int64)
+        mask = np.zeros((b, t), bool)
+        hid = np.zeros((b, t) + c.hidden.shape[1:], np.float32)
+        att = np.zeros((b, t, t, c.attn.shape[1]), np.float32) if self.need_attn else None
+        for r, i in enumerate(rows):
+            n, o = lens[r], c.offsets[i]
+            t_ids[r, :n] = c.ids[o : o + n]
+            mask[r, :n] = True
+            hid[r, :n] = c.hidden[o : o + n]
+            if att is not None:
+                att[r, :n, :n] = c.attn[c.attn_offsets[i] : c.attn_offsets[i + 1]].reshape(n, n, -1)
+        batch = {
+            "ids": torch.from_numpy(self.id_map[t_ids]), "t_ids": torch.from_numpy(t_ids), "mask": torch.from_numpy(mask),
+            "labels": torch.from_numpy(c.labels[rows]), "t_logits": torch.from_numpy(c.logits[rows]),
+            "t_hidden": torch.from_numpy(hid),
+        }
+        if att is not None:
+            batch["t_attn"] = torch.from_numpy(att)
+        return batch
+
+
+def training_batches(teacher_dir: Path, data_dir: Path, tokenizer, max_len: int,
+                     cache_dir: Path = Path("runs/cache"), batch_size: int = 64) -> Batches:
+    """Batches of SST-2 train from the teacher's cache (built on first use), in ``tokenizer``'s ids."""
+    sentences, labels = load_sst2(data_dir, "train")
+    cache = build_cache(teacher_dir, sentences, labels, cache_dir, max_len=max_len)
+    id_map = teacher_to_student_ids(load_unpadded(teacher_dir), tokenizer)
+    return Batches(cache, id_map, batch_size, 0, need_attn=False)

@@ -1,0 +1,51 @@
+"""``he-inhibitor distill``: its arguments, the config they resolve to, and the run."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+from he_inhibitor.data import default_data_dir
+from he_inhibitor.train.config import load_config
+from he_inhibitor.train.pipeline import distill
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("distill", help="distil the teacher into the inhibitor student")
+    p.add_argument("--teacher", type=Path, required=True, help="teacher directory (he-inhibitor teacher output)")
+    p.add_argument("--data-dir", type=Path, default=None, help="directory with SST-2 train.tsv and dev.tsv")
+    p.add_argument("--out", type=Path, required=True, help="output directory (checkpoints, log, student)")
+    p.add_argument("--config", type=Path, default=None,
+                   help="JSON of overrides of the shipped recipe (any subset of DistillConfig's keys; "
+                        "\"extends\": another such file underneath); without it: the shipped recipe")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="one override after --config, dotted key and JSON value, e.g. --set student.n_layers=3 "
+                        "(repeatable)")
+    p.add_argument("--cache-dir", type=Path, default=Path("runs/cache"), help="where teacher outputs are cached")
+    p.add_argument("--init", type=Path, default=None,
+                   help="fine-tune this trained student (poly phase only) instead of distilling a new one")
+    p.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
+        cfg = load_config(args.config, args.sets)
+    except (OSError, json.JSONDecodeError, TypeError, ValueError) as err:
+        raise SystemExit(f"error: --config {args.config} / --set {args.sets}: {err}")
+    data_dir = args.data_dir or default_data_dir()
+    if data_dir is None:
+        raise SystemExit("error: no --data-dir given and no default SST-2 directory found")
+    t0 = time.time()
+    try:
+        state = distill(cfg, args.teacher, Path(data_dir), args.out, args.cache_dir, args.init,
+                        command=shlex.join(["he-inhibitor", *sys.argv[1:]]))
+    except (FileNotFoundError, ValueError) as err:
+        if args.init is None:
+            raise
+        raise SystemExit(f"error: --init {args.init}: {err}")
+    print(json.dumps({**state, "seconds": round(time.time() - t0, 1)}, indent=2))
+    return 0

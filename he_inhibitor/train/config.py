@@ -1,0 +1,187 @@
+"""What a distillation run is: ``DistillConfig``, whose defaults are the shipped recipe, and its overrides.
+
+An experiment is a small JSON of overrides (``configs/README.md``): merged key
+by key onto the recipe, optionally on top of another file it ``"extends"``,
+then each ``--set KEY=VALUE``. Configs are never changed in place; code that
+needs a variant builds one with ``dataclasses.replace``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from he_inhibitor.model.nonlinear import PolySpec
+from he_inhibitor.model.student import StudentConfig
+from he_inhibitor.train.augment import AugmentConfig
+
+
+@dataclass
+class LossWeights:
+    """The weight of each loss in the total (``train.losses``); 0 leaves a loss out (kd and ce are always
+    computed, for the log). The exact phase runs with ``range`` at 0: there are no bounds yet to respect."""
+
+    kd: float = 1.0
+    ce: float = 0.2
+    hidden: float = 0.05
+    emb: float = 0.0
+    attn: float = 0.0
+    range: float = 1.0
+
+
+def recipe_student() -> StudentConfig:
+    """The shipped student's architecture (``he_inhibitor/assets/student/config.json``).
+
+    StudentConfig's own defaults stay the plain inhibitor (4 heads, no bias, no length norm, Remez
+    fits), which every hand-built tiny student and every dot-product student relies on; the options
+    the shipped student adds are set here, where ``he-inhibitor distill`` reads its recipe. 16
+    interleaved heads make the circuit's head sums cheaper; the key norm and the relative bias are
+    public plaintexts in the circuit (no level); weighted fits are made by calibration from the
+    inputs each polynomial really sees (docs/design.md §2, §5).
+    """
+    return StudentConfig(n_heads=16, key_norm=0.5, rel_bias=True, rel_bias_init=1.0,
+                         abs_poly=PolySpec(14, "weighted"), relu_poly=PolySpec(14, "weighted"))
+
+
+def recipe_augment() -> AugmentConfig:
+    """The shipped recipe's augmentation: two teacher-labelled copies of every batch, word pieces
+    masked or replaced, three rows in four joined to another row to make sentence-length inputs."""
+    return AugmentConfig(copies=2, p_mask=0.15, p_replace=0.15, concat=0.75)
+
+
+def merge(base: dict, overrides: dict) -> dict:
+    """``base`` with ``overrides`` applied key by key, descending into dicts that both sides hold."""
+    out = dict(base)
+    for key, value in overrides.items():
+        both = isinstance(value, dict) and isinstance(base.get(key), dict)
+        out[key] = merge(base[key], value) if both else value
+    return out
+
+
+@dataclass
+class DistillConfig:
+    """A distillation run. The defaults are the shipped recipe, so ``he-inhibitor distill`` without
+    ``--config`` trains it; an experiment is a small JSON of overrides (``load_config``)."""
+
+    student: StudentConfig = field(default_factory=recipe_student)
+    loss: LossWeights = field(default_factory=LossWeights)
+    augment: AugmentConfig = field(default_factory=recipe_augment)
+    # the poly phase's augmentation; None: the same as ``augment``. Joined copies cost ~4x
+    # there (the attention's |q - k| polynomial runs on every pair of their doubled length).
+    augment_poly: AugmentConfig | None = None
+    temperature: float = 2.0
+    # "kl": KL between softened distributions (times tau^2); "mse": squared error between the
+    # raw logits (Kim et al. 2021, arXiv 2105.08919), which also matches the teacher's confidence
+    kd_loss: str = "kl"
+    # "table": PCA of the teacher's input embedding table; "contextual": PCA of the
+    # teacher's hidden states (mean over layers) of each token alone, "[CLS] tok [SEP]".
+    embedding_init: str = "contextual"
+    # train the word table as R + E P: E the (fixed) teacher rows it was initialised from, P their
+    # projection to d (initialised to the PCA basis), R a free residual starting at zero. A word rare
+    # in training then still moves with the words the teacher places near it. Saved as one table.
+    embedding_tied: bool = False
+    # with ``embedding_tied``, False keeps R at zero: the table stays E P, so every word, however
+    # rare in training, is the teacher's vector through one learned projection (no per-word memory)
+    embedding_residual: bool = True
+    # 0: the teacher's position rows through the words' PCA basis, which leaves them tiny; r > 0: through
+    # their own PCA basis, at r times the mean word row norm (``position_table``; the teacher's ratio is 0.34)
+    position_norm: float = 0.0
+    # "train": the teacher tokens the training text uses (smallest table); "teacher": every ASCII
+    # teacher token (``vocab.teacher_vocab``), so that dev words unseen in training are not split
+    # into pieces; useful with a tied table, whose unseen rows are still the teacher's vectors
+    vocabulary: str = "train"
+    layer_map: str | list[int] = "uniform"  # "uniform" | "first" | "last" | explicit teacher layers
+    batch_size: int = 64
+    lr: float = 2e-3
+    weight_decay: float = 0.01
+    warmup: float = 0.06
+    epochs_exact: int = 1
+    # fractions allowed: the poly phase only adapts a trained student. 0 skips it: weighted fits
+    # leave the calibrated poly form about as accurate as exact, and poly training on top of them
+    # lowered dev accuracy (docs/log.md, weighted fits)
+    epochs_poly: float = 0.0
+    lr_poly: float = 5e-4
+    calibration_batches: int = 200
+    calibration_margin: float = 0.1
+    # then per non-linearity, in evaluation order, its bound widened to cover what the
+    # poly form (earlier polynomials already in place) feeds it; 0 turns this off
+    poly_calibration_batches: int = 25
+    limit: int | None = None
+    seed: int = 1
+    threads: int = 1
+    # the exact phase's inhibitor attention through torch.compile (Student.fuse_exact): 3-10x
+    # faster per layer (scripts/bench_fused_attention.py), about 2x per step with 2 copies,
+    # after a one-off compile of under a minute; needs a C++ compiler
+    fused_attention: bool = True
+    # learning-rate multiplier of the relative biases b_h(o): Adam moves each by at most about lr a step,
+    # so in one epoch at 2e-3 a bias travels about 1, which may be too little to learn a direction
+    rel_bias_lr: float = 5.0
+    checkpoint_every: int = 300
+
+    def __post_init__(self) -> None:
+        if self.kd_loss not in ("kl", "mse"):
+            raise ValueError(f"kd_loss must be 'kl' or 'mse', not {self.kd_loss!r}")
+        if self.vocabulary not in ("train", "teacher"):
+            raise ValueError(f"vocabulary must be 'train' or 'teacher', not {self.vocabulary!r}")
+        if self.position_norm < 0:
+            raise ValueError(f"position_norm is a ratio of norms, >= 0, not {self.position_norm}")
+        if not self.embedding_residual and not self.embedding_tied:
+            raise ValueError("embedding_residual=False freezes the residual R of a tied table: it needs embedding_tied")
+        if not math.isfinite(self.rel_bias_lr) or self.rel_bias_lr < 0:
+            raise ValueError(f"rel_bias_lr multiplies the learning rate (0 freezes the bias), so it is >= 0, not {self.rel_bias_lr}")
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "DistillConfig":
+        """The recipe with ``data``'s keys overridden; nested dicts override key by key, so
+        ``{"student": {"n_layers": 3}}`` changes the depth and keeps the rest of the recipe's student.
+        ``augment_poly`` has no recipe value (None: the same as ``augment``), so a dict there starts
+        from AugmentConfig's own defaults."""
+        known = {f.name for f in fields(cls)}
+        if set(data) - known:
+            raise ValueError(f"unknown distill config keys: {sorted(set(data) - known)}")
+        full = merge(asdict(cls()), data)
+        full["student"] = StudentConfig.from_dict(full["student"])
+        full["loss"] = LossWeights(**full["loss"])
+        for key in ("augment", "augment_poly"):
+            if isinstance(full.get(key), dict):
+                full[key] = AugmentConfig(**full[key])
+        return cls(**full)
+
+
+def read_overrides(path: Path, _seen: tuple[Path, ...] = ()) -> dict:
+    """A config file's overrides, with those of the file its ``"extends"`` names (relative to it)
+    underneath, so that a family of experiments shares one base file of overrides."""
+    path = Path(path)
+    if path.resolve() in _seen:
+        raise ValueError(f"config files extend each other in a cycle: {path}")
+    data = json.loads(path.read_text())
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    return merge(read_overrides(path.parent / parent, (*_seen, path.resolve())), data)
+
+
+def load_config(path: Path | None = None, sets: list[str] = ()) -> DistillConfig:
+    """The shipped recipe with a config file's overrides (``read_overrides``) and then each
+    ``--set`` applied (``parse_set``)."""
+    overrides = read_overrides(path) if path is not None else {}
+    for item in sets:
+        overrides = merge(overrides, parse_set(item))
+    return DistillConfig.from_dict(overrides)
+
+
+def parse_set(item: str) -> dict:
+    """``"student.n_layers=3"`` -> ``{"student": {"n_layers": 3}}``: a dotted key and a JSON value
+    (a bare word that is not JSON is taken as a string, so ``layer_map=last`` works unquoted)."""
+    key, sep, text = item.partition("=")
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ValueError(f"--set takes KEY=VALUE with a dotted KEY, not {item!r}")
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        value = text
+    for part in reversed(key.split(".")):
+        value = {part: value}
+    return value
