@@ -42,7 +42,9 @@ def test_bsgs_equals_dense(problem):
         np.testing.assert_allclose(dst.unpack(ys), x @ w + b, rtol=1e-10, atol=1e-10)
         # second halves (and unmapped blocks) are exactly zero: garbage never crosses over
         np.testing.assert_array_equal(ys, dst.pack(dst.unpack(ys)))
-    assert ops.counts["rotate"] == group.rotation_count()
+    # one lane: the baby steps of every input ciphertext once, and a Horner giant step per (output, g > 0)
+    giant = sum(group.giant_max(m, o) for m in group.matrices for o in range(m.out_layout.n_cts))
+    assert ops.counts["rotate"] == group.rotation_count() == src.n_cts * group.baby_max + giant
     assert set(ops.steps) <= group.steps
     assert ops.counts["rescale"] == sum(d.n_cts for d in dsts)
 
@@ -85,6 +87,7 @@ def test_lanes_change_nothing_but_who_works(problem, lanes):
         np.testing.assert_allclose(np.stack(b), np.stack(a), rtol=1e-12, atol=1e-12)
     assert max(split.work.values()) <= one.work[0]
     assert split.lane == 0
+    assert split.counts["rotate"] == group.rotation_count(lanes) >= group.rotation_count()
     if sum(d.n_cts for d in dsts) >= lanes:
         assert len(split.work) == lanes
 

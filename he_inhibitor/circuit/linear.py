@@ -57,10 +57,12 @@ class LinearGroup:
     def giant_max(self, m: Matrix, o: int) -> int:
         return max(g for (oo, g) in m.terms if oo == o)
 
-    def rotation_count(self) -> int:
-        """Rotations one application costs (baby steps + Horner giant steps)."""
-        giant = sum(self.giant_max(m, o) for m in self.matrices for o in {o for o, _ in m.terms})
-        return self.in_layout.n_cts * self.baby_max + giant
+    def rotation_count(self, lanes: int = 1) -> int:
+        """Rotations one application on `lanes` lanes costs (baby steps, recomputed per lane, + Horner giant
+        steps): apply() replayed on a counter, so the count cannot drift from what apply() does."""
+        counter = _RotationCounter()
+        self.apply(counter, [0] * self.in_layout.n_cts, lanes)
+        return counter.rotations
 
     @property
     def steps(self) -> set[int]:
@@ -150,6 +152,35 @@ class LinearGroup:
                 ys.append(ops.add_plain(ops.rescale(acc), m.bias[o]))
             outs.append(ys)
         return outs
+
+
+class _RotationCounter:
+    """The Ops apply() uses, on placeholder values, counting rotations."""
+
+    def __init__(self) -> None:
+        self.rotations = 0
+
+    def rotate(self, x: int, k: int) -> int:
+        self.rotations += 1
+        return x
+
+    def headroom(self, x: int, k: int) -> int:
+        return x
+
+    def mul_plain(self, x: int, p: np.ndarray) -> int:
+        return x
+
+    def add(self, x: int, y: int) -> int:
+        return x
+
+    def add_plain(self, x: int, p: np.ndarray) -> int:
+        return x
+
+    def rescale(self, x: int) -> int:
+        return x
+
+    def set_lane(self, lane: int) -> None:
+        pass
 
 
 def _diagonals(w: np.ndarray, src: Layout, dst: Layout) -> dict[tuple[int, int, int], np.ndarray]:
