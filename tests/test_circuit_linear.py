@@ -71,7 +71,7 @@ class LaneOps(SlotOps):
 @settings(max_examples=60, deadline=None)
 @given(problems(), st.integers(2, 3))
 def test_lanes_change_nothing_but_who_works(problem, lanes):
-    """Split over lanes (by output ciphertext, or by input where outputs are fewer than lanes), a layer gives
+    """Split over lanes (by output or by input ciphertext, whichever loads the busiest lane less), a layer gives
     the same values; no lane does more than the whole layer on one lane, and the last op is on lane 0."""
     T, n_slots, src, dsts, sparse, seed = problem
     rng = np.random.default_rng(seed)
@@ -88,8 +88,8 @@ def test_lanes_change_nothing_but_who_works(problem, lanes):
     assert max(split.work.values()) <= one.work[0]
     assert split.lane == 0
     assert split.counts["rotate"] == group.rotation_count(lanes) >= group.rotation_count()
-    if sum(d.n_cts for d in dsts) >= lanes:
-        assert len(split.work) == lanes
+    if sum(d.n_cts for d in dsts) >= 2:  # outputs to share: more than one lane works
+        assert len(split.work) >= 2
 
 
 def test_qkv_rotation_budget_at_T32():

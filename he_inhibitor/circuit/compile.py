@@ -168,9 +168,10 @@ def compile_student(
     unit_pool_steps: sum the pooled tokens by T-1 rotations of 1 (no new keys)
     rather than log2(T) rotations by powers of two (log2(T)-1 more keys).
     lanes: independent lanes of work (processes or Ray workers): the attention's
-    shifts or ciphertexts (attention.py), the linear layers' output or input
-    ciphertexts (linear.py) and the FFN ReLUs; main_shifts: a dot-product
-    attention's shifts on lane 0.
+    shifts or ciphertexts (attention.py), the FFN ReLUs, and the linear layers
+    whose split duplicates only cheap rotations (linear.py): QKV at the chain's
+    last level and W2 by input; Wo and W1, on the most primes, stay on lane 0.
+    main_shifts: a dot-product attention's shifts on lane 0.
     shifts: the inhibitor's packing (default: the plan that holds every n <= T;
     a bundle compiles one circuit per plan its sentences need, arrange.choose_plans).
     """
@@ -221,11 +222,11 @@ def compile_student(
             h = b.client_map(h, arrange.MAP_H, xl.n_cts)
             if b.max_level is not None:  # Wo, the FFN and the next QKV (or the head) take the chain's last levels
                 h = [b.descend(hc, b.max_level - (4 + fw.ffn_relu.depth)) for hc in h]
-            (o,) = compile_group([fw.wo], [fw.bo], xl, [xl], n1).apply(b, h, lanes)
+            (o,) = compile_group([fw.wo], [fw.bo], xl, [xl], n1).apply(b, h)
             x = [b.add(xc, oc) for xc, oc in zip(x, o)]
         b.stage = f"layer{li}.ffn"
         x = [b.headroom(xc, 2 + fw.ffn_relu.depth) for xc in x]
-        (a,) = compile_group([fw.w1], [fw.b1], xl, [fl], n1).apply(b, x, lanes)
+        (a,) = compile_group([fw.w1], [fw.b1], xl, [fl], n1).apply(b, x)
         a = [_on_lane(b, c % lanes, lambda ac=ac: b.poly(ac, fw.ffn_relu)) for c, ac in enumerate(a)]
         (f,) = compile_group([fw.w2], [fw.b2], fl, [xl], n1).apply(b, a, lanes)
         x = [b.add(xc, fc) for xc, fc in zip(x, f)]

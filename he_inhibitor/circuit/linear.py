@@ -62,7 +62,7 @@ class LinearGroup:
         steps): apply() replayed on a counter, so the count cannot drift from what apply() does."""
         counter = _RotationCounter()
         self.apply(counter, [0] * self.in_layout.n_cts, lanes)
-        return counter.rotations
+        return sum(counter.per_lane.values())
 
     @property
     def steps(self) -> set[int]:
@@ -76,17 +76,28 @@ class LinearGroup:
     def apply(self, ops: Ops[V], x: list[V], lanes: int = 1) -> list[list[V]]:
         """y = x W + b for every matrix; returns one list of output ciphertexts per matrix.
 
-        lanes > 1 splits the work: by output ciphertext (over all matrices,
-        round-robin) where there are enough of them, each lane computing the
-        baby steps it needs itself (recomputing beats waiting for another
-        lane's); else by input ciphertext, each lane folding the giant steps
-        of its inputs' partial sums, added on lane 0. Input ciphertext c is
-        expected on lane c % lanes (where the producer left it).
+        lanes > 1 splits the work, whichever way leaves the busiest lane the
+        fewest rotations (ties: the fewest in all): by output ciphertext
+        (round-robin over all matrices), each lane computing the baby steps
+        it needs itself (recomputing beats waiting for another lane's), or by
+        input ciphertext (input c on lane c % lanes, where its producer left
+        it), each lane folding the giant steps of its own terms, lane 0
+        summing. Either way lanes duplicate rotations (baby or giant steps);
+        the compiler gives lanes only to layers where those are cheap.
         """
-        outs_total = sum(m.out_layout.n_cts for m in self.matrices)
-        by_input = lanes > 1 and outs_total < lanes <= len(x)
-        if by_input:
+        if lanes > 1 and self._split_by_input(lanes):
             return self._by_input(ops, x, lanes)
+        return self._by_output(ops, x, lanes)
+
+    def _split_by_input(self, lanes: int) -> bool:
+        def load(by_input: bool) -> tuple[int, int]:
+            counter = _RotationCounter()
+            (self._by_input if by_input else self._by_output)(counter, [0] * self.in_layout.n_cts, lanes)
+            return max(counter.per_lane.values(), default=0), sum(counter.per_lane.values())
+        return self.in_layout.n_cts > 1 and load(True) < load(False)
+
+    def _by_output(self, ops: Ops[V], x: list[V], lanes: int) -> list[list[V]]:
+        """Output ciphertexts round-robin over the lanes (one lane: the plain BSGS)."""
         step = self.in_layout.block_size
         baby: dict[tuple[int, int], list[V]] = {}  # (lane, input ct) -> rotations by j*2T
 
@@ -155,13 +166,14 @@ class LinearGroup:
 
 
 class _RotationCounter:
-    """The Ops apply() uses, on placeholder values, counting rotations."""
+    """The Ops apply() uses, on placeholder values, counting rotations per lane."""
 
     def __init__(self) -> None:
-        self.rotations = 0
+        self.lane = 0
+        self.per_lane: dict[int, int] = {}
 
     def rotate(self, x: int, k: int) -> int:
-        self.rotations += 1
+        self.per_lane[self.lane] = self.per_lane.get(self.lane, 0) + 1
         return x
 
     def headroom(self, x: int, k: int) -> int:
@@ -180,7 +192,7 @@ class _RotationCounter:
         return x
 
     def set_lane(self, lane: int) -> None:
-        pass
+        self.lane = lane
 
 
 def _diagonals(w: np.ndarray, src: Layout, dst: Layout) -> dict[tuple[int, int, int], np.ndarray]:
