@@ -5,7 +5,7 @@ of the ckks evaluator's primitives (no SEAL call here); `SealBackend` binds
 it to one request for the one traversal (interpret.py). `run` walks the
 circuit with both parties in one process; the server's walk, with public
 keys only and each refresh a round trip to the client, is
-service/evaluate.py over the same backend.
+evaluation.py over the same backend.
 
 Level bookkeeping follows the IR exactly: IR level l is SEAL chain index
 depth - l, and every ciphertext node's chain index is recorded so a test can
@@ -210,7 +210,7 @@ class EncryptedExecutor:
     def evaluation(self, inputs: dict[str, Ciphertext], public: dict[str, np.ndarray], link: LaneLink | None = None,
                    before: Callable[[], None] | None = None) -> Traversal:
         """The server's walk, public keys only: yields a RefreshPoint per round trip for the caller to
-        answer (service/evaluate.py: over the network), returns the output ciphertexts."""
+        answer (evaluation.py: over the network), returns the output ciphertexts."""
         return interpret(self.circuit, SealBackend(self, public, before), inputs, link)
 
     @property
