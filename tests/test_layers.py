@@ -61,7 +61,6 @@ LAZY_PENDING: set[str] = {
     "he_inhibitor/circuit/bundle.py",
     "he_inhibitor/circuit/cli.py",
     "he_inhibitor/circuit/masked.py",
-    "he_inhibitor/circuit/simulate_cli.py",
     "he_inhibitor/circuit/weights.py",
     "he_inhibitor/service/abuse.py",
     "he_inhibitor/service/server.py",

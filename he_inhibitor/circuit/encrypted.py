@@ -116,14 +116,16 @@ class EncryptedExecutor:
     """Keys for exactly the circuit's rotation steps; run() evaluates one sentence.
 
     cache keeps every weight plaintext encoded across requests (about 1 MB
-    each at N = 16384: ~2 GB for the two-layer student); without it they are
+    each at N = 16384: ~2 GB for the two-layer student), in `weights` when
+    given (one dict shared by executors of one circuit); without it they are
     encoded as they are used and freed. Given `public` (and no keys) the
     executor is the server's alone: op() works, run() and refreshes do not.
     """
 
     def __init__(self, compiled: Compiled, params: CkksParams, keys: ClientKeys | None = None,
                  mask_bound: float = 16.0, seed: int | None = None, cache: bool = True,
-                 public: PublicContext | None = None) -> None:
+                 public: PublicContext | None = None, weights: dict[tuple[int, int], Plaintext] | None = None
+                 ) -> None:
         if params.slots != compiled.circuit.n_slots:
             raise CircuitError(f"circuit built for {compiled.circuit.n_slots} slots, parameters give {params.slots}")
         self.compiled, self.params = compiled, params
@@ -136,7 +138,7 @@ class EncryptedExecutor:
         self.levels, self.degrees = levels_and_degrees(compiled.circuit)
         if self.levels.max() > params.depth:
             raise CircuitError(f"circuit reaches level {self.levels.max()} > chain of {params.depth}")
-        self._cache: dict[tuple[int, int], Plaintext] | None = {} if cache else None
+        self._cache: dict[tuple[int, int], Plaintext] | None = ({} if weights is None else weights) if cache else None
         self._masks: dict[int, tuple[bytes, dict[tuple[int, int], Plaintext]]] = {}  # see _MaskCached
         self._rng = np.random.default_rng(seed)
         self.mask_bound = mask_bound

@@ -51,14 +51,15 @@ class CircuitEvaluator:
     """One client's evaluation keys bound to a bucket's circuits (one per attention plan, made when a
     sentence first needs it).
 
-    Weight plaintexts are encoded per request (cache=False): the executor's
-    cache lives per instance, i.e. per registered key, and would multiply the
-    server's memory by the registry size.
+    Weight plaintexts are encoded per request: a cache per evaluator, i.e.
+    per registered key, would multiply the server's memory by the registry
+    size. Given `weights`, a cache shared by every evaluator of the circuit
+    (the Ray sentence worker keeps one per circuit), they are kept there.
     """
 
     def __init__(self, bucket: Bucket | Compiled, params: CkksParams, public: PublicContext, lanes: Any = None,
-                 before: Callable[[], None] | None = None) -> None:
-        self.before = before
+                 before: Callable[[], None] | None = None, weights: dict | None = None) -> None:
+        self.before, self._weights = before, weights
         self.bucket = Bucket.of(bucket, params) if isinstance(bucket, Compiled) else bucket
         self.params = params
         self.public = public
@@ -79,7 +80,7 @@ class CircuitEvaluator:
     def _executor(self, compiled: Compiled) -> EncryptedExecutor:
         if compiled.plan not in self._executors:
             self._executors[compiled.plan] = make_executor(Mode.ENCRYPTED, compiled, self.params, public=self.public,
-                                                           cache=False)
+                                                           cache=self._weights is not None, weights=self._weights)
         return self._executors[compiled.plan]
 
     def run(self, inputs: list[Ciphertext], n_tokens: int) -> Evaluation:

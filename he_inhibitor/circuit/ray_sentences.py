@@ -84,18 +84,9 @@ class SentenceWorker:
         public = LaneWorker._lru(self.keys, key_id, load_keys, self.max_keys)
 
         def make():
-            ev = CircuitEvaluator(compiled, params, public)
-            if self.cache_weights:  # the evaluator holds this one circuit: its executors may share the cache
-                shared = self.weights.setdefault(circuit_id, {})
-                make_executor = ev._executor
-
-                def cached(comp: Compiled) -> Any:
-                    ex = make_executor(comp)
-                    ex._cache = shared
-                    return ex
-
-                ev._executor = cached
-            return ev
+            # the evaluator holds this one circuit: with cache_weights its executors share the circuit's cache
+            return CircuitEvaluator(compiled, params, public,
+                                    weights=self.weights.setdefault(circuit_id, {}) if self.cache_weights else None)
 
         for cid in [c for c in self.weights if c not in self.circuits]:
             del self.weights[cid]
