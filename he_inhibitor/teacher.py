@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import shutil
 import signal
 import sys
 import threading
@@ -81,13 +80,15 @@ class TeacherConfig:
     threads: int = 2
     limit: int | None = None  # first N training rows only (tests, smoke runs)
     sort_chunk: int = 1  # batches per length-sorted chunk (dynamic padding); 1: plain shuffled batches
+    fused_adam: bool = False  # torch's fused AdamW kernel: same update rule, different rounding, ~10x faster step
 
 
 BASE_RECIPES: dict[str, dict[str, object]] = {
-    "mpnet": {"lr": 2e-5, "sort_chunk": 50},
+    "mpnet": {"lr": 2e-5, "sort_chunk": 50, "fused_adam": True},
 }
 """Per-base changes to the defaults: a base-size encoder fine-tunes at a lower rate (2e-5, as MPNet and
-BERT-base are usually fine-tuned), and sorts by length because its steps cost hours per epoch.
+BERT-base are usually fine-tuned), and sorts by length and uses the fused AdamW step because its epoch
+costs hours (the plain AdamW step over 110M parameters took 0.6-1.2 s of a 3-4 s short step, fused 0.1 s).
 ``minilm`` keeps the shared teacher's recipe (random batches), so its defaults still reproduce it."""
 
 
@@ -100,6 +101,10 @@ class RunOptions:
     resume: bool = False  # continue from checkpoint_dir
     stop_after: int | None = None  # checkpoint and return after this many steps of this invocation
     eval_every: int = 0  # steps between dev evaluations during training; 0: at the end only
+
+    def __post_init__(self) -> None:
+        if self.checkpoint_dir is None and (self.resume or self.stop_after is not None):
+            raise ValueError("--resume and --stop-after need --checkpoint-dir")
 
 
 def init_model(seed: int = 0, base: str | Path = "minilm") -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
@@ -229,7 +234,9 @@ def _stop_requests(enabled: bool) -> Iterator[list[str]]:
             signal.signal(s, h)
 
 
-def _optimizer(model: PreTrainedModel, cfg: TeacherConfig, total_steps: int):
+def optimizer_and_schedule(
+    model: PreTrainedModel, cfg: TeacherConfig, total_steps: int
+) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
     """AdamW with weight decay on weight matrices and embeddings, not on biases and LayerNorm
     (the BERT / Hugging Face Trainer convention); linear warm-up over ``ceil(warmup_ratio * steps)``
     steps, then linear decay to zero."""
@@ -242,6 +249,7 @@ def _optimizer(model: PreTrainedModel, cfg: TeacherConfig, total_steps: int):
             {"params": groups[False], "weight_decay": 0.0},
         ],
         lr=cfg.lr,
+        fused=cfg.fused_adam or None,  # None: torch's default (the for-loop kernel on CPU)
     )
     scheduler = get_linear_schedule_with_warmup(
         optimizer, math.ceil(cfg.warmup_ratio * total_steps), total_steps
@@ -260,7 +268,7 @@ def train(
 ) -> dict[str, object]:
     """Fine-tune ``model`` in place with the recipe in ``cfg``; returns step count, time, loss.
 
-    Optimizer and schedule as in :func:`_optimizer`, gradient clipping at
+    Optimizer and schedule as in :func:`optimizer_and_schedule`, gradient clipping at
     ``max_grad_norm``. Batches come from :func:`length_batches`, reshuffled
     each epoch from a generator seeded with ``cfg.seed``. With
     ``run.checkpoint_dir``, a checkpoint is written every
@@ -272,8 +280,6 @@ def train(
     resumes in train mode, and evaluation draws no random numbers, so it
     does not change the weights).
     """
-    if run.checkpoint_dir is None and (run.resume or run.stop_after is not None):
-        raise ValueError("--resume and --stop-after need --checkpoint-dir")
     if run.checkpoint_dir is not None and not run.resume and teacher_checkpoint.path(run.checkpoint_dir).exists():
         raise FileExistsError(
             f"{teacher_checkpoint.path(run.checkpoint_dir)} exists: pass --resume to continue that run, "
@@ -281,7 +287,7 @@ def train(
         )
     steps_per_epoch = math.ceil(len(sentences) / cfg.batch_size)
     total_steps = cfg.epochs * steps_per_epoch
-    optimizer, scheduler = _optimizer(model, cfg, total_steps)
+    optimizer, scheduler = optimizer_and_schedule(model, cfg, total_steps)
     lengths = token_lengths(tokenizer, sentences)
     order_rng = torch.Generator().manual_seed(cfg.seed)
     recipe = asdict(cfg)
@@ -357,7 +363,7 @@ def fine_tune(
     Evaluation runs on the float16-rounded weights, i.e. on exactly what
     :func:`load_teacher` will return, so the reported accuracy is the saved
     model's. Writes ``<out>/metrics.json`` and returns the same dict, then
-    deletes the checkpoint (it is only needed until the model is saved).
+    deletes the checkpoint file (it is only needed until the model is saved).
     A run that stopped early (``finished`` false) saves nothing but its
     checkpoint and returns :func:`train`'s result.
     """
@@ -399,8 +405,8 @@ def fine_tune(
         "config": asdict(cfg),
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    if run.checkpoint_dir is not None:
-        shutil.rmtree(run.checkpoint_dir, ignore_errors=True)
+    if run.checkpoint_dir is not None:  # the file only: the directory may hold the user's other files
+        teacher_checkpoint.path(run.checkpoint_dir).unlink(missing_ok=True)
     return metrics
 
 
@@ -480,6 +486,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         by_base = ", ".join(f"{b} {r[key]}" for b, r in BASE_RECIPES.items() if key in r)
         p.add_argument(flag, type=kind, default=None,
                        help=f"{what} (default {getattr(d, key)}{'; ' + by_base if by_base else ''})")
+    p.add_argument("--fused-adam", action=argparse.BooleanOptionalAction, default=None,
+                   help="fused AdamW kernel (default off; mpnet on): faster, rounds differently")
     p.add_argument(
         "--threads",
         type=_positive_int,

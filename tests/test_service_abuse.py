@@ -232,7 +232,7 @@ def test_the_refresh_mask_is_as_wide_as_the_last_level_allows(toy_server):
     activations here are below 2, so the decrypted slots spread over about
     [-R, R] and no wider.
     """
-    from he_inhibitor.service import sealio
+    from he_inhibitor.ckks import sealio
     from he_inhibitor.service.protocol import unpack_frames
 
     _, app, server = toy_server

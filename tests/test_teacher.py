@@ -113,12 +113,13 @@ def test_length_batches_cover_every_row_once_with_little_padding() -> None:
     assert plain == [b.tolist() for b in torch.randperm(101, generator=torch.Generator().manual_seed(0)).split(8)]
 
 
-def test_resume_gives_the_same_weights_as_an_uninterrupted_run(subset_dir: Path, tmp_path: Path,
-                                                               one_thread: None) -> None:
+@pytest.mark.parametrize("fused_adam", [False, True])
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(subset_dir: Path, tmp_path: Path, one_thread: None,
+                                                               fused_adam: bool) -> None:
     """8 steps straight vs. SIGTERM after step 3, a resume that stops at the epoch boundary (step 4), a resume to the end."""
     x, y = load_sst2_tsv(subset_dir / "train.tsv")
     x, y = x[:TRAIN_ROWS], y[:TRAIN_ROWS]
-    cfg = TeacherConfig(epochs=2, batch_size=16, lr=2e-4, max_length=24, sort_chunk=2, threads=1)
+    cfg = TeacherConfig(epochs=2, batch_size=16, lr=2e-4, max_length=24, sort_chunk=2, threads=1, fused_adam=fused_adam)
     ckpt = tmp_path / "ckpt"
 
     def fresh():
@@ -190,3 +191,21 @@ def test_cached_logits_equal_live_ones(subset_dir: Path, tmp_path: Path, one_thr
     with pytest.raises(KeyError, match="1 of 2 texts have no cached logits"):
         again.get([texts[0], "a sentence nobody cached"])
     assert LogitCache(tmp_path / "cache", teacher_dir, max_length=32).dir != cache.dir  # another key, not mixed
+
+
+def test_command_stops_and_resumes(subset_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                   one_thread: None) -> None:
+    ckpt = tmp_path / "run"  # the checkpoint directory may hold other files: only the checkpoint goes
+    ckpt.mkdir()
+    (ckpt / "train.log").write_text("log\n")
+    args = ["teacher", "--data-dir", str(subset_dir), "--out", str(tmp_path / "model"), "--limit", "16",
+            "--batch-size", "8", "--max-length", "16", "--threads", "1", "--checkpoint-dir", str(ckpt)]
+    assert main([*args, "--stop-after", "1"]) == 0
+    assert "stopped at step 1/2" in capsys.readouterr().out and (ckpt / "state.pt").is_file()
+    assert not (tmp_path / "model").exists()
+    with pytest.raises(ValueError, match="need --checkpoint-dir"):
+        main([*args[:-2], "--resume"])
+    assert main([*args, "--resume"]) == 0
+    assert "dev accuracy:" in capsys.readouterr().out
+    assert json.loads((tmp_path / "model" / "metrics.json").read_text())["step"] == 2
+    assert sorted(p.name for p in ckpt.iterdir()) == ["train.log"]

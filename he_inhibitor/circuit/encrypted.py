@@ -5,7 +5,7 @@ of the ckks evaluator's primitives (no SEAL call here); `SealBackend` binds
 it to one request for the one traversal (interpret.py). `run` walks the
 circuit with both parties in one process; the server's walk, with public
 keys only and each refresh a round trip to the client, is
-service/evaluate.py over the same backend.
+evaluation.py over the same backend.
 
 Level bookkeeping follows the IR exactly: IR level l is SEAL chain index
 depth - l, and every ciphertext node's chain index is recorded so a test can
@@ -116,14 +116,16 @@ class EncryptedExecutor:
     """Keys for exactly the circuit's rotation steps; run() evaluates one sentence.
 
     cache keeps every weight plaintext encoded across requests (about 1 MB
-    each at N = 16384: ~2 GB for the two-layer student); without it they are
+    each at N = 16384: ~2 GB for the two-layer student), in `weights` when
+    given (one dict shared by executors of one circuit); without it they are
     encoded as they are used and freed. Given `public` (and no keys) the
     executor is the server's alone: op() works, run() and refreshes do not.
     """
 
     def __init__(self, compiled: Compiled, params: CkksParams, keys: ClientKeys | None = None,
                  mask_bound: float = 16.0, seed: int | None = None, cache: bool = True,
-                 public: PublicContext | None = None) -> None:
+                 public: PublicContext | None = None, weights: dict[tuple[int, int], Plaintext] | None = None
+                 ) -> None:
         if params.slots != compiled.circuit.n_slots:
             raise CircuitError(f"circuit built for {compiled.circuit.n_slots} slots, parameters give {params.slots}")
         self.compiled, self.params = compiled, params
@@ -136,7 +138,7 @@ class EncryptedExecutor:
         self.levels, self.degrees = levels_and_degrees(compiled.circuit)
         if self.levels.max() > params.depth:
             raise CircuitError(f"circuit reaches level {self.levels.max()} > chain of {params.depth}")
-        self._cache: dict[tuple[int, int], Plaintext] | None = {} if cache else None
+        self._cache: dict[tuple[int, int], Plaintext] | None = ({} if weights is None else weights) if cache else None
         self._masks: dict[int, tuple[bytes, dict[tuple[int, int], Plaintext]]] = {}  # see _MaskCached
         self._rng = np.random.default_rng(seed)
         self.mask_bound = mask_bound
@@ -210,7 +212,7 @@ class EncryptedExecutor:
     def evaluation(self, inputs: dict[str, Ciphertext], public: dict[str, np.ndarray], link: LaneLink | None = None,
                    before: Callable[[], None] | None = None) -> Traversal:
         """The server's walk, public keys only: yields a RefreshPoint per round trip for the caller to
-        answer (service/evaluate.py: over the network), returns the output ciphertexts."""
+        answer (evaluation.py: over the network), returns the output ciphertexts."""
         return interpret(self.circuit, SealBackend(self, public, before), inputs, link)
 
     @property

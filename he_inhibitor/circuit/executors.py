@@ -73,13 +73,14 @@ class SimulateExecutor:
 def make_executor(mode: Mode | str, compiled: Compiled, params: CkksParams | None = None,
                   costs: CostTable | None = None, *, strict: bool = True, keys: ClientKeys | None = None,
                   public: PublicContext | None = None, seed: int | None = None, cache: bool = True,
-                  prepare: bool = False, pool: RayLanes | None = None) -> Executor:
+                  weights: dict | None = None, prepare: bool = False, pool: RayLanes | None = None) -> Executor:
     """An executor of `compiled` in `mode`; SIMULATE and ENCRYPTED need the CKKS parameters.
 
     SIMULATE: `costs` (a cost table: predicted seconds) and `strict` (a polynomial input out of its
     interval raises). ENCRYPTED: `keys` (default: made for the circuit's rotations) or `public` alone
     (the server's), `seed` for the in-process refresh masks, `cache` (weight plaintexts kept across
-    requests) and `prepare` (encode them now), `pool` (lanes 1..K-1 on Ray, where the circuit has them).
+    requests; in `weights`, a dict shared by executors of one circuit, when given) and `prepare` (encode
+    them now), `pool` (lanes 1..K-1 on Ray, where the circuit has them).
     """
     mode = Mode(mode)
     if mode is Mode.PLAIN:
@@ -88,7 +89,7 @@ def make_executor(mode: Mode | str, compiled: Compiled, params: CkksParams | Non
         raise ValueError(f"the {mode.value} executor needs CKKS parameters")
     if mode is Mode.SIMULATE:
         return SimulateExecutor(compiled, params, costs, strict)
-    ex = EncryptedExecutor(compiled, params, keys, seed=seed, cache=cache, public=public)
+    ex = EncryptedExecutor(compiled, params, keys, seed=seed, cache=cache, public=public, weights=weights)
     if prepare:
         ex.prepare()
     if pool is not None and len(lanes_of(compiled.circuit)) > 1:

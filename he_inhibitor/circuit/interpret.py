@@ -24,7 +24,7 @@ How a walk goes, node by node in circuit order (the IR is topological):
   local values leave through it (`offer`).
 
 Why a generator: the server answers a refresh over HTTP, between two requests
-(service/evaluate.py relays the points), while the plain, simulated and
+(evaluation.py relays the points), while the plain, simulated and
 in-process encrypted executors answer it at once (`answered`); the walk is the
 same code either way.
 """
@@ -154,6 +154,8 @@ def interpret(circuit: Circuit, backend: Backend, inputs: Mapping[str, Any], lin
                         refreshed[cts] = yield RefreshPoint(cts, [values[j] for j in cts],
                                                             refresh_maps(circuit, members))
                     values[i] = refreshed[cts][map_name(circuit, node)][node.arg]
+                    if i == members[-1]:
+                        del refreshed[cts]  # the group's last node: its answer is held in values alone
                 elif op is OpKind.OUTPUT:
                     values[i] = outputs[node.name] = values[node.args[0]]
                 else:

@@ -25,7 +25,8 @@ consumes a segment's output.
   `timeout_s`, the sentence fails with a `LaneError` naming the lane: never a
   wrong answer and never a hang.
 
-Ray starts embedded (2 CPUs, no dashboard, a small object store, no usage
+Ray is optional (`he-inhibitor[ray]`): `import ray` stays inside the
+functions that use it. Ray starts embedded (2 CPUs, no dashboard, a small object store, no usage
 stats) unless an address is given (`ray start` cluster). Ray (2.60) cannot be
 held to loopback: it maps 127.0.0.1 to the node's address and its servers
 listen on every interface, behind its token authentication (on by default);
@@ -36,6 +37,7 @@ touches Ray.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import threading
 import time
@@ -47,8 +49,14 @@ from typing import Any
 
 import numpy as np
 
-from he_inhibitor.circuit.compile import Compiled
+from he_inhibitor.ckks import PublicContext, serial
+from he_inhibitor.ckks.context import level_of
+from he_inhibitor.ckks.keys import _pack
+from he_inhibitor.circuit.bundle import circuit_hash, load_bundle, load_weights, node_list
+from he_inhibitor.circuit.compile import Compiled, compile_student
+from he_inhibitor.circuit.encrypted import EncryptedExecutor
 from he_inhibitor.circuit.ir import Circuit, CircuitError, OpKind, check, depth, refresh_round_trips
+from he_inhibitor.circuit.params import Plan
 
 OBJECT_STORE_BYTES = 300 * 2**20  # embedded Ray: segments move a few MB per sentence
 DEFAULT_TIMEOUT_S = 900.0  # one segment's result; a sentence at N = 16384 takes tens of seconds in all
@@ -135,8 +143,6 @@ def strip(compiled: Compiled, segments: list[Segment]) -> Compiled:
 
 
 def circuit_id_of(compiled: Compiled) -> str:
-    from he_inhibitor.circuit.bundle import circuit_hash
-
     return circuit_hash(compiled.circuit)[:32]
 
 
@@ -146,9 +152,6 @@ def key_id_of(public_blob: bytes) -> str:
 
 def public_blob(public: Any) -> bytes:
     """A PublicContext's bytes; rebuilt from its SEAL objects when it kept none (the service drops them)."""
-    from he_inhibitor.ckks import serial
-    from he_inhibitor.ckks.keys import _pack
-
     if public.to_bytes():
         return public.to_bytes()
     p = public.params
@@ -164,9 +167,6 @@ def with_lanes(plan: Any, lanes: int, weights: Any) -> Any:
     `weights`: the StudentWeights it was compiled from (bundle.load_weights for a bundle).
     Lanes beyond the shift count are capped (attention.shift_lanes).
     """
-    from he_inhibitor.circuit.compile import compile_student
-    from he_inhibitor.circuit.params import Plan
-
     comp = plan.compiled
     if lanes < 1:
         raise ValueError("lanes must be at least 1")
@@ -184,8 +184,6 @@ def with_lanes(plan: Any, lanes: int, weights: Any) -> Any:
 
 def load_plan(bundle: str | Path, T: int, lanes: int, n: int | None = None) -> Any:
     """A bundle's circuit for bucket T and n tokens (its hash checked as bundled), recompiled for `lanes` lanes."""
-    from he_inhibitor.circuit.bundle import load_bundle, load_weights
-
     plan = load_bundle(bundle, T) if n is None else load_bundle(bundle, T, n)
     return with_lanes(plan, lanes, load_weights(bundle))
 
@@ -193,8 +191,6 @@ def load_plan(bundle: str | Path, T: int, lanes: int, n: int | None = None) -> A
 def ray_buckets(bundle: str | Path | None, circuits: dict[int, Any], params: Any, lanes: int,
                 address: str | None) -> tuple[dict[int, Any], RayLanes]:
     """`serve --ray`: the bundle's buckets (circuit.bundle.Bucket) with `lanes` lanes and a pool."""
-    from dataclasses import replace
-
     return {T: replace(b, lanes=lanes) for T, b in circuits.items()}, RayLanes(lanes - 1, address)
 
 
@@ -242,9 +238,6 @@ class LaneWorker:
     def _executor(self, circuit_id: str, circuit_box: list, key_id: str, keys_box: list) -> tuple:
         import ray
 
-        from he_inhibitor.ckks import PublicContext
-        from he_inhibitor.circuit.encrypted import EncryptedExecutor
-
         def load_circuit():
             self.circuit_loads[circuit_id] = self.circuit_loads.get(circuit_id, 0) + 1
             compiled, params = ray.get(circuit_box[0])
@@ -268,9 +261,6 @@ class LaneWorker:
             *values: bytes) -> tuple:
         """One segment, given its inputs then its links (serialized): its outputs (serialized), then
         (chain index of each node, CPU seconds, output bytes)."""
-        from he_inhibitor.ckks import serial
-        from he_inhibitor.ckks.context import level_of
-
         cpu = time.process_time()
         ex, segs = self._executor(circuit_id, circuit_box, key_id, keys_box)
         s = segs[seg]
@@ -430,10 +420,6 @@ class RayLanes:
 
 def _payload_bytes(compiled: Compiled) -> int:
     """Bytes a stripped circuit puts into the store: its constant arrays and its node list (as JSON)."""
-    import json
-
-    from he_inhibitor.circuit.bundle import node_list
-
     arrays = sum(np.asarray(c).nbytes for c in compiled.circuit.consts if not isinstance(c, str))
     return arrays + len(json.dumps(node_list(compiled.circuit)))
 
@@ -479,8 +465,6 @@ class RayLink:
             return
         import ray
 
-        from he_inhibitor.ckks import serial
-
         t = time.perf_counter()
         data = serial.to_bytes(ct)
         self._offered[node] = ray.put(data)
@@ -505,8 +489,6 @@ class RayLink:
             self._try(later)
 
     def receive(self, node: int) -> Any:
-        from he_inhibitor.ckks import serial
-
         if node not in self._outs:
             raise LaneError(f"node {node}: its segment was never submitted (inputs missing)")
         s = self.reg.segments[self.reg.owner[node]]

@@ -2,7 +2,7 @@
 
 Lanes (ray_lanes.py) cut one sentence's latency; this module spreads many
 sentences over a cluster's cores. A `SentenceWorker` runs the server's own
-evaluation loop (`service.evaluate.CircuitEvaluator`: public keys only, each
+evaluation loop (`evaluation.CircuitEvaluator`: public keys only, each
 client-aided refresh a round trip) for any number of jobs, each paused at its
 refresh until the caller sends the client's re-encryption back. The caller
 plays the client side (or relays to it): `RaySentences.evaluation(...)` is a
@@ -22,6 +22,8 @@ predict and bench.
   and the inputs, then runs the whole sentence again on another attempt (up to
   `retries`): a retried sentence starts from its encrypted inputs with fresh
   masks, so a retry is never a mix of two runs. Every wait is bounded by `timeout_s`.
+
+Ray is optional (`he-inhibitor[ray]`): `import ray` stays inside the functions that use it.
 """
 
 from __future__ import annotations
@@ -37,7 +39,10 @@ from typing import Any
 
 import numpy as np
 
+from he_inhibitor.ckks import PublicContext, serial
 from he_inhibitor.circuit.compile import Compiled
+from he_inhibitor.circuit.encrypted import EncryptedResult
+from he_inhibitor.circuit.evaluation import CircuitEvaluator, Refresh
 from he_inhibitor.circuit.ray_lanes import (
     DEFAULT_TIMEOUT_S, LaneError, LaneWorker, PoolExecutor, circuit_id_of, key_id_of, public_blob, start_ray,
 )
@@ -67,9 +72,6 @@ class SentenceWorker:
     def _evaluator(self, circuit_id: str, circuit_box: list, key_id: str, keys_box: list) -> Any:
         import ray
 
-        from he_inhibitor.ckks import PublicContext
-        from he_inhibitor.service.evaluate import CircuitEvaluator
-
         def load_circuit():
             self.circuit_loads[circuit_id] = self.circuit_loads.get(circuit_id, 0) + 1
             return ray.get(circuit_box[0])
@@ -82,18 +84,9 @@ class SentenceWorker:
         public = LaneWorker._lru(self.keys, key_id, load_keys, self.max_keys)
 
         def make():
-            ev = CircuitEvaluator(compiled, params, public)
-            if self.cache_weights:  # the evaluator holds this one circuit: its executors may share the cache
-                shared = self.weights.setdefault(circuit_id, {})
-                make_executor = ev._executor
-
-                def cached(comp: Compiled) -> Any:
-                    ex = make_executor(comp)
-                    ex._cache = shared
-                    return ex
-
-                ev._executor = cached
-            return ev
+            # the evaluator holds this one circuit: with cache_weights its executors share the circuit's cache
+            return CircuitEvaluator(compiled, params, public,
+                                    weights=self.weights.setdefault(circuit_id, {}) if self.cache_weights else None)
 
         for cid in [c for c in self.weights if c not in self.circuits]:
             del self.weights[cid]
@@ -101,8 +94,6 @@ class SentenceWorker:
 
     def start(self, job: str, circuit_id: str, circuit_box: list, key_id: str, keys_box: list, n_tokens: int,
               *inputs: bytes) -> tuple[str, Any]:
-        from he_inhibitor.ckks import serial
-
         ev = self._evaluator(circuit_id, circuit_box, key_id, keys_box)
         cts = [serial.ciphertext_from_bytes(b, ev.public.context) for b in inputs]
         while len(self.jobs) >= self.max_jobs:  # the oldest paused job gives way
@@ -113,16 +104,12 @@ class SentenceWorker:
         return self._step(job, None)
 
     def resume(self, job: str, fresh: list[bytes]) -> tuple[str, Any]:
-        from he_inhibitor.ckks import serial
-
         if job not in self.jobs:
             raise JobLost(f"job {job} is not held by this worker (pid {os.getpid()})")
         ev, _ = self.jobs[job]
         return self._step(job, [serial.ciphertext_from_bytes(b, ev.public.context) for b in fresh])
 
     def _step(self, job: str, fresh: Any) -> tuple[str, Any]:
-        from he_inhibitor.ckks import serial
-
         ev, gen = self.jobs[job]
         try:
             masked = gen.send(fresh)
@@ -237,9 +224,6 @@ class RaySentences:
                    context: Any) -> Generator[Any, Any, dict[str, Any]]:
         """The service's evaluation protocol, run on an actor: yields masked ciphertexts, receives fresh
         ones, returns {output name: ciphertext} (mod-switched to the last level)."""
-        from he_inhibitor.ckks import serial
-        from he_inhibitor.service.evaluate import Refresh
-
         with self._lock:
             k = min(range(len(self.actors)), key=lambda i: (self.in_flight[i], (next(self._rr) + i) % len(self.actors)))
             self.in_flight[k] += 1
@@ -305,8 +289,6 @@ class RaySentenceExecutor(PoolExecutor):
         self.on_refresh = None  # test hook: (attempt, refreshes so far) after each client refresh
 
     def run(self, x0: np.ndarray, m: np.ndarray) -> Any:
-        from he_inhibitor.circuit.encrypted import EncryptedResult
-
         ex, keys, comp = self.ex, self.ex.keys, self.ex.compiled
         depth = ex.params.depth
         cpu, client = time.process_time(), 0.0

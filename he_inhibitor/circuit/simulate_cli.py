@@ -19,7 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
-from he_inhibitor.circuit.bundle import SHIPPED_BUNDLE
+from he_inhibitor.circuit.bundle import SHIPPED_BUNDLE, load_bundle
+from he_inhibitor.circuit.client_bundle import ClientBundle
+from he_inhibitor.circuit.executors import Mode, make_executor
+from he_inhibitor.data import load_sst2_tsv
+from he_inhibitor.vocab import SentenceTooLongError
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -53,12 +57,6 @@ class Worst:
 
 def check(bundle: Path, sentences: list[str], labels: list[int]) -> dict:
     """Simulate every sentence; per-polynomial worst ranges, noise bounds, label agreement."""
-    from he_inhibitor.circuit.bundle import load_bundle
-    from he_inhibitor.circuit.client_bundle import ClientBundle
-    from he_inhibitor.circuit.noise import NoiseModel
-    from he_inhibitor.circuit.simulate import simulate
-    from he_inhibitor.vocab import SentenceTooLongError
-
     client = ClientBundle.load(bundle)
     worst: dict[str, Worst] = {}
     bounds, correct, skipped = [], 0, []
@@ -69,8 +67,7 @@ def check(bundle: Path, sentences: list[str], labels: list[int]) -> dict:
             skipped.append(idx)
             continue
         plan = load_bundle(bundle, prep.T, prep.n_tokens)  # the circuit of this length's plan (cached)
-        sim = simulate(plan.compiled, NoiseModel.of(plan.params), prep.x0, prep.m, chain=plan.params.depth,
-                       strict=False)
+        sim = make_executor(Mode.SIMULATE, plan.compiled, plan.params, strict=False).run(prep.x0, prep.m)
         for r in sim.ranges:
             worst.setdefault(f"{r.stage} {r.name}", Worst()).update(r.ratio, r.garbage_ratio, idx)
         bounds.append(sim.noise_bound)
@@ -82,8 +79,6 @@ def check(bundle: Path, sentences: list[str], labels: list[int]) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from he_inhibitor.data import load_sst2_tsv
-
     sentences, labels = load_sst2_tsv(args.data)
     if args.limit is not None:
         sentences, labels = sentences[:args.limit], labels[:args.limit]

@@ -11,10 +11,11 @@ Public API:
                            plain_scale, add_encoded, sub_encoded, multiply_encoded, multiply,
                            rescale; to_last (a reply's level)
     Ciphertext, Plaintext, SEALContext: the SEAL types
-    serial: to_bytes, load, ciphertext_from_bytes, compression
+    serial: to_bytes, load, ciphertext_from_bytes, compression (through temporary files)
+    sealio: to_bytes, load, ciphertext, secret_key, relin_keys, galois_keys (through Linux memory files: the service)
 """
 
-from . import serial
+from . import sealio, serial
 from .context import Ciphertext, Plaintext, SEALContext, galois_elements, level_of, level_scales, make_context, parms_id_at
 from .evaluator import CkksEvaluator
 from .keys import ClientKeys, PublicContext, SecretKey, keygen
@@ -22,5 +23,5 @@ from .params import MAX_BITS_128, CkksParams, InsecureParametersError, check_sec
 
 __all__ = [
     "MAX_BITS_128", "Ciphertext", "CkksEvaluator", "CkksParams", "ClientKeys", "InsecureParametersError", "Plaintext", "PublicContext", "SEALContext",
-    "SecretKey", "check_security", "galois_elements", "keygen", "level_of", "level_scales", "make_context", "parms_id_at", "serial",
+    "SecretKey", "check_security", "galois_elements", "keygen", "level_of", "level_scales", "make_context", "parms_id_at", "sealio", "serial",
 ]

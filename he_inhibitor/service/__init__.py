@@ -4,8 +4,7 @@ Modules, one job each:
     protocol   wire format: framing, headers, limits, the signature (every token bucket)
     body       request bodies read as they arrive, under a cap and timeouts
     validate   typed checks of what a client sends (contexts from their first bytes, ciphertexts)
-    sealio     SEAL objects <-> bytes through anonymous memory files (no temp files)
-    evaluate   the compiled circuit on ciphertexts with a PublicContext, refresh round trips as a generator
+    signature  a bucket's client-facing signature (the evaluation itself: circuit/evaluation.py)
     cancel     stopping an evaluation between two operations when its client has gone
     registry   the memory budget, key sets, evaluations in progress, rate limits
     auth       optional bearer tokens with per-token quotas

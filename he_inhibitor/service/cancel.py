@@ -2,8 +2,8 @@
 
 An evaluation runs in a pool thread for seconds to minutes; when its client
 disconnects, the work is worth nothing. The server runs each evaluation step
-inside `scope(event)`; `CircuitEvaluator.run` calls `checkpoint()` before
-every operation, which raises `Cancelled` once the event is set, so the
+inside `scope(event)`; its `CircuitEvaluator`s (circuit/evaluation.py) call
+`checkpoint()` before every operation, which raises `Cancelled` once the event is set, so the
 thread is free again within one SEAL operation and the evaluation is closed.
 """
 

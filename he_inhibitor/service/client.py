@@ -33,8 +33,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from he_inhibitor.ckks import CkksParams, ClientKeys, SecretKey, keygen, make_context
-from he_inhibitor.service import sealio
+from he_inhibitor.ckks import CkksParams, ClientKeys, SecretKey, keygen, make_context, sealio
 from he_inhibitor.service.embed import Embedder
 from he_inhibitor.service.protocol import (
     CONTENT_TYPE, H_JOB, H_KEY_ID, H_MAP, H_OUTPUTS, H_SERVER_SECONDS, H_STATUS, H_TOKENS, KEY_FILE_MAGIC,

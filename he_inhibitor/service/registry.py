@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from he_inhibitor.ckks import PublicContext
-from he_inhibitor.service.evaluate import CircuitEvaluator, Evaluation
+from he_inhibitor.circuit.evaluation import CircuitEvaluator, Evaluation
 from he_inhibitor.service.protocol import Signature
 from he_inhibitor.service.validate import Busy, RequestError, UnknownJob, UnknownKey
 

@@ -45,12 +45,13 @@ from he_inhibitor.ckks import Ciphertext, CkksParams, make_context
 from he_inhibitor.ckks.context import level_scales
 from he_inhibitor.circuit.bundle import Bucket
 from he_inhibitor.circuit.compile import Compiled
+from he_inhibitor.circuit.evaluation import CircuitEvaluator
 from he_inhibitor.circuit.ir import Circuit, OpKind
 from he_inhibitor.circuit.interpret import last_uses
 from he_inhibitor.service.auth import Principal, Tokens
 from he_inhibitor.service.body import BodyReader
-from he_inhibitor.service.cancel import Cancelled, scope
-from he_inhibitor.service.evaluate import CircuitEvaluator, signature_of
+from he_inhibitor.service.cancel import Cancelled, checkpoint, scope
+from he_inhibitor.service.signature import signature_of
 from he_inhibitor.service.protocol import (
     CONTENT_TYPE, H_JOB, H_KEY_ID, H_MAP, H_OUTPUTS, H_SERVER_SECONDS, H_STATUS, H_TOKENS, STATUS_DONE, STATUS_REFRESH, Limits,
     ServiceSignature, ciphertext_bytes, key_switch_bytes, key_switch_wire_bound, pack_frames,
@@ -399,7 +400,7 @@ def create_app(circuits: Compiled | Bucket | Mapping[int, Compiled | Bucket], pa
 
     def load_key_set(parts: ContextParts, charge: Reservation, principal: Principal | None) -> KeySet:
         public = load_context(parts, sig, context)
-        evaluators = {T: CircuitEvaluator(c, params, public, lanes) for T, c in by_T.items()}
+        evaluators = {T: CircuitEvaluator(c, params, public, lanes, before=checkpoint) for T, c in by_T.items()}
         return KeySet(parts.key_id, public, evaluators, charge, None if principal is None else principal.name,
                       RateLimit(limits.evaluations_per_minute))
 

@@ -23,9 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
-from he_inhibitor.ckks import Ciphertext, PublicContext, SEALContext
+from he_inhibitor.ckks import Ciphertext, PublicContext, SEALContext, sealio
 from he_inhibitor.ckks.context import galois_elements, level_of
-from he_inhibitor.service import sealio
 from he_inhibitor.service.protocol import (
     CONTEXT_MAGIC, KEY_FILE_MAGIC, SEAL_HEADER_BYTES, ServiceSignature, key_id_of, key_switch_wire_bound,
     seal_declared_size,

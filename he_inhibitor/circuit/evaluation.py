@@ -1,27 +1,28 @@
 """The server's half of an encrypted evaluation: a compiled circuit, a PublicContext, no secret key.
 
 `CircuitEvaluator.run` walks the circuit with the one traversal
-(circuit/interpret.py) on the SEAL backend (`circuit.encrypted.SealBackend`:
-the same per-op semantics and weight encoding as the in-process executor, so
-server and in-process results are the same computation), with public keys
-only. Each refresh round trip the walk reaches is relayed to the client: the
-generator yields a `Refresh` (masked ciphertexts and the public maps the
-client applies to them, arrange.py), receives the client's fresh encryptions
-of the maps' outputs, unmasks them and resumes the walk; it returns the
-output ciphertexts. A bucket's sentences run the circuit of their length's
-attention plan (circuit/bundle.Bucket). A cancelled request stops before its
-next node (service/cancel.py).
+(interpret.py) on the SEAL backend (`encrypted.SealBackend`: the same per-op
+semantics and weight encoding as the in-process executor, so server and
+in-process results are the same computation), with public keys only. Each
+refresh round trip the walk reaches is relayed to the client: the generator
+yields a `Refresh` (masked ciphertexts and the public maps the client
+applies to them, arrange.py), receives the client's fresh encryptions of
+the maps' outputs, unmasks them and resumes the walk; it returns the output
+ciphertexts. A bucket's sentences run the circuit of their length's
+attention plan (bundle.Bucket). `before` runs ahead of every node: the
+server stops a cancelled request there (service/cancel.py). The HTTP server
+(service/server.py) and the Ray sentence workers (ray_sentences.py) run it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from he_inhibitor.ckks import Ciphertext, CkksEvaluator, CkksParams, PublicContext
+from he_inhibitor.ckks import Ciphertext, CkksEvaluator, CkksParams, PublicContext, sealio
 from he_inhibitor.circuit.arrange import ShiftPlan
 from he_inhibitor.circuit.bundle import Bucket
 from he_inhibitor.circuit.compile import Compiled
@@ -30,9 +31,6 @@ from he_inhibitor.circuit.executors import Mode, make_executor
 from he_inhibitor.circuit.interpret import Answer, RefreshPoint, relayed
 from he_inhibitor.circuit.plain import resolve
 from he_inhibitor.circuit.ray_lanes import public_blob
-from he_inhibitor.service import sealio
-from he_inhibitor.service.cancel import checkpoint
-from he_inhibitor.service.protocol import Signature
 
 
 @dataclass(frozen=True)
@@ -49,37 +47,19 @@ class Refresh:
 Evaluation = Generator[Refresh, list[Ciphertext], dict[str, Ciphertext]]
 
 
-def signature_of(bucket: Bucket | Compiled, params: CkksParams, labels: tuple[str, ...]) -> Signature:
-    """A bucket's client-facing description: parameters, the layout of x, the plan of every length."""
-    if isinstance(bucket, Compiled):
-        bucket = Bucket.of(bucket, params)
-    compiled = bucket.plan_for(max(bucket.plans)).compiled
-    circuit = compiled.circuit
-    n_labels = compiled.pool_w.shape[1]
-    if len(labels) != n_labels:
-        raise ValueError(f"{len(labels)} label names for a circuit with {n_labels} logits")
-    logit_slots = tuple(int(s) for s in compiled.read_logits(np.arange(circuit.n_slots, dtype=np.float64)))
-    return Signature(
-        poly_modulus_degree=params.poly_modulus_degree, coeff_bits=tuple(params.coeff_bits),
-        scale_bits=params.scale_bits, T=compiled.T, n_slots=circuit.n_slots,
-        block_of=tuple(compiled.layout.block_of), outputs=tuple(circuit.outputs),
-        input_level=params.depth, rotation_steps=tuple(bucket.rotation_steps),
-        logit_slots=logit_slots, labels=tuple(labels), depth=bucket.plan_for(max(bucket.plans)).depth,
-        refreshes=max(bucket.trips.values()), n_heads=compiled.n_heads, plans=bucket.plans_json(),
-        round_trips=bucket.trips_json(),
-    )
-
-
 class CircuitEvaluator:
     """One client's evaluation keys bound to a bucket's circuits (one per attention plan, made when a
     sentence first needs it).
 
-    Weight plaintexts are encoded per request (cache=False): the executor's
-    cache lives per instance, i.e. per registered key, and would multiply the
-    server's memory by the registry size.
+    Weight plaintexts are encoded per request: a cache per evaluator, i.e.
+    per registered key, would multiply the server's memory by the registry
+    size. Given `weights`, a cache shared by every evaluator of the circuit
+    (the Ray sentence worker keeps one per circuit), they are kept there.
     """
 
-    def __init__(self, bucket: Bucket | Compiled, params: CkksParams, public: PublicContext, lanes: Any = None) -> None:
+    def __init__(self, bucket: Bucket | Compiled, params: CkksParams, public: PublicContext, lanes: Any = None,
+                 before: Callable[[], None] | None = None, weights: dict | None = None) -> None:
+        self.before, self._weights = before, weights
         self.bucket = Bucket.of(bucket, params) if isinstance(bucket, Compiled) else bucket
         self.params = params
         self.public = public
@@ -100,7 +80,7 @@ class CircuitEvaluator:
     def _executor(self, compiled: Compiled) -> EncryptedExecutor:
         if compiled.plan not in self._executors:
             self._executors[compiled.plan] = make_executor(Mode.ENCRYPTED, compiled, self.params, public=self.public,
-                                                           cache=False)
+                                                           cache=self._weights is not None, weights=self._weights)
         return self._executors[compiled.plan]
 
     def run(self, inputs: list[Ciphertext], n_tokens: int) -> Evaluation:
@@ -116,7 +96,7 @@ class CircuitEvaluator:
         link = None if self._lanes is None else self._lanes.link(
             self._lanes.register(comp, self.params), self._lane_key, m, self.public.context, self._lane_blob)
         walk = self._executor(comp).evaluation(dict(zip(comp.input_names(), inputs, strict=True)), public, link,
-                                               before=checkpoint)
+                                               before=self.before)
         return (yield from relayed(walk, lambda point: self._refresh(point, public)))
 
     def reply_bytes(self, ct: Ciphertext) -> bytes:
