@@ -44,10 +44,13 @@ def _edges(text: str) -> list[int]:
     return edges
 
 
+TEACHER_TYPES = ("bert", "mpnet")  # the bases `he-inhibitor teacher` fine-tunes (teacher_base.py)
+
+
 def is_teacher(model_dir: Path) -> bool:
-    """A ``he-inhibitor teacher`` output (a BERT classifier), not a student."""
+    """A ``he-inhibitor teacher`` output (a BERT or MPNet classifier), not a student."""
     try:
-        return json.loads((model_dir / "config.json").read_text()).get("model_type") == "bert"
+        return json.loads((model_dir / "config.json").read_text()).get("model_type") in TEACHER_TYPES
     except (OSError, json.JSONDecodeError, AttributeError):
         return False
 

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from he_inhibitor.cli import main
-from he_inhibitor.evaluate import by_length
+from he_inhibitor.evaluate import by_length, is_teacher
 from he_inhibitor.model.student import load_student, save_student
 from he_inhibitor.model.toy import toy_student
 
@@ -80,3 +80,11 @@ def test_eval_the_teacher_for_reference(tmp_path, capsys):
     assert out == {"accuracy": 1.0, "n": 2, "form": "teacher", "truncated": 0}  # none longer than its positions
     with pytest.raises(SystemExit, match="needs a student"):
         main(["eval", "--model", str(TEACHER), "--data", str(data), "--ranges"])
+
+
+@pytest.mark.parametrize("model_type, teacher", [("bert", True), ("mpnet", True), ("inhibitor", False), (None, False)])
+def test_a_teacher_is_told_from_a_student_by_its_config(tmp_path, model_type, teacher):
+    """Both teacher bases (MiniLM's BERT, MPNet) are evaluated as teachers; anything else is read as a student."""
+    (tmp_path / "config.json").write_text(json.dumps({} if model_type is None else {"model_type": model_type}))
+    assert is_teacher(tmp_path) is teacher
+    assert is_teacher(tmp_path / "missing") is False
