@@ -32,8 +32,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="token buckets (default: a bundle's own; 32 64 for a student directory)")
     p.add_argument("--n", type=int, default=16384, help="ring degree when compiling a student directory")
     p.add_argument("--scale-bits", type=int, default=30, help="scale when compiling a student directory")
-    p.add_argument("--lanes", type=int, default=1,
-                   help="lanes per encrypted evaluation: the attention shifts split K ways, lanes 1..K-1 on Ray "
+    p.add_argument("--lanes", type=int, default=None,
+                   help="lanes per encrypted evaluation (default 2 where ray is installed, else 1): the work split "
+                        "K ways (design §3.4), lanes 1..K-1 on Ray "
                         "actors (a bundle is recompiled for K > 2)")
     p.add_argument("--ray", default=None, metavar="ADDRESS",
                    help="run the lanes on the Ray cluster at ADDRESS (default: Ray embedded, 2 CPUs)")
@@ -53,12 +54,16 @@ def run(args: argparse.Namespace) -> int:
     from he_inhibitor.bench.target import load_target
     from he_inhibitor.circuit.costs import measure
     from he_inhibitor.circuit.params import Precision
+    from he_inhibitor.circuit.ray_lanes import default_lanes
     from he_inhibitor.data import default_data_dir, load_sst2, load_sst2_tsv
     from he_inhibitor.service.artifacts import SHIPPED_CIRCUIT
     from he_inhibitor.service.console import Progress
 
     if args.encrypted_sentences is not None and args.encrypted_sentences < 1:
         raise SystemExit("error: --encrypted-sentences must be at least 1")
+    if args.lanes is not None and args.lanes < 1:
+        raise SystemExit("error: --lanes must be at least 1")
+    args.lanes = args.lanes or default_lanes()
     progress = Progress()
     try:
         sentences, labels = load_sst2_tsv(args.data) if args.data else load_sst2(default_data_dir(), "dev")

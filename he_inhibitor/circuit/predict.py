@@ -30,7 +30,7 @@ from he_inhibitor.circuit.client_bundle import ClientBundle
 from he_inhibitor.circuit.costs import CostTable
 from he_inhibitor.circuit.encrypted import measured_depth
 from he_inhibitor.circuit.executors import Mode, make_executor
-from he_inhibitor.circuit.ray_lanes import RayLaneExecutor, RayLanes, lanes_of, with_lanes
+from he_inhibitor.circuit.ray_lanes import RayLaneExecutor, RayLanes, default_lanes, lanes_of, with_lanes
 from he_inhibitor.data import load_sst2_tsv
 from he_inhibitor.vocab import SentenceTooLongError
 
@@ -225,7 +225,7 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit("predict takes either TEXT or --data FILE.tsv")
     lanes = args.lanes
     if lanes is None:
-        lanes = 2 if importlib.util.find_spec("ray") is not None else 1
+        lanes = default_lanes()
     elif lanes > 1 and importlib_missing("ray"):
         raise SystemExit("--lanes K > 1 runs lanes on Ray: pip install 'he-inhibitor[ray]'")
     with Predictor(args.circuit, args.mode, lanes, args.ray) as p:

@@ -37,6 +37,7 @@ touches Ray.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 import threading
@@ -162,16 +163,16 @@ def public_blob(public: Any) -> bytes:
 
 
 def with_lanes(plan: Any, lanes: int, weights: Any) -> Any:
-    """The plan recompiled with its attention shifts on `lanes` lanes, on the same chain.
+    """The plan recompiled for `lanes` lanes (compile.compile_student), on the same chain.
 
     `weights`: the StudentWeights it was compiled from (bundle.load_weights for a bundle).
-    Lanes beyond the shift count are capped (attention.shift_lanes).
+    A plan that already runs on `lanes` lanes is returned as it is.
     """
     comp = plan.compiled
     if lanes < 1:
         raise ValueError("lanes must be at least 1")
     shifts = getattr(comp, "plan", None)  # the n-dependent shift plan, where the compiler has one
-    if len(lanes_of(comp.circuit)) == min(lanes, comp.T if shifts is None else shifts.m):
+    if len(lanes_of(comp.circuit)) == lanes:
         return plan
     new = compile_student(weights, comp.T, plan.params.slots, max_level=comp.max_level, lanes=lanes,
                           main_shifts=comp.main_shifts if lanes == 2 else None,
@@ -589,3 +590,9 @@ class RayLaneExecutor(PoolExecutor):
     @property
     def transfer_seconds(self) -> float:
         return self.last.get("transfer_seconds", 0.0)
+
+
+def default_lanes() -> int:
+    """Lanes an evaluation uses unless told: 2 (one Ray actor beside the caller, for 2 cores) where Ray is
+    installed, else 1."""
+    return 2 if importlib.util.find_spec("ray") is not None else 1
