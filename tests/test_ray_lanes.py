@@ -208,7 +208,10 @@ def test_lane_flags_parse():
 
     a = parse("predict", "--lanes", "4", "--ray", "127.0.0.1:6379", "x")
     assert (a.lanes, a.ray) == (4, "127.0.0.1:6379")
-    assert parse("predict", "x").lanes is None and parse("bench").lanes == 1  # predict: 2 where ray is installed
+    assert parse("predict", "x").lanes is None and parse("bench").lanes is None  # default_lanes(): 2 with ray
+    from he_inhibitor.circuit.ray_lanes import default_lanes
+
+    assert default_lanes() == 2  # ray is installed where this module runs
     s = parse("serve", "--ray", "local")
     assert (s.ray, s.lanes) == ("local", 1) and parse("serve").ray is None  # no flags: no Ray at all
     assert parse("bench-lanes", "--predict-only", "--predict", "1", "2").predict == [1, 2]
