@@ -5,14 +5,13 @@ import json
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
 
-from he_inhibitor.circuit.bundle import buckets_of, circuit_hash, load_bundle, save_bundle  # noqa: E402
-from he_inhibitor.circuit.compile import compile_student  # noqa: E402
-from he_inhibitor.circuit.executors import make_executor  # noqa: E402
-from he_inhibitor.circuit.params import Precision  # noqa: E402
-from he_inhibitor.circuit.weights import from_torch  # noqa: E402
-from test_circuit_compile import T, random_student, sentence  # noqa: E402
+from he_inhibitor.circuit.bundle import buckets_of, circuit_hash, load_bundle, save_bundle
+from he_inhibitor.circuit.compile import compile_student
+from he_inhibitor.circuit.executors import make_executor
+from he_inhibitor.circuit.params import Precision
+from he_inhibitor.circuit.weights import from_torch
+from test_circuit_compile import T, random_student, sentence
 
 
 def test_bundle_round_trip(tmp_path):

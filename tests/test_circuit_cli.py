@@ -10,15 +10,15 @@ import sys
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
+import torch
 
-from he_inhibitor.circuit.bundle import load_bundle, load_weights, save_bundle  # noqa: E402
-from he_inhibitor.circuit.predict import predict  # noqa: E402
-from he_inhibitor.ckks import InsecureParametersError  # noqa: E402
-from he_inhibitor.cli import main  # noqa: E402
-from he_inhibitor.model.nonlinear import PolySpec  # noqa: E402
-from he_inhibitor.model.student import Student, StudentConfig, save_student  # noqa: E402
-from he_inhibitor.vocab import SPECIALS, make_tokenizer  # noqa: E402
+from he_inhibitor.circuit.bundle import load_bundle, load_weights, save_bundle
+from he_inhibitor.circuit.predict import predict
+from he_inhibitor.ckks import InsecureParametersError
+from he_inhibitor.cli import main
+from he_inhibitor.model.nonlinear import PolySpec
+from he_inhibitor.model.student import Student, StudentConfig, save_student
+from he_inhibitor.vocab import SPECIALS, make_tokenizer
 
 WORDS = "the movie was good bad great awful not very fun dull film a an and it".split()
 SHORT, LONG = "a great film", "the movie was not very good and it was a dull film"  # 5 and 14 tokens

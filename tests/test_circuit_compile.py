@@ -3,16 +3,16 @@
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
+import torch
 
-from he_inhibitor.circuit import plain  # noqa: E402
-from he_inhibitor.circuit.arrange import candidates, one_region  # noqa: E402
-from he_inhibitor.circuit.compile import compile_student  # noqa: E402
-from he_inhibitor.circuit.ir import CircuitError, OpKind, check, depth  # noqa: E402
-from he_inhibitor.circuit.layout import Layout  # noqa: E402
-from he_inhibitor.circuit.weights import from_torch  # noqa: E402
-from he_inhibitor.model.nonlinear import PolySpec  # noqa: E402
-from he_inhibitor.model.student import Student, StudentConfig  # noqa: E402
+from he_inhibitor.circuit import plain
+from he_inhibitor.circuit.arrange import candidates, one_region
+from he_inhibitor.circuit.compile import compile_student
+from he_inhibitor.circuit.ir import CircuitError, OpKind, check, depth
+from he_inhibitor.circuit.layout import Layout
+from he_inhibitor.circuit.weights import from_torch
+from he_inhibitor.model.nonlinear import PolySpec
+from he_inhibitor.model.student import Student, StudentConfig
 
 T, D, H, DFF = 8, 16, 4, 32
 

@@ -3,18 +3,18 @@
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
+import torch
 
-from he_inhibitor.circuit.arrange import candidates  # noqa: E402
-from he_inhibitor.circuit.encrypted import EncryptedExecutor, measured_depth  # noqa: E402
-from he_inhibitor.circuit.layout import Layout  # noqa: E402
-from he_inhibitor.circuit.ir import levels_and_degrees  # noqa: E402
-from he_inhibitor.circuit.noise import NoiseModel  # noqa: E402
-from he_inhibitor.circuit.params import Precision, plan_student  # noqa: E402
-from he_inhibitor.circuit.simulate import simulate  # noqa: E402
-from he_inhibitor.circuit.weights import from_torch  # noqa: E402
-from he_inhibitor.model.nonlinear import PolySpec  # noqa: E402
-from he_inhibitor.model.student import Student, StudentConfig  # noqa: E402
+from he_inhibitor.circuit.arrange import candidates
+from he_inhibitor.circuit.encrypted import EncryptedExecutor, measured_depth
+from he_inhibitor.circuit.layout import Layout
+from he_inhibitor.circuit.ir import levels_and_degrees
+from he_inhibitor.circuit.noise import NoiseModel
+from he_inhibitor.circuit.params import Precision, plan_student
+from he_inhibitor.circuit.simulate import simulate
+from he_inhibitor.circuit.weights import from_torch
+from he_inhibitor.model.nonlinear import PolySpec
+from he_inhibitor.model.student import Student, StudentConfig
 
 T = 8
 

@@ -3,18 +3,17 @@
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
 
-from he_inhibitor.circuit.arrange import one_region  # noqa: E402
-from he_inhibitor.circuit.attention import head_sum_steps  # noqa: E402
-from he_inhibitor.circuit.compile import compile_student  # noqa: E402
-from he_inhibitor.circuit.executors import make_executor  # noqa: E402
-from he_inhibitor.circuit.layout import Layout  # noqa: E402
-from he_inhibitor.circuit.linear import compile_group  # noqa: E402
-from he_inhibitor.circuit.params import Precision, plan_student  # noqa: E402
-from he_inhibitor.circuit.stats import stage_stats  # noqa: E402
-from he_inhibitor.circuit.weights import fold_layer, from_torch  # noqa: E402
-from test_circuit_compile import H, T, random_student, sentence  # noqa: E402
+from he_inhibitor.circuit.arrange import one_region
+from he_inhibitor.circuit.attention import head_sum_steps
+from he_inhibitor.circuit.compile import compile_student
+from he_inhibitor.circuit.executors import make_executor
+from he_inhibitor.circuit.layout import Layout
+from he_inhibitor.circuit.linear import compile_group
+from he_inhibitor.circuit.params import Precision, plan_student
+from he_inhibitor.circuit.stats import stage_stats
+from he_inhibitor.circuit.weights import fold_layer, from_torch
+from test_circuit_compile import H, T, random_student, sentence
 
 
 def test_plain_and_simulate_share_one_interface():

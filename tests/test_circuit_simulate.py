@@ -4,18 +4,18 @@ parameters from depth (never below 128-bit security), refresh counting."""
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
+import torch
 
-from he_inhibitor.circuit import plain  # noqa: E402
-from he_inhibitor.circuit.arrange import one_region  # noqa: E402
-from he_inhibitor.circuit.compile import compile_student  # noqa: E402
-from he_inhibitor.circuit.ir import OpKind, RangeError, check, depth  # noqa: E402
-from he_inhibitor.circuit.noise import NoiseModel  # noqa: E402
-from he_inhibitor.circuit.params import Precision, plan_student  # noqa: E402
-from he_inhibitor.circuit.simulate import simulate  # noqa: E402
-from he_inhibitor.circuit.weights import from_torch  # noqa: E402
-from he_inhibitor.ckks import CkksParams, InsecureParametersError  # noqa: E402
-from test_circuit_compile import T, random_student, sentence  # noqa: E402
+from he_inhibitor.circuit import plain
+from he_inhibitor.circuit.arrange import one_region
+from he_inhibitor.circuit.compile import compile_student
+from he_inhibitor.circuit.ir import OpKind, RangeError, check, depth
+from he_inhibitor.circuit.noise import NoiseModel
+from he_inhibitor.circuit.params import Precision, plan_student
+from he_inhibitor.circuit.simulate import simulate
+from he_inhibitor.circuit.weights import from_torch
+from he_inhibitor.ckks import CkksParams, InsecureParametersError
+from test_circuit_compile import T, random_student, sentence
 
 
 @pytest.fixture(scope="module")

@@ -3,11 +3,10 @@ puts one lane actor on each node, so ciphertexts, keys and circuit cross between
 
 import pytest
 
-pytest.importorskip("torch")
-ray = pytest.importorskip("ray")
-cluster_utils = pytest.importorskip("ray.cluster_utils")
+import ray
+from ray import cluster_utils
 
-from test_ray_lanes import cli_bundle  # noqa: E402,F401
+from test_ray_lanes import cli_bundle  # noqa: F401
 
 
 @pytest.mark.slow

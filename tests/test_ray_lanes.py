@@ -6,21 +6,21 @@ import signal
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-ray = pytest.importorskip("ray")
+import torch
+import ray
 
-from he_inhibitor.circuit.encrypted import EncryptedExecutor, measured_depth  # noqa: E402
-from he_inhibitor.circuit.ir import OpKind, levels_and_degrees  # noqa: E402
-from he_inhibitor.circuit.noise import NoiseModel  # noqa: E402
-from he_inhibitor.circuit.params import Precision, plan_student  # noqa: E402
-from he_inhibitor.circuit.executors import PlainExecutor  # noqa: E402
-from he_inhibitor.circuit.ray_lanes import (  # noqa: E402
+from he_inhibitor.circuit.encrypted import EncryptedExecutor, measured_depth
+from he_inhibitor.circuit.ir import OpKind, levels_and_degrees
+from he_inhibitor.circuit.noise import NoiseModel
+from he_inhibitor.circuit.params import Precision, plan_student
+from he_inhibitor.circuit.executors import PlainExecutor
+from he_inhibitor.circuit.ray_lanes import (
     LaneError, RayLaneExecutor, RayLanes, lanes_of, segments_of, start_ray, with_lanes,
 )
-from he_inhibitor.circuit.simulate import simulate  # noqa: E402
-from he_inhibitor.circuit.weights import from_torch  # noqa: E402
-from he_inhibitor.model.nonlinear import PolySpec  # noqa: E402
-from he_inhibitor.model.student import Student, StudentConfig  # noqa: E402
+from he_inhibitor.circuit.simulate import simulate
+from he_inhibitor.circuit.weights import from_torch
+from he_inhibitor.model.nonlinear import PolySpec
+from he_inhibitor.model.student import Student, StudentConfig
 
 T = 8
 LANES = 3  # two lane workers beside lane 0

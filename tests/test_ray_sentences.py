@@ -8,15 +8,14 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-ray = pytest.importorskip("ray")
+import ray
 
-from he_inhibitor.circuit.encrypted import EncryptedExecutor  # noqa: E402
-from he_inhibitor.circuit.noise import NoiseModel  # noqa: E402
-from he_inhibitor.circuit.ray_lanes import LaneError, start_ray  # noqa: E402
-from he_inhibitor.circuit.ray_sentences import RaySentenceExecutor, RaySentences  # noqa: E402
-from he_inhibitor.circuit.simulate import simulate  # noqa: E402
-from test_ray_lanes import T, sentence, student  # noqa: E402,F401
+from he_inhibitor.circuit.encrypted import EncryptedExecutor
+from he_inhibitor.circuit.noise import NoiseModel
+from he_inhibitor.circuit.ray_lanes import LaneError, start_ray
+from he_inhibitor.circuit.ray_sentences import RaySentenceExecutor, RaySentences
+from he_inhibitor.circuit.simulate import simulate
+from test_ray_lanes import T, sentence, student  # noqa: F401
 
 
 @pytest.fixture(scope="module")

@@ -9,18 +9,16 @@ are imported unchanged.
 
 import pytest
 
-pytest.importorskip("torch")
-ray = pytest.importorskip("ray")
 
-from test_service import (  # noqa: E402,F401  (fixtures and tests, collected again here)
+from test_service import (  # noqa: F401  (fixtures and tests, collected again here)
     T, student, test_health_signature_and_openapi, test_key_files_are_owner_only_and_reload,
     test_text_round_trip_matches_plain_and_nothing_secret_travels,
 )
 
-from he_inhibitor.circuit.ray_lanes import RayLanes, lanes_of  # noqa: E402
-from he_inhibitor.circuit.ray_sentences import RaySentences  # noqa: E402
-from he_inhibitor.service.local import LocalServer  # noqa: E402
-from he_inhibitor.service.server import create_app  # noqa: E402
+from he_inhibitor.circuit.ray_lanes import RayLanes, lanes_of
+from he_inhibitor.circuit.ray_sentences import RaySentences
+from he_inhibitor.service.local import LocalServer
+from he_inhibitor.service.server import create_app
 
 
 @pytest.fixture(scope="module", params=["lanes", "sentences"])

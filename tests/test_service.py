@@ -21,27 +21,27 @@ import time
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
+import torch
 
-import httpx  # noqa: E402
-import tenseal.sealapi as seal  # noqa: E402
-from safetensors.numpy import save_file  # noqa: E402
+import httpx
+import tenseal.sealapi as seal
+from safetensors.numpy import save_file
 
-from he_inhibitor.ckks import serial  # noqa: E402
-from he_inhibitor.circuit.bundle import save_bundle  # noqa: E402
-from he_inhibitor.circuit.executors import PlainExecutor  # noqa: E402
-from he_inhibitor.circuit.bundle import plan_bucket  # noqa: E402
-from he_inhibitor.circuit.params import Precision  # noqa: E402
-from he_inhibitor.circuit.weights import from_torch  # noqa: E402
-from he_inhibitor.model.nonlinear import PolySpec  # noqa: E402
-from he_inhibitor.model.student import Student, StudentConfig  # noqa: E402
-from he_inhibitor.service.client import Client  # noqa: E402
-from he_inhibitor.service.console import Progress  # noqa: E402
-from he_inhibitor.service.demo import run_demo  # noqa: E402
-from he_inhibitor.service.embed import Embedder  # noqa: E402
-from he_inhibitor.service.local import LocalServer  # noqa: E402
-from he_inhibitor.service.server import create_app  # noqa: E402
-from he_inhibitor.vocab import make_tokenizer  # noqa: E402
+from he_inhibitor.ckks import serial
+from he_inhibitor.circuit.bundle import save_bundle
+from he_inhibitor.circuit.executors import PlainExecutor
+from he_inhibitor.circuit.bundle import plan_bucket
+from he_inhibitor.circuit.params import Precision
+from he_inhibitor.circuit.weights import from_torch
+from he_inhibitor.model.nonlinear import PolySpec
+from he_inhibitor.model.student import Student, StudentConfig
+from he_inhibitor.service.client import Client
+from he_inhibitor.service.console import Progress
+from he_inhibitor.service.demo import run_demo
+from he_inhibitor.embed import Embedder
+from he_inhibitor.service.local import LocalServer
+from he_inhibitor.service.server import create_app
+from he_inhibitor.vocab import make_tokenizer
 
 T = 8
 WORDS = ["a", "good", "bad", "movie", "film", "great", "awful", "not", "very", "fun", "dull", "plot"]
@@ -176,7 +176,7 @@ def test_demo_prints_agreeing_table(student):
 
 
 def test_client_modules_do_not_import_torch():
-    code = ("import sys, he_inhibitor.service.client, he_inhibitor.service.query, he_inhibitor.service.embed; "
+    code = ("import sys, he_inhibitor.service.client, he_inhibitor.service.query, he_inhibitor.embed; "
             "sys.exit('torch' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0
 

@@ -17,7 +17,7 @@ from he_inhibitor.ckks import CkksParams
 from he_inhibitor.circuit.arrange import ShiftPlan
 from he_inhibitor.circuit.bundle import BUCKETS, Bucket, plan_bucket
 from he_inhibitor.circuit.params import Plan, Precision
-from he_inhibitor.service.embed import Embedder
+from he_inhibitor.embed import Embedder
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from he_inhibitor.circuit.bundle import CLIENT_DIR, SIGNATURE_FILE
-from he_inhibitor.service.embed import Embedder
+from he_inhibitor.embed import Embedder
 from he_inhibitor.vocab import SentenceTooLongError, encode
 
 

@@ -345,7 +345,7 @@ def run(args: argparse.Namespace) -> int:
     """
     from he_inhibitor.circuit.executors import Mode, make_executor
     from he_inhibitor.service.artifacts import SHIPPED_CLIENT
-    from he_inhibitor.service.embed import Embedder
+    from he_inhibitor.embed import Embedder
     from he_inhibitor.service.server import load_buckets
 
     circuits, _ = load_buckets(args.circuit)

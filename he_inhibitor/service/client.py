@@ -34,7 +34,7 @@ import httpx
 import numpy as np
 
 from he_inhibitor.ckks import CkksParams, ClientKeys, SecretKey, keygen, make_context, sealio
-from he_inhibitor.service.embed import Embedder
+from he_inhibitor.embed import Embedder
 from he_inhibitor.service.protocol import (
     CONTENT_TYPE, H_JOB, H_KEY_ID, H_MAP, H_OUTPUTS, H_SERVER_SECONDS, H_STATUS, H_TOKENS, KEY_FILE_MAGIC,
     STATUS_DONE, STATUS_REFRESH, ProtocolError, ServiceSignature, Signature, container_parts, key_id_of, pack_frames,

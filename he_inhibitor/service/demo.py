@@ -28,7 +28,7 @@ from he_inhibitor.circuit.executors import Mode, make_executor
 from he_inhibitor.service.artifacts import SHIPPED_CLIENT
 from he_inhibitor.service.client import Client, ServerError
 from he_inhibitor.service.console import Progress, megabytes, table
-from he_inhibitor.service.embed import Embedder
+from he_inhibitor.embed import Embedder
 from he_inhibitor.service.local import LocalServer
 from he_inhibitor.service.server import create_app, load_buckets
 

@@ -18,7 +18,7 @@ import httpx
 from he_inhibitor.service.artifacts import SHIPPED_CLIENT
 from he_inhibitor.service.client import Client, Prediction, ServerError
 from he_inhibitor.service.console import Progress, megabytes
-from he_inhibitor.service.embed import Embedder
+from he_inhibitor.embed import Embedder
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
