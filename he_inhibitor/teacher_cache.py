@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from he_inhibitor.teacher import load_teacher
 from he_inhibitor.vocab import load_tokenizer
 
 FORMAT = 1
@@ -72,8 +73,6 @@ def build_cache(
     batch_size: int = 128,
 ) -> TeacherCache:
     """Run the teacher over ``sentences`` (or load the cache built from the same inputs)."""
-    from he_inhibitor.teacher import load_teacher
-
     teacher_dir = Path(teacher_dir)
     out = Path(cache_root) / _key(teacher_dir, sentences, max_len)
     if (out / "meta.json").is_file():

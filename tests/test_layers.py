@@ -55,13 +55,6 @@ LAZY_PENDING: set[str] = {
     "he_inhibitor/bench/cli.py",
     "he_inhibitor/bench/lanes.py",
     "he_inhibitor/bench/target.py",
-    "he_inhibitor/circuit/bundle.py",
-    "he_inhibitor/circuit/cli.py",
-    "he_inhibitor/circuit/masked.py",
-    "he_inhibitor/circuit/weights.py",
-    "he_inhibitor/service/abuse.py",
-    "he_inhibitor/service/server.py",
-    "he_inhibitor/teacher_cache.py",
 }
 """Files (relative to the repository) whose function-level imports of the package have not been
 sorted yet into removed or marked ``# lazy:``."""

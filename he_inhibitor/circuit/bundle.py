@@ -34,7 +34,8 @@ from typing import Sequence
 
 import numpy as np
 
-from he_inhibitor.ckks import CkksParams
+from he_inhibitor.approx import Fit
+from he_inhibitor.ckks import CkksParams, keygen
 from he_inhibitor.circuit.arrange import ShiftPlan, choose_plans
 from he_inhibitor.circuit.arrange import one_region as arrange_one_region
 from he_inhibitor.circuit.compile import Compiled, compile_student
@@ -91,8 +92,6 @@ def _nonlin_json(nl: Nonlin) -> dict:
 
 
 def _nonlin(d: dict) -> Nonlin:
-    from he_inhibitor.approx import Fit
-
     return Nonlin(FitPoly(Fit.from_json(d["fit"])), float(d["bound"]))
 
 
@@ -102,8 +101,6 @@ def _circuit_file(T: int) -> str:
 
 def key_bytes(steps: Sequence[int], params: CkksParams) -> int:
     """Serialized (seeded) relinearization + Galois keys for exactly these steps."""
-    from he_inhibitor.ckks import keygen
-
     return len(keygen(params, sorted(steps)).public_blob)
 
 

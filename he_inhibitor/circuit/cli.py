@@ -9,8 +9,11 @@ import argparse
 import json
 from pathlib import Path
 
-from he_inhibitor.circuit.bundle import BUCKETS
+from he_inhibitor.circuit.bundle import BUCKETS, ClientAssets, save_bundle
+from he_inhibitor.circuit.params import Precision
+from he_inhibitor.circuit.weights import from_torch
 from he_inhibitor.paths import SHIPPED_BUNDLE, SHIPPED_STUDENT
+from he_inhibitor.vocab import TOKENIZER_FILE
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -33,11 +36,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from he_inhibitor.circuit.bundle import ClientAssets, save_bundle
-    from he_inhibitor.circuit.params import Precision
-    from he_inhibitor.circuit.weights import from_torch
-    from he_inhibitor.model.student import load_student
-    from he_inhibitor.vocab import TOKENIZER_FILE
+    from he_inhibitor.model.student import load_student  # lazy: torch, which compile alone needs
 
     model = load_student(args.model, dtype=torch.float64)
     if max(args.buckets) > model.cfg.max_len:

@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from he_inhibitor.circuit.poly import folded_fit
+
 _BUMP = {"mul": 1, "square": 1, "mul_const": 1, "mul_plain": 1}
 
 
@@ -106,7 +108,5 @@ def _live(instrs: list[MaskedInstr], output: int) -> list[MaskedInstr]:
 
 def masked_plan_of(fn: Any) -> MaskedPlan | None:
     """The masked plan of a circuit polynomial (its folded fit's plan), or None."""
-    from he_inhibitor.circuit.poly import folded_fit
-
     f = folded_fit(fn)
     return None if f is None else mask_plan(f.plan())

@@ -133,7 +133,7 @@ def from_torch(model) -> StudentWeights:
     """Read a `he_inhibitor.model.student.Student` (eval mode; its current form's fits)."""
     import torch
 
-    from he_inhibitor.circuit.dot_weights import DotLayerWeights  # it imports this module
+    from he_inhibitor.circuit.dot_weights import DotLayerWeights  # lazy: dot_weights imports this module (Nonlin)
 
     cfg = model.cfg
     if cfg.recursive or cfg.center:

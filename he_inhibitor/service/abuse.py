@@ -43,8 +43,12 @@ from urllib.parse import urlparse
 import httpx
 import numpy as np
 
+from he_inhibitor.circuit.executors import Mode, make_executor
+from he_inhibitor.embed import Embedder
+from he_inhibitor.service.artifacts import SHIPPED_CLIENT
 from he_inhibitor.service.client import Client
 from he_inhibitor.service.protocol import CONTENT_TYPE, H_KEY_ID, H_TOKENS, pack_frames
+from he_inhibitor.service.server import load_buckets
 
 
 @dataclass
@@ -343,11 +347,6 @@ def run(args: argparse.Namespace) -> int:
     Each honest answer is also checked against the plain circuit (numpy, in
     the clear) of its bucket: the label must agree.
     """
-    from he_inhibitor.circuit.executors import Mode, make_executor
-    from he_inhibitor.service.artifacts import SHIPPED_CLIENT
-    from he_inhibitor.embed import Embedder
-    from he_inhibitor.service.server import load_buckets
-
     circuits, _ = load_buckets(args.circuit)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -43,11 +43,14 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from he_inhibitor.ckks import Ciphertext, CkksParams, make_context
 from he_inhibitor.ckks.context import level_scales
-from he_inhibitor.circuit.bundle import Bucket
+from he_inhibitor.circuit.bundle import Bucket, buckets_of, load_bucket
 from he_inhibitor.circuit.compile import Compiled
 from he_inhibitor.circuit.evaluation import CircuitEvaluator
 from he_inhibitor.circuit.ir import Circuit, OpKind
+from he_inhibitor.circuit.ray_lanes import ray_buckets
+from he_inhibitor.circuit.ray_sentences import RaySentences
 from he_inhibitor.circuit.interpret import last_uses
+from he_inhibitor.service.artifacts import SHIPPED_CIRCUIT
 from he_inhibitor.service.auth import Principal, Tokens
 from he_inhibitor.service.body import BodyReader
 from he_inhibitor.service.cancel import Cancelled, checkpoint, scope
@@ -478,9 +481,6 @@ def create_app(circuits: Compiled | Bucket | Mapping[int, Compiled | Bucket], pa
 def load_buckets(path: Path | None) -> tuple[dict[int, Bucket], CkksParams]:
     """Every bucket of a compiled bundle (default: the shipped one); each plan's circuit is recompiled and
     hash-checked when a sentence first needs it."""
-    from he_inhibitor.circuit.bundle import buckets_of, load_bucket
-    from he_inhibitor.service.artifacts import SHIPPED_CIRCUIT
-
     bundle = SHIPPED_CIRCUIT if path is None else path
     Ts = buckets_of(bundle)
     if not Ts:
@@ -498,12 +498,8 @@ def serve(circuit: Path | None, host: str, port: int, limits: Limits = Limits(),
     pool = None
     address = None if ray == "local" else ray
     if lanes > 1:  # each evaluation's lanes 1..K-1 on Ray actors: circuit/ray_lanes.py
-        from he_inhibitor.circuit.ray_lanes import ray_buckets
-
         circuits, pool = ray_buckets(circuit, circuits, params, lanes, address)
     elif ray is not None:  # each whole evaluation on a Ray actor, refreshes relayed: circuit/ray_sentences.py
-        from he_inhibitor.circuit.ray_sentences import RaySentences
-
         pool = RaySentences(address=address, cache_weights=False)
     app = create_app(circuits, params, limits=limits, tokens=None if tokens is None else Tokens.load(tokens),
                      lanes=pool)
