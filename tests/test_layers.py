@@ -51,11 +51,7 @@ BASE = {"he_inhibitor", "he_inhibitor.paths", "he_inhibitor.data", "he_inhibitor
 KNOWN_VIOLATIONS: set[tuple[str, str]] = set()
 """(importer, imported) pairs the layering forbids that the code still has."""
 
-LAZY_PENDING: set[str] = {
-    "he_inhibitor/bench/cli.py",
-    "he_inhibitor/bench/lanes.py",
-    "he_inhibitor/bench/target.py",
-}
+LAZY_PENDING: set[str] = set()
 """Files (relative to the repository) whose function-level imports of the package have not been
 sorted yet into removed or marked ``# lazy:``."""
 

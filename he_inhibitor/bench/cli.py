@@ -13,6 +13,17 @@ import argparse
 import json
 from pathlib import Path
 
+from he_inhibitor.bench.corpus import embed_corpus
+from he_inhibitor.bench.measure import bench_target
+from he_inhibitor.bench.report import plot_stages, stage_lines, summary_lines
+from he_inhibitor.bench.target import load_target
+from he_inhibitor.circuit.costs import measure
+from he_inhibitor.circuit.params import Precision
+from he_inhibitor.circuit.ray_lanes import default_lanes
+from he_inhibitor.data import default_data_dir, load_sst2, load_sst2_tsv
+from he_inhibitor.service.artifacts import SHIPPED_CIRCUIT
+from he_inhibitor.service.console import Progress
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="depth, op counts, latency vs floor, bytes, accuracy of a circuit")
@@ -48,16 +59,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from he_inhibitor.bench.corpus import embed_corpus
-    from he_inhibitor.bench.measure import bench_target
-    from he_inhibitor.bench.report import plot_stages, stage_lines, summary_lines
-    from he_inhibitor.bench.target import load_target
-    from he_inhibitor.circuit.costs import measure
-    from he_inhibitor.circuit.params import Precision
-    from he_inhibitor.circuit.ray_lanes import default_lanes
-    from he_inhibitor.data import default_data_dir, load_sst2, load_sst2_tsv
-    from he_inhibitor.service.artifacts import SHIPPED_CIRCUIT
-    from he_inhibitor.service.console import Progress
 
     if args.encrypted_sentences is not None and args.encrypted_sentences < 1:
         raise SystemExit("error: --encrypted-sentences must be at least 1")

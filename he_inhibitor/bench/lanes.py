@@ -24,6 +24,7 @@ serialized size at its level).
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import threading
 import time
@@ -31,6 +32,16 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+
+from he_inhibitor.ckks import CkksEvaluator, keygen, serial
+from he_inhibitor.circuit.bundle import buckets_of, load_bundle, load_weights
+from he_inhibitor.circuit.client_bundle import ClientBundle
+from he_inhibitor.circuit.costs import CostTable
+from he_inhibitor.circuit.executors import Mode, make_executor
+from he_inhibitor.circuit.ir import OpKind, levels_and_degrees
+from he_inhibitor.circuit.ray_lanes import RayLaneExecutor, RayLanes, lanes_of, segments_of, start_ray, with_lanes
+from he_inhibitor.circuit.ray_sentences import RaySentenceExecutor, RaySentences
+from he_inhibitor.service.artifacts import SHIPPED_CIRCUIT
 
 SENTENCES = (  # 12 tokens each: the shipped T = 32 bucket's circuit for them has 3 shifts, so up to 3 lanes
     "the plot is dull and the jokes fall flat .",
@@ -49,9 +60,6 @@ CONFIGS = ("one", "lanes", "sentences")
 
 def _bundle_plan(bundle: Path, T: int, n: int | None = None):
     """load_bundle for bucket T and, where the compiler's circuits follow the sentence, n tokens."""
-    import inspect
-
-    from he_inhibitor.circuit.bundle import load_bundle
 
     if n is not None and len(inspect.signature(load_bundle).parameters) > 2:
         return load_bundle(bundle, T, n)
@@ -83,7 +91,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def ciphertext_bytes(params) -> dict[int, int]:
     """Serialized bytes of a ciphertext at each chain index (SEAL's zstd, as the lanes send them)."""
-    from he_inhibitor.ckks import CkksEvaluator, keygen, serial
 
     keys = keygen(params, [])
     ev = CkksEvaluator(keys.public_context())
@@ -93,8 +100,6 @@ def ciphertext_bytes(params) -> dict[int, int]:
 
 def lane_traffic(circuit, depth: int, sizes: dict[int, int]) -> dict:
     """Ciphertexts and bytes through the object store per sentence, from the segments alone."""
-    from he_inhibitor.circuit.ir import levels_and_degrees
-    from he_inhibitor.circuit.ray_lanes import segments_of
 
     levels, _ = levels_and_degrees(circuit)
     segs = segments_of(circuit)
@@ -111,11 +116,6 @@ def predict_curve(bundle: Path, buckets: list[int], lanes: list[int], ns: dict[i
                   ) -> list[dict]:
     """Rows per (bucket T, token count n, lanes); n = T unless `ns` gives other counts for a bucket
     (where circuits follow the token count, a short sentence has fewer shifts and so fewer useful lanes)."""
-    from he_inhibitor.circuit.bundle import load_weights
-    from he_inhibitor.circuit.costs import CostTable
-    from he_inhibitor.circuit.executors import Mode, make_executor
-    from he_inhibitor.circuit.ir import OpKind
-    from he_inhibitor.circuit.ray_lanes import lanes_of, with_lanes
 
     weights = load_weights(bundle)
     rows = []
@@ -195,11 +195,6 @@ def _throughput(runner, prepared: list, clients: int, serialize: bool) -> dict:
 def measure(bundle: Path, reps: int, clients: int, address: str | None, log, save=None,
             configs: tuple[str, ...] = CONFIGS, sentence_cache: bool = False) -> dict:
     """Each configuration in turn on one key set and one prepared executor (see the module docstring)."""
-    from he_inhibitor.circuit.client_bundle import ClientBundle
-    from he_inhibitor.circuit.executors import Mode, make_executor
-    from he_inhibitor.circuit.ray_lanes import RayLaneExecutor, RayLanes, start_ray
-    from he_inhibitor.circuit.ray_sentences import RaySentenceExecutor, RaySentences
-    from he_inhibitor.ckks import keygen
 
     client = ClientBundle.load(bundle)
     prepared = [client.prepare(s) for s in SENTENCES]
@@ -209,7 +204,6 @@ def measure(bundle: Path, reps: int, clients: int, address: str | None, log, sav
     for p in prepared:
         plan = _bundle_plan(bundle, T, p.n_tokens)
         groups.setdefault(getattr(plan.compiled, "plan", None), (plan, []))[1].append(p)
-    from he_inhibitor.circuit.ray_lanes import lanes_of
 
     # the largest group whose circuit has work for a second lane (circuits that follow n give short
     # sentences a single shift); any group when no lanes are measured
@@ -329,8 +323,6 @@ def plot(result: dict, path: Path) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    from he_inhibitor.circuit.bundle import buckets_of
-    from he_inhibitor.service.artifacts import SHIPPED_CIRCUIT
 
     bundle = args.circuit or SHIPPED_CIRCUIT
     log = (lambda msg: print(f"[bench-lanes] {msg}", flush=True))

@@ -10,14 +10,16 @@ A sentence runs in the smallest bucket that holds it, as the client routes it.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from he_inhibitor.ckks import CkksParams
 from he_inhibitor.circuit.arrange import ShiftPlan
-from he_inhibitor.circuit.bundle import BUCKETS, Bucket, plan_bucket
+from he_inhibitor.circuit.bundle import BUCKETS, Bucket, buckets_of, load_bucket, plan_bucket
 from he_inhibitor.circuit.params import Plan, Precision
+from he_inhibitor.circuit.weights import from_torch
 from he_inhibitor.embed import Embedder
+from he_inhibitor.paths import SHIPPED_CLIENT
 
 
 @dataclass(frozen=True)
@@ -26,8 +28,8 @@ class Target:
 
     `circuits` holds the plans compiled so far: a circuit is (re)compiled when
     a sentence first needs it, from the bundle or the student's weights.
-    With `lanes` > 1 a circuit with fewer lanes is recompiled for them
-    (`weights` are what it is recompiled from).
+    A circuit bundled for other lanes than `lanes` is recompiled for them
+    (bundle.Bucket.lanes; from the bundle's weights).
     """
 
     name: str
@@ -35,7 +37,6 @@ class Target:
     embedder: Embedder
     circuits: dict[tuple[int, ShiftPlan | None], Plan] = field(default_factory=dict)
     lanes: int = 1
-    weights: object | None = None  # StudentWeights
 
     @property
     def buckets(self) -> list[int]:
@@ -57,14 +58,10 @@ class Target:
         """The circuit a sentence of n_tokens runs in bucket T (compiled once, kept)."""
         key = (T, self.shift_plan(T, n_tokens))
         if key not in self.circuits:
-            plan = self.buckets_by_T[T].plan_for(n_tokens)
-            if self.lanes > 1:
-                from he_inhibitor.circuit.ray_lanes import lanes_of, with_lanes
-
-                if self.lanes > len(lanes_of(plan.compiled.circuit)):
-                    if self.weights is None:
-                        raise ValueError(f"{self.name}: recompiling for {self.lanes} lanes needs the weights")
-                    plan = with_lanes(plan, self.lanes, self.weights)
+            bucket = self.buckets_by_T[T]
+            if bucket.lanes != self.lanes and (bucket.source is not None or bucket.weights is not None):
+                bucket = replace(bucket, lanes=self.lanes)  # recompiled for them (one lane: no duplicated work)
+            plan = bucket.plan_for(n_tokens)
             self.circuits[key] = plan
         return self.circuits[key]
 
@@ -85,21 +82,16 @@ def load_target(path: str | Path, client: str | Path | None = None, buckets: Seq
         raise ValueError("--lanes must be at least 1")
     d = Path(path)
     if any(d.glob("circuit-t*.json")):
-        from he_inhibitor.circuit.bundle import buckets_of, load_bucket, load_weights
-        from he_inhibitor.paths import SHIPPED_CLIENT
-
         have = buckets_of(d)
         missing = sorted(set(buckets or ()) - set(have))
         if missing:
             raise ValueError(f"{d} has buckets {have}, not {missing}")
         embedder = Embedder.load(SHIPPED_CLIENT if client is None else client)
-        return Target(d.name, {T: load_bucket(d, T) for T in (buckets or have)}, embedder, lanes=lanes,
-                      weights=load_weights(d) if lanes > 1 else None)
+        return Target(d.name, {T: load_bucket(d, T) for T in (buckets or have)}, embedder, lanes=lanes)
     if (d / "config.json").is_file():
         import torch
 
-        from he_inhibitor.circuit.weights import from_torch
-        from he_inhibitor.model.student import load_student
+        from he_inhibitor.model.student import load_student  # lazy: torch, which a student directory needs
 
         model = load_student(d, dtype=torch.float64).set_form("poly")
         Ts = sorted(buckets or [T for T in BUCKETS if T <= model.cfg.max_len])
@@ -107,5 +99,5 @@ def load_target(path: str | Path, client: str | Path | None = None, buckets: Seq
             raise ValueError(f"buckets {Ts} do not fit the student's max_len {model.cfg.max_len}")
         sw = from_torch(model)
         by_T = {T: plan_bucket(sw, T, range(lo + 1, T + 1), n, precision)[0] for lo, T in zip([0] + Ts, Ts)}
-        return Target(d.name, by_T, Embedder.load(d), lanes=lanes, weights=sw)
+        return Target(d.name, by_T, Embedder.load(d), lanes=lanes)
     raise FileNotFoundError(f"{d}: neither a circuit bundle (circuit-t<T>.json) nor a student directory (config.json)")

@@ -49,6 +49,7 @@ from he_inhibitor.circuit.ir import Circuit, CircuitError, Node, OpKind, Plain, 
 from he_inhibitor.circuit.masked import masked_plan_of
 from he_inhibitor.circuit.plain import resolve
 from he_inhibitor.circuit.poly import folded_fit
+from he_inhibitor.circuit.refresh import answer, masked
 
 
 @dataclass
@@ -123,7 +124,7 @@ class EncryptedExecutor:
     """
 
     def __init__(self, compiled: Compiled, params: CkksParams, keys: ClientKeys | None = None,
-                 mask_bound: float = 16.0, seed: int | None = None, cache: bool = True,
+                 seed: int | None = None, cache: bool = True,
                  public: PublicContext | None = None, weights: dict[tuple[int, int], Plaintext] | None = None
                  ) -> None:
         if params.slots != compiled.circuit.n_slots:
@@ -140,8 +141,7 @@ class EncryptedExecutor:
             raise CircuitError(f"circuit reaches level {self.levels.max()} > chain of {params.depth}")
         self._cache: dict[tuple[int, int], Plaintext] | None = ({} if weights is None else weights) if cache else None
         self._masks: dict[int, tuple[bytes, dict[tuple[int, int], Plaintext]]] = {}  # see _MaskCached
-        self._rng = np.random.default_rng(seed)
-        self.mask_bound = mask_bound
+        self._rng = np.random.default_rng(seed)  # the refresh masks (refresh.masked); seeded: reproducible runs
 
     # -- plaintexts -----------------------------------------------------------------
     def prepare(self) -> int:
@@ -197,10 +197,10 @@ class EncryptedExecutor:
 
         def refresh(point: RefreshPoint) -> Answer:
             nonlocal client
-            answer, on_client = self.refresh(point, backend.public)
+            got, on_client = self.refresh(point, backend.public)
             backend.client += on_client
             client += on_client
-            return answer
+            return got
 
         outputs = answered(interpret(self.circuit, backend, inputs, link), refresh)
         t = time.perf_counter()
@@ -252,44 +252,18 @@ class EncryptedExecutor:
         raise CircuitError(f"no encrypted semantics for {op.value}")
 
     def refresh(self, point: RefreshPoint, public: dict[str, np.ndarray]) -> tuple[Answer, float]:
-        """A round trip played in-process: per public map of the point, mask each ciphertext with a
-        uniform r in [-mask_bound, mask_bound], let the client decrypt, apply the map (or nothing) and
-        re-encrypt at the top of the chain, then subtract the map of the masks (the maps are linear).
-        Also the client's seconds."""
-        answer: Answer = {}
-        on_client = 0.0
-        for name, count in point.maps.items():
-            f = None if name is None else resolve(name, public)
-            outs, seconds = self._refresh_map(point.values, f) if f is not None else self._refresh(point.values)
-            answer[name] = outs[:count] if f is not None else outs
-            on_client += seconds
-        return answer, on_client
-
-    def _masked(self, cts: list[Ciphertext]) -> tuple[list[Ciphertext], list[np.ndarray]]:
-        rs = [self._rng.uniform(-self.mask_bound, self.mask_bound, self.params.slots) for _ in cts]
-        ev = self.ev
-        return [ev.add_encoded(ct, ev.encode(r, ev.level(ct), ct.scale)) for ct, r in zip(cts, rs)], rs
-
-    def _unmasked(self, fresh: list[Ciphertext], masks: list[np.ndarray]) -> list[Ciphertext]:
-        ev = self.ev
-        return [ev.sub_encoded(ct, ev.encode(r, self.params.depth, ct.scale)) for ct, r in zip(fresh, masks)]
-
-    def _refresh_map(self, cts: list[Ciphertext], f: Any) -> tuple[list[Ciphertext], float]:
-        """Every output of the public map f of the ciphertexts, refreshed; also the client's seconds."""
-        masked, rs = self._masked(cts)
+        """A round trip played in-process, as the server and a client play it (refresh.py): the masked
+        Refresh answered here with the client keys. Also the client's seconds."""
+        trip = masked(point, public, self.ev, self._rng)
+        request = next(trip)
         t = time.perf_counter()
-        fresh = [self.keys.encrypt(y, self.params.depth)  # the client's side
-                 for y in f.apply([np.asarray(self.keys.decrypt(c)) for c in masked])]
+        fresh = answer(self.keys, request, public, self.params.depth)
         on_client = time.perf_counter() - t
-        return self._unmasked(fresh, f.apply(rs)), on_client
-
-    def _refresh(self, cts: list[Ciphertext]) -> tuple[list[Ciphertext], float]:
-        """The ciphertexts themselves, refreshed; also the client's seconds."""
-        masked, rs = self._masked(cts)
-        t = time.perf_counter()
-        fresh = [self.keys.encrypt(self.keys.decrypt(c), self.params.depth) for c in masked]  # the client's side
-        on_client = time.perf_counter() - t
-        return self._unmasked(fresh, rs), on_client
+        try:
+            trip.send(fresh)
+        except StopIteration as done:
+            return done.value, on_client
+        raise CircuitError("a refresh round trip asked the client twice")
 
 
 class _MaskCached:

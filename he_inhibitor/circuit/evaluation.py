@@ -17,7 +17,6 @@ server stops a cancelled request there (service/cancel.py). The HTTP server
 from __future__ import annotations
 
 from collections.abc import Callable, Generator
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -29,19 +28,8 @@ from he_inhibitor.circuit.compile import Compiled
 from he_inhibitor.circuit.encrypted import EncryptedExecutor
 from he_inhibitor.circuit.executors import Mode, make_executor
 from he_inhibitor.circuit.interpret import Answer, RefreshPoint, relayed
-from he_inhibitor.circuit.plain import resolve
+from he_inhibitor.circuit.refresh import Refresh, masked
 from he_inhibitor.circuit.ray_lanes import public_blob
-
-
-@dataclass(frozen=True)
-class Refresh:
-    """One refresh round trip: masked ciphertexts for the client, who returns, for each public map in
-    `maps` (arrange.MAP_*; None: the ciphertexts themselves), fresh encryptions of its `outputs[k]`
-    result ciphertexts, concatenated in that order."""
-
-    cts: list[Ciphertext]
-    maps: tuple[str | None, ...]
-    outputs: tuple[int, ...]
 
 
 Evaluation = Generator[Refresh, list[Ciphertext], dict[str, Ciphertext]]
@@ -64,7 +52,6 @@ class CircuitEvaluator:
         self.params = params
         self.public = public
         self._ev = CkksEvaluator(public)
-        self._q_last = self._ev.prime(0)
         self._rng = np.random.default_rng()  # OS entropy: the client must not predict the masks
         self._executors: dict[ShiftPlan | None, EncryptedExecutor] = {}
         # serve --ray: lanes 1..K-1 of each evaluation on Ray actors (circuit/ray_lanes.py, a RayLanes pool),
@@ -103,30 +90,6 @@ class CircuitEvaluator:
         """A ciphertext the client will only decrypt, mod-switched to the last level: fewer limbs, same message."""
         return sealio.to_bytes(self._ev.to_last(ct))
 
-    def mask_bound(self, scale: float) -> float:
-        """Half-width R of the refresh mask for a value at `scale`: half the headroom of the reply's level.
-
-        The reply is mod-switched to the last level, modulus q_0; a value v
-        decodes there while |v| * scale < q_0 / 2. R = q_0 / (4 scale) leaves
-        the other half to the activation itself (|m| < R, far above any
-        activation the polynomial bounds allow), and is as wide as the level
-        allows: a slot's m + r is then within total-variation distance
-        |m| / (2R) of r alone (with the shipped chain, q_0 ~ 2^40 and scale
-        2^30: R ~ 256, distance ~ |m| / 512).
-        """
-        return self._q_last / (4.0 * scale)
-
     def _refresh(self, point: RefreshPoint, public: dict) -> Generator[Refresh, list[Ciphertext], Answer]:
-        """Add a uniform mask r in [-R, R] (mask_bound) to each ciphertext; the client returns fresh
-        encryptions of f(x + r) for each public map f (or of x + r itself); subtract f(r): f is linear."""
-        cts, maps, ev = point.values, point.maps, self._ev
-        rs = [self._rng.uniform(-1.0, 1.0, self.params.slots) * self.mask_bound(ct.scale) for ct in cts]
-        fresh = yield Refresh([ev.add_plain(ct, r) for ct, r in zip(cts, rs)], tuple(maps), tuple(maps.values()))
-        if len(fresh) != sum(maps.values()):
-            raise ValueError(f"a refresh returns {sum(maps.values())} ciphertexts, not {len(fresh)}")
-        out, k = {}, 0
-        for name, count in maps.items():
-            masks = rs if name is None else resolve(name, public).apply(rs)
-            out[name] = [ev.add_plain(c, -r) for c, r in zip(fresh[k:k + count], masks)]
-            k += count
-        return out
+        """The server's half of a round trip (refresh.masked), with OS-entropy masks."""
+        return (yield from masked(point, public, self._ev, self._rng))

@@ -42,7 +42,8 @@ import numpy as np
 from he_inhibitor.ckks import PublicContext, serial
 from he_inhibitor.circuit.compile import Compiled
 from he_inhibitor.circuit.encrypted import EncryptedResult
-from he_inhibitor.circuit.evaluation import CircuitEvaluator, Refresh
+from he_inhibitor.circuit.evaluation import CircuitEvaluator
+from he_inhibitor.circuit.refresh import Refresh, answer
 from he_inhibitor.circuit.ray_lanes import (
     DEFAULT_TIMEOUT_S, LaneError, LaneWorker, PoolExecutor, circuit_id_of, key_id_of, public_blob, start_ray,
 )
@@ -308,9 +309,7 @@ class RaySentenceExecutor(PoolExecutor):
                 while True:
                     req = gen.send(fresh)
                     t = time.perf_counter()
-                    values = [np.asarray(keys.decrypt(c)) for c in req.cts]  # the client's side of a refresh
-                    fresh = [keys.encrypt(v, depth) for name in req.maps
-                             for v in (values if name is None else public[name].apply(values))]
+                    fresh = answer(keys, req, public, depth)  # the client's side of a refresh
                     client += time.perf_counter() - t
                     refreshes += 1
                     if self.on_refresh is not None:
