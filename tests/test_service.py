@@ -106,7 +106,7 @@ def test_text_round_trip_matches_plain_and_nothing_secret_travels(student, serve
     assert not any(_holds_secret_key(b, plan) for b in bodies)
     # nothing it stores does either: the loaded relin and Galois keys only, not even the wire bytes
     for public in app.state.registry.stored():
-        assert public.to_bytes() == b""
+        assert public.blob == b""  # to_bytes() rebuilds them from the keys, for Ray workers only
         assert type(public.relin_keys) is seal.RelinKeys and type(public.galois_keys) is seal.GaloisKeys
         assert {type(v) for v in vars(public).values()} & {seal.SecretKey} == set()
 

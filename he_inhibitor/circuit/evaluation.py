@@ -29,7 +29,6 @@ from he_inhibitor.circuit.encrypted import EncryptedExecutor
 from he_inhibitor.circuit.executors import Mode, make_executor
 from he_inhibitor.circuit.interpret import Answer, RefreshPoint, relayed
 from he_inhibitor.circuit.refresh import Refresh, masked
-from he_inhibitor.circuit.ray_lanes import public_blob
 
 
 Evaluation = Generator[Refresh, list[Ciphertext], dict[str, Ciphertext]]
@@ -58,7 +57,7 @@ class CircuitEvaluator:
         # or the whole evaluation on a Ray actor (circuit/ray_sentences.py, a RaySentences pool)
         self._lanes = lanes
         if lanes is not None:
-            self._lane_blob = lambda: public_blob(public)  # rebuilt only if the pool dropped the keys
+            self._lane_blob = lambda: public.to_bytes()  # rebuilt only if the pool dropped the keys
             self._lane_key = lanes.register_keys(self._lane_blob())
 
     def compiled_for(self, n_tokens: int) -> Compiled:

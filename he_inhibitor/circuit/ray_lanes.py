@@ -52,7 +52,6 @@ import numpy as np
 
 from he_inhibitor.ckks import PublicContext, serial
 from he_inhibitor.ckks.context import level_of
-from he_inhibitor.ckks.keys import _pack
 from he_inhibitor.circuit.bundle import circuit_hash, load_bundle, load_weights, node_list
 from he_inhibitor.circuit.compile import Compiled, compile_student
 from he_inhibitor.circuit.encrypted import EncryptedExecutor
@@ -149,17 +148,6 @@ def circuit_id_of(compiled: Compiled) -> str:
 
 def key_id_of(public_blob: bytes) -> str:
     return hashlib.sha256(public_blob).hexdigest()[:32]
-
-
-def public_blob(public: Any) -> bytes:
-    """A PublicContext's bytes; rebuilt from its SEAL objects when it kept none (the service drops them)."""
-    if public.to_bytes():
-        return public.to_bytes()
-    p = public.params
-    blobs = [serial.to_bytes(public.relin_keys)] + ([serial.to_bytes(public.galois_keys)] if public.galois_keys
-                                                     is not None else [])
-    return _pack({"poly_modulus_degree": p.poly_modulus_degree, "coeff_bits": list(p.coeff_bits),
-                  "scale_bits": p.scale_bits, "rotation_steps": list(public.rotation_steps)}, blobs)
 
 
 def with_lanes(plan: Any, lanes: int, weights: Any) -> Any:

@@ -45,7 +45,7 @@ from he_inhibitor.circuit.encrypted import EncryptedResult
 from he_inhibitor.circuit.evaluation import CircuitEvaluator
 from he_inhibitor.circuit.refresh import Refresh, answer
 from he_inhibitor.circuit.ray_lanes import (
-    DEFAULT_TIMEOUT_S, LaneError, LaneWorker, PoolExecutor, circuit_id_of, key_id_of, public_blob, start_ray,
+    DEFAULT_TIMEOUT_S, LaneError, LaneWorker, PoolExecutor, circuit_id_of, key_id_of, start_ray,
 )
 
 
@@ -284,7 +284,7 @@ class RaySentenceExecutor(PoolExecutor):
         self._own = pool is None
         self.pool = pool or RaySentences(address=address)
         self.circuit_id = self.pool.register(ex.compiled, ex.params)
-        self.key_id = self.pool.register_keys(public_blob(ex.public))
+        self.key_id = self.pool.register_keys(ex.public.to_bytes())
         self.attempts = 0  # evaluations started, retries included
         self.lanes = 1
         self.on_refresh = None  # test hook: (attempt, refreshes so far) after each client refresh
@@ -301,7 +301,7 @@ class RaySentenceExecutor(PoolExecutor):
         public = comp.public_plaintexts(m)  # the client's maps (arrange.py) among them
         for attempt in range(self.retries + 1):
             self.attempts += 1
-            gen = self.pool.evaluation(self.circuit_id, self.key_id, lambda: public_blob(ex.public), inputs, n,
+            gen = self.pool.evaluation(self.circuit_id, self.key_id, lambda: ex.public.to_bytes(), inputs, n,
                                        ex.ctx)
             refreshes = 0
             try:

@@ -37,7 +37,15 @@ class PublicContext:
     blob: bytes
 
     def to_bytes(self) -> bytes:
-        return self.blob
+        """The container keygen wrote; rebuilt from the SEAL objects when it was dropped (the service keeps
+        the parsed keys only, to halve what a registered key set holds)."""
+        if self.blob:
+            return self.blob
+        p = self.params
+        blobs = [serial.to_bytes(self.relin_keys)] + ([serial.to_bytes(self.galois_keys)]
+                                                      if self.galois_keys is not None else [])
+        return _pack({"poly_modulus_degree": p.poly_modulus_degree, "coeff_bits": list(p.coeff_bits),
+                      "scale_bits": p.scale_bits, "rotation_steps": list(self.rotation_steps)}, blobs)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "PublicContext":
