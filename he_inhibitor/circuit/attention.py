@@ -116,16 +116,18 @@ def inhibitor_attention(
     Lanes: where that balances the work better (AttentionSpec.split_shifts),
     each lane runs whole shifts and the lanes meet once, at the end.
     Otherwise (a plan of one shift, say) each lane takes every L-th
-    ciphertext of Q, K and V through every shift: its |x| polynomials give a partial Z, lane 0 sums the partials
-    (and the head sums), and every lane runs the ReLU polynomials of its
-    own V ciphertexts against that Z. The lanes then meet once per shift,
-    but the polynomials, which are most of the work, split evenly.
+    ciphertext of Q, K and V through every shift: its |x| polynomials give
+    a partial Z, lane 0 sums the partials (and the head sums), and every
+    lane runs the ReLU polynomials of its own V ciphertexts against that Z.
+    The lanes then meet once per shift, but the polynomials, which are most
+    of the work, split evenly.
     """
     L = spec.lane_count
     if spec.split_shifts:
         parts = []
         for lane in range(L):
-            parts.append(_shifts(ops, spec, q, k, v, masks, offsets, range(lane, spec.shifts, L), lambda c, lane=lane: lane))
+            whole = range(lane, spec.shifts, L)
+            parts.append(_shifts(ops, spec, q, k, v, masks, offsets, whole, lambda c, lane=lane: lane))
         ops.set_lane(0)
         acc = parts[0]
         for part in parts[1:]:
