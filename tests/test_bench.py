@@ -20,7 +20,8 @@ def test_bench_compares_inhibitor_and_dot(tmp_path, capsys):
                     "a great great great film not awful not bad very very fun not dull not bad plot film\t1\n")
     out = tmp_path / "bench.json"
     args = ["bench", "--circuit", str(inh), "--compare", str(dot), "--data", str(data), "--buckets", "8", "16",
-            "--n", "8192", "--reps", "1", "--log", str(tmp_path / "runs"), "--json", str(out)]
+            "--n", "8192", "--reps", "1", "--log", str(tmp_path / "runs"), "--json", str(out),
+            "--lanes", "1"]  # one process: Ray lanes have tests of their own (test_ray_lanes.py)
     assert main(args + ["--encrypted-sentences", "3", "--plot", str(tmp_path / "plots")]) == 0
     res = json.loads(out.read_text())
     for r in (res, res["compare"]):
@@ -31,8 +32,9 @@ def test_bench_compares_inhibitor_and_dot(tmp_path, capsys):
         assert r["agreement"] == 1.0 and r["max_error_over_bound"] <= 1.0 and r["levels_as_predicted"] is True
         assert r["totals"]["levels"] == r["buckets"]["8"]["depth"] and r["floor_seconds"] > 0
         assert sum(s["rotations"] for s in r["stages"].values()) == r["totals"]["rotations"] > 0
-        # one key set for both buckets (same parameters), holding both circuits' steps
-        assert set(r["rotation_steps"]) == set(r["buckets"]["8"]["rotation_steps"]) | set(r["buckets"]["16"]["rotation_steps"])
+        # one key set for both buckets (same parameters), holding both circuits' steps (and every plan's
+        # on the bundled lanes: one lane needs no more than those)
+        assert set(r["rotation_steps"]) >= set(r["buckets"]["8"]["rotation_steps"]) | set(r["buckets"]["16"]["rotation_steps"])
     logged = (tmp_path / "runs" / "inh.jsonl").read_text().splitlines()
     assert len(logged) == 3
     # attention depth 2 + a + r (inhibitor) against 4 + r (dot): equal for the degree-2 |x| here (a = 2)
@@ -54,7 +56,7 @@ def test_bench_refuses_a_log_of_another_circuit(tmp_path):
     data.write_text("sentence\tlabel\na good movie\t1\nnot fun\t0\n")
     logs = tmp_path / "runs"
     common = ["--data", str(data), "--buckets", "8", "--encrypted-sentences", "1", "--n", "8192", "--reps", "1",
-              "--log", str(logs)]
+              "--log", str(logs), "--lanes", "1"]
     assert main(["bench", "--circuit", str(inh)] + common) == 0
     (logs / "other.jsonl").write_text((logs / "inh.jsonl").read_text())
     with pytest.raises(SystemExit, match="different circuit"):
