@@ -25,6 +25,7 @@ serve every linear layer of a given T.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -98,17 +99,7 @@ class LinearGroup:
 
     def _by_output(self, ops: Ops[V], x: list[V], lanes: int) -> list[list[V]]:
         """Output ciphertexts round-robin over the lanes (one lane: the plain BSGS)."""
-        step = self.in_layout.block_size
-        baby: dict[tuple[int, int], list[V]] = {}  # (lane, input ct) -> rotations by j*2T
-
-        def babies(lane: int, c: int) -> list[V]:
-            if (lane, c) not in baby:
-                row = [ops.headroom(x[c], 1)]
-                for _ in range(self.baby_max):
-                    row.append(ops.rotate(row[-1], step))
-                baby[lane, c] = row
-            return baby[lane, c]
-
+        baby: dict[tuple[int, int], list[V]] = {}  # (lane, input ct) -> rotations by j*2T, made when first read
         outs, k = [], 0
         for m in self.matrices:
             ys = []
@@ -116,13 +107,13 @@ class LinearGroup:
                 lane = k % lanes
                 k += 1
                 ops.set_lane(lane)
-                acc: V | None = None
-                for g in range(self.giant_max(m, o), -1, -1):
-                    if acc is not None:
-                        acc = ops.rotate(acc, self.n1 * step)
-                    for c, j, diag in m.terms.get((o, g), []):
-                        t = ops.mul_plain(babies(lane, c)[j], diag)
-                        acc = t if acc is None else ops.add(acc, t)
+
+                def babies(c: int, lane: int = lane) -> list[V]:
+                    if (lane, c) not in baby:
+                        baby[lane, c] = self._baby_row(ops, x[c])
+                    return baby[lane, c]
+
+                acc = self._giant_fold(ops, m, o, babies)
                 assert acc is not None
                 ys.append(ops.add_plain(ops.rescale(acc), m.bias[o]))
             outs.append(ys)
@@ -131,14 +122,10 @@ class LinearGroup:
 
     def _by_input(self, ops: Ops[V], x: list[V], lanes: int) -> list[list[V]]:
         """Each lane folds the giant steps of its own inputs' terms; lane 0 sums the partials."""
-        step = self.in_layout.block_size
         baby: dict[int, list[V]] = {}
         for c, xc in enumerate(x):
             ops.set_lane(c % lanes)
-            row = [ops.headroom(xc, 1)]
-            for _ in range(self.baby_max):
-                row.append(ops.rotate(row[-1], step))
-            baby[c] = row
+            baby[c] = self._baby_row(ops, xc)
         outs = []
         for m in self.matrices:
             ys = []
@@ -146,14 +133,7 @@ class LinearGroup:
                 parts: list[V] = []
                 for lane in range(lanes):
                     ops.set_lane(lane)
-                    acc: V | None = None
-                    for g in range(self.giant_max(m, o), -1, -1):
-                        if acc is not None:
-                            acc = ops.rotate(acc, self.n1 * step)
-                        for c, j, diag in m.terms.get((o, g), []):
-                            if c % lanes == lane:
-                                t = ops.mul_plain(baby[c][j], diag)
-                                acc = t if acc is None else ops.add(acc, t)
+                    acc = self._giant_fold(ops, m, o, baby.__getitem__, lambda c, lane=lane: c % lanes == lane)
                     if acc is not None:
                         parts.append(acc)
                 ops.set_lane(0)
@@ -163,6 +143,27 @@ class LinearGroup:
                 ys.append(ops.add_plain(ops.rescale(acc), m.bias[o]))
             outs.append(ys)
         return outs
+
+    def _baby_row(self, ops: Ops[V], xc: V) -> list[V]:
+        """xc and its rotations by j*2T, j = 1..baby_max (successive rotations by 2T)."""
+        row = [ops.headroom(xc, 1)]
+        for _ in range(self.baby_max):
+            row.append(ops.rotate(row[-1], self.in_layout.block_size))
+        return row
+
+    def _giant_fold(self, ops: Ops[V], m: Matrix, o: int, babies: Callable[[int], list[V]],
+                    mine: Callable[[int], bool] = lambda c: True) -> V | None:
+        """sum_g rot(sum_j diag'_{o,c,g,j} * babies(c)[j], g*n1*2T) over the terms of input ciphertexts c that
+        are `mine`, Horner-style from the top giant step; None where no term is."""
+        acc: V | None = None
+        for g in range(self.giant_max(m, o), -1, -1):
+            if acc is not None:
+                acc = ops.rotate(acc, self.n1 * self.in_layout.block_size)
+            for c, j, diag in m.terms.get((o, g), []):
+                if mine(c):
+                    t = ops.mul_plain(babies(c)[j], diag)
+                    acc = t if acc is None else ops.add(acc, t)
+        return acc
 
 
 class _RotationCounter:
