@@ -11,7 +11,7 @@ from he_inhibitor.circuit.arrange import one_region
 from he_inhibitor.circuit.compile import compile_student
 from he_inhibitor.circuit.ir import OpKind, RangeError, check, depth
 from he_inhibitor.circuit.noise import NoiseModel
-from he_inhibitor.circuit.params import Precision, plan_student
+from he_inhibitor.circuit.params import Precision, chain_prices, plan_student
 from he_inhibitor.circuit.simulate import simulate
 from he_inhibitor.circuit.weights import from_torch
 from he_inhibitor.ckks import CkksParams, InsecureParametersError
@@ -71,9 +71,16 @@ def test_parameters_from_depth_and_refresh(student):
     roomy = plan_student(sw, T, n=32768, precision=Precision(20, 40, 40))  # 40 levels
     # the chain holds the deepest segment between the client's refreshes (the attention, 1 + a + r)
     assert roomy.params.depth == check(roomy.compiled.circuit, 99).max()
+    assert roomy.round_trips == 4  # no cost table at N = 32768: the fewest round trips
     tight = plan_student(sw, T, n=16384)
     assert tight.depth == roomy.depth and tight.params.depth <= Precision().max_levels(16384)
-    assert tight.round_trips == roomy.round_trips == 4
     assert tight.params.total_bits <= 438
+    # at N = 16384 the shipped cost table prices every chain; the cheapest wins, and a shorter chain
+    # never needs fewer round trips, each held by its chain
+    prices = chain_prices(sw, T, n=16384)
+    assert tight.params.depth == min(prices, key=lambda c: c.seconds).levels
+    assert all(a.levels > b.levels and a.round_trips <= b.round_trips for a, b in zip(prices, prices[1:]))
+    for c in prices:
+        assert check(c.compiled.circuit, c.levels).max() <= c.levels
     with pytest.raises(InsecureParametersError):
         CkksParams.for_depth(12, 8192, 30, 50, 50)

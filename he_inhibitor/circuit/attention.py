@@ -113,6 +113,12 @@ def inhibitor_attention(
     masks[s], offsets[s]: shift s's key mask and what it adds to Z (a float
     or the name of a public plaintext).
 
+    Two passes: every shift's Z (the |x| polynomials and head sums), then
+    every shift's ReLU polynomials. Between them the Zs of all shifts are
+    refreshed together, in one round trip, where the chain cannot hold both
+    polynomials (`Ops.headroom`; a chain of |x| depth + ReLU depth needs
+    none, design §6).
+
     Lanes: where that balances the work better (AttentionSpec.split_shifts),
     each lane runs whole shifts and the lanes meet once, at the end.
     Otherwise (a plan of one shift, say) each lane takes every L-th
@@ -124,40 +130,41 @@ def inhibitor_attention(
     """
     L = spec.lane_count
     if spec.split_shifts:
-        parts = []
-        for lane in range(L):
-            whole = range(lane, spec.shifts, L)
-            parts.append(_shifts(ops, spec, q, k, v, masks, offsets, whole, lambda c, lane=lane: lane))
-        ops.set_lane(0)
-        acc = parts[0]
-        for part in parts[1:]:
-            acc = [ops.add(a, b) for a, b in zip(acc, part)]
-        return acc
-    out = _shifts(ops, spec, q, k, v, masks, offsets, range(spec.shifts), lambda c: c % L)
+        lanes = [(range(lane, spec.shifts, L), lambda c, lane=lane: lane) for lane in range(L)]
+    else:
+        lanes = [(range(spec.shifts), lambda c: c % L)]
+    zs = [_inhibitions(ops, spec, q, k, offsets, shifts, lane_of) for shifts, lane_of in lanes]
+    fresh = iter(ops.headroom([z for part in zs for z in part], spec.relu_fn.depth))
+    parts = [_relus(ops, spec, v, [next(fresh) for _ in part], masks, shifts, lane_of)
+             for (shifts, lane_of), part in zip(lanes, zs)]
     ops.set_lane(0)
-    return out
+    acc = parts[0]
+    for part in parts[1:]:
+        acc = [ops.add(a, b) for a, b in zip(acc, part)]
+    return acc
 
 
-def _shifts(ops: Ops[V], spec: AttentionSpec, q: list[V], k: list[V], v: list[V], masks: list[Plain],
-            offsets: list[Plain], shifts: range, lane_of: Callable[[int], int]) -> list[V]:
-    """sum over s in shifts of mask_s * r(rot(V, s) - Z^(s)): one rotation by the first shift, then by the stride.
-
-    Ciphertext c's work runs on lane lane_of(c); Z is summed per lane, then
-    across lanes on lane_of(0).
-    """
-    acc: list[V | None] = [None] * len(v)
-    cts = range(len(k))
-
+def _on(ops: Ops[V], lane_of: Callable[[int], int]) -> Callable[[int], int]:
+    """c -> c, with later ops on ciphertext c's lane."""
     def on(c: int) -> int:
         ops.set_lane(lane_of(c))
         return c
+    return on
 
+
+def _inhibitions(ops: Ops[V], spec: AttentionSpec, q: list[V], k: list[V], offsets: list[Plain], shifts: range,
+                 lane_of: Callable[[int], int]) -> list[V]:
+    """Z^(s) for s in shifts: one rotation of K by the first shift, then by the stride.
+
+    Ciphertext c's |x| polynomial runs on lane lane_of(c); Z is summed per
+    lane, then across lanes (and head-summed) on lane_of(0).
+    """
+    on, cts, zs = _on(ops, lane_of), range(len(k)), []
     if shifts.start:
         k = [ops.rotate(k[on(c)], shifts.start) for c in cts]
     for idx, s in enumerate(shifts):
         if idx:
             k = [ops.rotate(k[on(c)], shifts.step) for c in cts]
-            v = [ops.rotate(v[on(c)], shifts.step) for c in cts]
         partial: dict[int, V] = {}
         for c in cts:
             a = ops.poly(ops.sub(q[on(c)], k[c]), spec.abs_fn)
@@ -169,13 +176,28 @@ def _shifts(ops: Ops[V], spec: AttentionSpec, q: list[V], k: list[V], v: list[V]
                 z = ops.add(z, part)
         for step in head_sum_steps(spec.layout, spec.n_heads):
             z = ops.add(z, ops.rotate(z, step))
-        if idx == 0:  # shift V where it is used: mod-switched once, rotated at the cheaper level
+        if not (isinstance(offsets[s], float) and offsets[s] == 0.0):  # a name, a vector, or a non-zero scalar
+            z = ops.add_plain(z, offsets[s])
+        zs.append(z)
+    return zs
+
+
+def _relus(ops: Ops[V], spec: AttentionSpec, v: list[V], zs: list[V], masks: list[Plain], shifts: range,
+           lane_of: Callable[[int], int]) -> list[V]:
+    """sum over s in shifts of mask_s * r(rot(V, s) - Z^(s)), ciphertext c's work on lane lane_of(c).
+
+    V is shifted where it is used: mod-switched once to Z's level, then
+    rotated (by the first shift, then by the stride) on the fewer primes.
+    """
+    on, cts = _on(ops, lane_of), range(len(v))
+    acc: list[V | None] = [None] * len(v)
+    for idx, (s, z) in enumerate(zip(shifts, zs)):
+        if idx == 0:
             v = [ops.align(v[on(c)], z) for c in cts]
             if shifts.start:
                 v = [ops.rotate(v[on(c)], shifts.start) for c in cts]
-        if not (isinstance(offsets[s], float) and offsets[s] == 0.0):  # a name, a vector, or a non-zero scalar
-            ops.set_lane(lane_of(0))
-            z = ops.add_plain(z, offsets[s])
+        else:
+            v = [ops.rotate(v[on(c)], shifts.step) for c in cts]
         for c in cts:
             vc = v[on(c)]
             t = ops.poly(ops.sub(vc, z), spec.relu_fn, masks[s])

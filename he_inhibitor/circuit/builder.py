@@ -7,9 +7,9 @@ same `infer` rules as the level pass), so it can
   the shallower one down (EVA's waterline), and
 * keep a circuit inside a chain of `max_level` levels: before an op that would
   go deeper than the chain, its operand is refreshed through the client.
-  `headroom(x, k)` lets the compiler refresh a single ciphertext early (say
-  the residual stream before an attention block) rather than the many
-  ciphertexts inside it.
+  `headroom(xs, k)` lets the compiler refresh ciphertexts early and together
+  (the residual stream before a stage, the FFN's hidden ciphertexts) rather
+  than the many ciphertexts inside a stage, each in a round trip of its own.
 """
 
 from __future__ import annotations
@@ -61,11 +61,25 @@ class Builder:
         return x, y
 
     # -- levels ---------------------------------------------------------------------
-    def headroom(self, x: int, k: int) -> int:
-        """x, refreshed first when fewer than k levels remain below it in the chain."""
-        if self.max_level is None or self._level[x] + k <= self.max_level or self._level[x] == 0:
-            return x  # fits, or a refresh would not help: the ops inside refresh as they must
-        return self._emit(OpKind.REFRESH, (x,))
+    def headroom(self, xs: list[int], k: int) -> list[int]:
+        """xs ready for k more levels: those with fewer left below them in the chain refreshed together,
+        in one round trip (a plain re-encryption of each), and mod-switched down to where k levels
+        remain, so that the ops after the refresh run on the fewest primes."""
+        fresh = self._refreshed(xs, k)
+        return [x if x not in fresh else self.descend(fresh[x], self.max_level - k) for x in xs]
+
+    def _refreshed(self, xs: list[int], k: int) -> dict[int, int]:
+        """{x: its refresh} for those of xs with fewer than k levels left (one round trip for them all)."""
+        if self.max_level is None:
+            return {}
+        # a fresh ciphertext that lacks room would not be helped by a refresh: the ops inside refresh as they must
+        short = [x for x in dict.fromkeys(xs) if self._level[x] + k > self.max_level and self._level[x] > 0]
+        return dict(zip(short, (self._emit(OpKind.REFRESH, tuple(short), arg=j) for j in range(len(short)))))
+
+    def _room(self, xs: list[int], k: int) -> list[int]:
+        """xs, refreshed where an op needing k levels would leave the chain (at the top: more may follow)."""
+        fresh = self._refreshed(xs, k)
+        return [fresh.get(x, x) for x in xs]
 
     def client_map(self, xs: list[int], name: str, n_out: int) -> list[int]:
         """The client's public map `name` (arrange.ClientMap, bound per request) of xs, freshly encrypted.
@@ -109,11 +123,11 @@ class Builder:
         return self._emit(OpKind.ADD_PLAIN, (x, self._const(p)))
 
     def mul_plain(self, x: int, p: Plain) -> int:
-        x = self.headroom(x, 1)
+        (x,) = self._room([x], 1)
         return self._emit(OpKind.MUL_PLAIN, (x, self._const(p)))
 
     def mul(self, x: int, y: int) -> int:
-        x, y = self._align(self.headroom(x, 1), self.headroom(y, 1))
+        x, y = self._align(*self._room([x, y], 1))
         return self._emit(OpKind.MUL, (x, y))
 
     def rescale(self, x: int) -> int:
@@ -125,7 +139,7 @@ class Builder:
             raise CircuitError(f"{fn.name} has no polynomial form: compile the student in poly form")
         if self.max_level is not None and fn.depth > self.max_level:
             raise LevelError(f"{fn.name} needs {fn.depth} levels; the chain has {self.max_level}")
-        x = self.headroom(x, fn.depth)
+        (x,) = self._room([x], fn.depth)
         if mask is None:
             return self._emit(OpKind.POLY, (x,), fn=fn)
         if masked_plan_of(fn) is not None:

@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 from he_inhibitor.circuit.bundle import BUCKETS, ClientAssets, save_bundle
+from he_inhibitor.circuit.costs import measure, shipped_path
 from he_inhibitor.circuit.params import Precision
 from he_inhibitor.circuit.weights import from_torch
 from he_inhibitor.paths import SHIPPED_BUNDLE, SHIPPED_STUDENT
@@ -26,10 +27,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--buckets", type=int, nargs="+", default=list(BUCKETS), help="token buckets T (powers of two)")
     p.add_argument("--n", type=int, default=16384, help="CKKS ring degree")
     p.add_argument("--scale-bits", type=int, default=30)
+    p.add_argument("--levels", type=int, default=None,
+                   help="the chain's levels (default: the one the cost table prices cheapest per sentence, "
+                        "counting refresh round trips; design §6)")
     p.add_argument("--labels", nargs="+", default=["negative", "positive"])
     p.add_argument("--one-region", action="store_true",
                    help="a sentence of n tokens runs n shifts in one query region (no packing of the blocks' "
                         "free slots): a comparison target for bench --compare")
+    p.add_argument("--measure-costs", action="store_true",
+                   help="first time every SEAL primitive on this machine at every level and write the cost table "
+                        "the chain and plan choices price with (circuit/data/costs_n<N>.json; about a minute)")
     p.set_defaults(func=run)
 
 
@@ -38,13 +45,17 @@ def run(args: argparse.Namespace) -> int:
 
     from he_inhibitor.model.student import load_student  # lazy: torch, which compile alone needs
 
+    if args.measure_costs:
+        path = shipped_path(args.n)
+        path.write_text(measure(args.n).to_json() + "\n")
+        print(f"cost table: {path}")
     model = load_student(args.model, dtype=torch.float64)
     if max(args.buckets) > model.cfg.max_len:
         raise SystemExit(f"bucket {max(args.buckets)} exceeds the student's max_len {model.cfg.max_len}")
     assets = ClientAssets((args.model / TOKENIZER_FILE).read_text(), model.word.weight.detach().numpy(),
                           model.pos.weight.detach().numpy(), tuple(args.labels))
-    save_bundle(from_torch(model), args.buckets, args.out, args.n, Precision(scale_bits=args.scale_bits), assets,
-                args.one_region)
+    precision = Precision(scale_bits=args.scale_bits, levels=args.levels)
+    save_bundle(from_torch(model), args.buckets, args.out, args.n, precision, assets, args.one_region)
     rep = json.loads((args.out / "report.json").read_text())
     for T, r in rep["buckets"].items():
         print(json.dumps({"T": int(T), **{k: v for k, v in r.items() if k not in ("plans", "T")}}))

@@ -225,14 +225,16 @@ def compile_student(
             (o,) = compile_group([fw.wo], [fw.bo], xl, [xl], n1).apply(b, h)
             x = [b.add(xc, oc) for xc, oc in zip(x, o)]
         b.stage = f"layer{li}.ffn"
-        x = [b.headroom(xc, 2 + fw.ffn_relu.depth) for xc in x]
-        (a,) = compile_group([fw.w1], [fw.b1], xl, [fl], n1).apply(b, x)
+        # refreshed together where the chain runs out: x before W1, the hidden ciphertexts before
+        # the ReLU, then before W2 and the next QKV (or the head)
+        (a,) = compile_group([fw.w1], [fw.b1], xl, [fl], n1).apply(b, b.headroom(x, 1))
+        a = b.headroom(a, fw.ffn_relu.depth)
         a = [_on_lane(b, c % lanes, lambda ac=ac: b.poly(ac, fw.ffn_relu)) for c, ac in enumerate(a)]
-        (f,) = compile_group([fw.w2], [fw.b2], fl, [xl], n1).apply(b, a, lanes)
+        (f,) = compile_group([fw.w2], [fw.b2], fl, [xl], n1).apply(b, b.headroom(a, 2), lanes)
         x = [b.add(xc, fc) for xc, fc in zip(x, f)]
-        x_in = x
+        x_in = x if max_level is None else [b.descend(xc, max_level - 1) for xc in x]  # the next QKV
     b.stage = "head"
-    x = [b.headroom(xc, 1) for xc in x]
+    x = b.headroom(x, 1)
     logits = None
     for c in range(sw.wc.shape[1]):
         yc = _sum(b, [b.mul_plain(xc, f"pool{c}_{i}") for i, xc in enumerate(x)])

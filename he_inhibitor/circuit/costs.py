@@ -46,8 +46,13 @@ class CostTable:
     @classmethod
     def shipped(cls, n: int) -> CostTable | None:
         """The table measured on this machine for ring degree n (circuit/data), if there is one."""
-        path = COSTS_DIR / f"costs_n{n}.json"
+        path = shipped_path(n)
         return cls.load(path) if path.is_file() else None
+
+
+def shipped_path(n: int) -> Path:
+    """Where the table for ring degree n ships (`he-inhibitor compile --measure-costs` writes it)."""
+    return COSTS_DIR / f"costs_n{n}.json"
 
 
 def measure(n: int = 16384, levels: int = 11, scale_bits: int = 30, reps: int = 3) -> CostTable:

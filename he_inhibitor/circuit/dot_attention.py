@@ -111,7 +111,7 @@ def dot_attention_block(b: Builder, fw: DotFolded, xl: Layout, n_heads: int, n1:
                         lanes: int = 2, main_shifts: int | None = None) -> list[int]:
     """x + Wo'(H') + bo: the residual stream after one dot-product attention sublayer."""
     spec = DotSpec(xl, n_heads, fw.attn_relu, lanes, main_shifts)
-    x = [b.headroom(xc, 2 + spec.depth) for xc in x]
+    x = b.headroom(x, 2 + spec.depth)
     q, k, v = compile_group([fw.wq, fw.wk, fw.wv], [fw.bq, fw.bk, fw.bv], xl, [xl] * 3, n1).apply(b, x)
     h = dot_attention(b, spec, q, k, v, [mask_name(s) for s in range(xl.T)])
     (o,) = compile_group([fw.wo], [fw.bo], xl, [xl], n1).apply(b, h)

@@ -146,7 +146,7 @@ class LinearGroup:
 
     def _baby_row(self, ops: Ops[V], xc: V) -> list[V]:
         """xc and its rotations by j*2T, j = 1..baby_max (successive rotations by 2T)."""
-        row = [ops.headroom(xc, 1)]
+        row = ops.headroom([xc], 1)
         for _ in range(self.baby_max):
             row.append(ops.rotate(row[-1], self.in_layout.block_size))
         return row
@@ -177,8 +177,8 @@ class _RotationCounter:
         self.per_lane[self.lane] = self.per_lane.get(self.lane, 0) + 1
         return x
 
-    def headroom(self, x: int, k: int) -> int:
-        return x
+    def headroom(self, xs: list[int], k: int) -> list[int]:
+        return list(xs)
 
     def mul_plain(self, x: int, p: np.ndarray) -> int:
         return x

@@ -31,8 +31,8 @@ class Ops(Protocol[V]):
     def rescale(self, x: V) -> V: ...
     def poly(self, x: V, fn: PolyFn, mask: np.ndarray | str | None = None) -> V:
         """fn(x), times a plaintext mask when given (folded into the polynomial where possible)."""
-    def headroom(self, x: V, k: int) -> V:
-        """x, made ready for k more levels (a refresh, where the backend has a chain)."""
+    def headroom(self, xs: list[V], k: int) -> list[V]:
+        """xs, made ready for k more levels (refreshed together, where the backend has a chain)."""
 
     def align(self, x: V, like: V) -> V:
         """x at like's level, where the backend has levels: later ops on x run cheaper."""
@@ -81,8 +81,8 @@ class SlotOps:
         self.counts["poly"] += 1
         return fn(x) if mask is None else fn(x) * mask
 
-    def headroom(self, x: np.ndarray, k: int) -> np.ndarray:
-        return x
+    def headroom(self, xs: list[np.ndarray], k: int) -> list[np.ndarray]:
+        return list(xs)
 
     def align(self, x: np.ndarray, like: np.ndarray) -> np.ndarray:
         return x

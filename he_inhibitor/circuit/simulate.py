@@ -62,6 +62,7 @@ class SimResult:
     ranges: list[PolyRange] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
     parallel_seconds: float = 0.0  # predicted with each lane in its own process (ray_lanes.py): the critical path
+    client_seconds: float = 0.0  # predicted for the client's half of the refreshes: decrypt, map, encrypt
 
     def totals(self) -> Counter:
         out: Counter = Counter()
@@ -155,6 +156,7 @@ class _SimBackend(Backend):
         self.first = np.tile(np.repeat([True, False], T), circuit.n_slots // (2 * T))
         self.counts: dict[str, Counter] = defaultdict(Counter)
         self.seconds: dict[str, float] = defaultdict(float)
+        self.client_seconds = 0.0
         self.ranges: list[PolyRange] = []
         self.node_seconds = np.zeros(len(circuit.nodes))
         self.current = 0  # the node being evaluated
@@ -182,6 +184,10 @@ class _SimBackend(Backend):
     def refresh(self, point: RefreshPoint) -> Answer:
         """The client's map carries the inputs' errors along with their values; re-encryption adds its own."""
         xs = point.values
+        if self.costs is not None:  # each ciphertext decrypted once, every output encrypted at the top
+            top = self.chain + 1
+            self.client_seconds += sum(self.costs.seconds("decrypt", top - self.levels[j]) for j in point.nodes)
+            self.client_seconds += sum(point.maps.values()) * self.costs.seconds("encrypt", top)
         out: Answer = {}
         for name, count in point.maps.items():
             if name is None:
@@ -307,6 +313,7 @@ def simulate(
         ranges=sim.ranges,
         seconds=dict(sim.seconds),
         parallel_seconds=_makespan(circuit, sim.node_seconds),
+        client_seconds=sim.client_seconds,
     )
 
 

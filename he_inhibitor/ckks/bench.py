@@ -21,7 +21,8 @@ from .context import parms_id_at
 from .keys import keygen
 from .params import CkksParams
 
-PRIMITIVES = ("rotate", "mul", "relinearize", "rescale", "mul_plain", "add", "add_plain", "mod_switch", "encode")
+PRIMITIVES = ("rotate", "mul", "relinearize", "rescale", "mul_plain", "add", "add_plain", "mod_switch", "encode",
+              "encrypt", "decrypt")  # the last two: the client's half of a refresh (encode or decode included)
 
 
 def _best(fn: Callable[[], object], reps: int) -> float:
@@ -54,6 +55,8 @@ def primitive_seconds(n: int = 16384, levels: int = 11, scale_bits: int = 30, re
         enc.encode(vec, pid, ct.scale, pt)
         out = seal.Ciphertext()
         table["encode"][primes] = _best(lambda: enc.encode(vec, pid, ct.scale, seal.Plaintext()), reps)
+        table["encrypt"][primes] = _best(lambda: keys.encrypt(np.asarray(vec), level), reps)
+        table["decrypt"][primes] = _best(lambda: keys.decrypt(ct), reps)
         table["rotate"][primes] = _best(lambda: ev.rotate_vector(ct, 1, public.galois_keys, out), reps)
         table["add"][primes] = _best(lambda: ev.add(ct, ct, out), reps)
         table["add_plain"][primes] = _best(lambda: ev.add_plain(ct, pt, out), reps)
