@@ -20,6 +20,7 @@ import sys
 COMMANDS: dict[str, str] = {
     "approx": "he_inhibitor.approx.cli",
     "teacher": "he_inhibitor.teacher",
+    "teacher-logits": "he_inhibitor.teacher_logits",
     "distill": "he_inhibitor.train.cli",
     "calibrate": "he_inhibitor.recalibrate",
     "eval": "he_inhibitor.evaluate",

@@ -33,7 +33,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from tokenizers import Tokenizer
+from tqdm.auto import tqdm
 
+from he_inhibitor.data import default_data_dir, load_sst2
 from he_inhibitor.teacher import SST2_MAX_LENGTH, load_teacher, load_tokenizer, logits
 
 FORMAT = 1
@@ -126,31 +128,36 @@ class LogitCache:
         _, found = self._find(keys)
         return list(dict.fromkeys(t for t, f in zip(texts, found) if not f))
 
-    def add(self, texts: Sequence[str]) -> int:
+    def add(self, texts: Sequence[str], progress: bool = False) -> int:
         """Run the teacher on the texts not cached yet and store their logits; returns how many it ran.
 
         The teacher is loaded on first need (float32, eval mode, batches sorted
-        by length: :func:`he_inhibitor.teacher.logits`).
+        by length: :func:`he_inhibitor.teacher.logits`). Every SHARD_ROWS texts
+        are written as a shard of their own, so an interrupted call keeps what
+        it finished and a rerun computes only the rest.
         """
         todo = self.missing(texts)
         if not todo:
             return 0
         if self._model is None:
             self._model, self._tokenizer = load_teacher(self.teacher_dir), load_tokenizer(self.teacher_dir)
-        out = np.concatenate([
-            logits(self._model, self._tokenizer, todo[s : s + SHARD_ROWS], self.max_length).numpy()
-            for s in range(0, len(todo), SHARD_ROWS)
-        ]).astype(np.float32)
-        keys = text_keys(todo)
+        with tqdm(total=len(todo), desc="teacher logits", unit="text", disable=not progress) as bar:
+            for s in range(0, len(todo), SHARD_ROWS):
+                chunk = todo[s : s + SHARD_ROWS]
+                self._write(text_keys(chunk), logits(self._model, self._tokenizer, chunk, self.max_length).numpy())
+                bar.update(len(chunk))
+        self._reload()
+        return len(todo)
+
+    def _write(self, keys: np.ndarray, values: np.ndarray) -> None:
+        """One shard, sorted by key; keys renamed into place last (a shard counts once its keys exist)."""
         order = np.argsort(keys, kind="stable")
         name = f"{time.time_ns()}-{os.getpid()}"
-        for suffix, array in ((".logits.npy", out[order]), (".keys.npy", keys[order])):
+        for suffix, array in ((".logits.npy", values.astype(np.float32)[order]), (".keys.npy", keys[order])):
             tmp = self.dir / f".{name}{suffix}.partial"
             with tmp.open("wb") as f:
                 np.save(f, array, allow_pickle=False)
-            os.replace(tmp, self.dir / f"{name}{suffix}")  # keys last: a shard counts once its keys exist
-        self._reload()
-        return len(todo)
+            os.replace(tmp, self.dir / f"{name}{suffix}")
 
     def get(self, texts: Sequence[str]) -> torch.Tensor:
         """Cached logits [N, labels] float32 in the order of ``texts``; ``KeyError`` if any is not cached."""
@@ -160,3 +167,34 @@ class LogitCache:
             raise KeyError(f"{int((~found).sum())} of {len(texts)} texts have no cached logits "
                            f"(first: {first!r}); add() them first")
         return torch.from_numpy(self._logits[pos].copy())
+
+
+def add_parser(subparsers) -> None:
+    """Register ``he-inhibitor teacher-logits``."""
+    p = subparsers.add_parser(
+        "teacher-logits", help="cache a teacher's logits for the SST-2 training phrases (for distill's logit_teacher)",
+        description="Run a fine-tuned teacher (he-inhibitor teacher --out DIR) over every SST-2 training "
+        "phrase once and keep its logits per text under --cache, where `distill` with "
+        "logit_teacher=DIR reads them. Resumable: a rerun computes only what is missing.")
+    p.add_argument("--teacher", type=Path, required=True, help="the teacher directory")
+    p.add_argument("--cache", type=Path, default=Path("runs/logits"), help="cache root (%(default)s)")
+    p.add_argument("--data-dir", type=Path, default=None, help="directory with SST-2 train.tsv")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (%(default)s)")
+    p.set_defaults(func=_run)
+
+
+def _run(args) -> int:
+    data_dir = args.data_dir or default_data_dir()
+    if data_dir is None:
+        raise SystemExit("error: no --data-dir given and no default SST-2 directory found")
+    torch.set_num_threads(args.threads)
+    sentences, _ = load_sst2(Path(data_dir), "train")
+    try:
+        cache = LogitCache(args.cache, args.teacher)
+    except FileNotFoundError as err:
+        raise SystemExit(f"error: --teacher {args.teacher}: {err}")
+    t0 = time.time()
+    ran = cache.add(sentences, progress=True)
+    print(json.dumps({"cache": str(cache.dir), "texts": len(set(sentences)), "computed": ran,
+                      "seconds": round(time.time() - t0, 1)}))
+    return 0

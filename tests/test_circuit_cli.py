@@ -113,3 +113,12 @@ def test_predict_over_a_data_file(bundle, tmp_path, capsys):
     assert main(["predict", "--circuit", str(bundle), "--data", str(data), "--limit", "2"]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["sentences"] == 2 and summary["agree_with_plain"] == 2 and summary["errors_within_bound"] == 2
+
+
+@pytest.mark.parametrize("content", [None, "a\tb\n", "sentence\tlabel\nfine\tnot-a-label\n"])
+def test_predict_refuses_a_bad_data_file_by_name(tmp_path, content):
+    data = tmp_path / "dev.tsv"
+    if content is not None:
+        data.write_text(content)
+    with pytest.raises(SystemExit, match=f"error: --data {data}"):
+        main(["predict", "--mode", "plain", "--data", str(data)])

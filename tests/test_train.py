@@ -21,6 +21,7 @@ from he_inhibitor.model.student import load_student
 from he_inhibitor.paths import SHIPPED_STUDENT
 from he_inhibitor.teacher import load_teacher
 from he_inhibitor.teacher_cache import build_cache
+from he_inhibitor.teacher_logits import LogitCache
 from he_inhibitor.train.augment import AugmentConfig, TeacherLabeller
 from he_inhibitor.train.batches import Batches
 from he_inhibitor.train.calibration import calibrate
@@ -380,3 +381,23 @@ def test_param_groups_scale_the_relative_bias_only(tiny_student_config) -> None:
     assert len(param_groups(Student(tiny_student_config()), 5.0)) == 1
     with pytest.raises(ValueError, match="rel_bias_lr"):
         DistillConfig.from_dict({"rel_bias_lr": -1.0})
+
+
+@needs_teacher
+def test_logit_teacher_replaces_the_training_logits(tmp_path, tiny_setup, pre_recipe_config) -> None:
+    """A second teacher's cached logits (config logit_teacher) are what the batches carry; distill refuses
+    to start, naming the command, while they are not cached."""
+    sentences, _ = load_sst2(default_data_dir(), "train")
+    cfg = pre_recipe_config({"limit": 64, "batch_size": 32, "threads": 1, "logit_teacher": str(TEACHER)})
+    with pytest.raises(ValueError, match="he-inhibitor teacher-logits"):
+        distill(cfg, TEACHER, default_data_dir(), tmp_path / "a", tmp_path / "cache", logit_cache=tmp_path / "logits")
+    cache = LogitCache(tmp_path / "logits", TEACHER)
+    assert cache.add(sentences[:64]) == len(set(sentences[:64]))
+    other = cache.get(sentences[:64]).numpy() + 1.0  # any [rows, labels] array stands in for another teacher
+    teacher_cache, teacher_tok, tok, _ = tiny_setup
+    id_map = teacher_to_student_ids(teacher_tok, tok)
+    batches = Batches(teacher_cache, id_map, 16, 0, need_attn=False, logits=other)
+    rows = batches.order(0)[0]
+    assert torch.equal(batches.collate(rows)["t_logits"], torch.from_numpy(other[rows]))
+    with pytest.raises(ValueError, match="teacher logits for"):
+        Batches(teacher_cache, id_map, 16, 0, need_attn=False, logits=other[:3])

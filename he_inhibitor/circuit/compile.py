@@ -222,12 +222,12 @@ def compile_student(
             h = b.client_map(h, arrange.MAP_H, xl.n_cts)
             if b.max_level is not None:  # Wo, the FFN and the next QKV (or the head) take the chain's last levels
                 h = [b.descend(hc, b.max_level - (4 + fw.ffn_relu.depth)) for hc in h]
-            (o,) = compile_group([fw.wo], [fw.bo], xl, [xl], n1).apply(b, h)
+            (o,) = compile_group([fw.wo], [fw.bo], xl, [xl], n1).apply(b, h, lanes)
             x = [b.add(xc, oc) for xc, oc in zip(x, o)]
         b.stage = f"layer{li}.ffn"
         # refreshed together where the chain runs out: x before W1, the hidden ciphertexts before
         # the ReLU, then before W2 and the next QKV (or the head)
-        (a,) = compile_group([fw.w1], [fw.b1], xl, [fl], n1).apply(b, b.headroom(x, 1))
+        (a,) = compile_group([fw.w1], [fw.b1], xl, [fl], n1).apply(b, b.headroom(x, 1), lanes)
         a = b.headroom(a, fw.ffn_relu.depth)
         a = [_on_lane(b, c % lanes, lambda ac=ac: b.poly(ac, fw.ffn_relu)) for c, ac in enumerate(a)]
         (f,) = compile_group([fw.w2], [fw.b2], fl, [xl], n1).apply(b, b.headroom(a, 2), lanes)

@@ -36,7 +36,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -144,18 +144,21 @@ class EncryptedExecutor:
         self._rng = np.random.default_rng(seed)  # the refresh masks (refresh.masked); seeded: reproducible runs
 
     # -- plaintexts -----------------------------------------------------------------
-    def prepare(self) -> int:
+    def prepare(self, nodes: Collection[int] | None = None) -> int:
         """Encode every weight plaintext at the chain index where it is used, ahead of requests.
 
         Server set-up, like loading a model: the first request then runs as
         fast as later ones. The level pass says where each is used, and the
         scale invariant (a ciphertext at index c carries Delta_c) gives the
-        scale it is encoded at, exactly as _multiplier would. Returns the count.
+        scale it is encoded at, exactly as _multiplier would. `nodes`: only
+        the weights these nodes use (a lane worker's). Returns the count.
         """
         if self._cache is None:
             return 0
         circuit = self.circuit
         for i in circuit.of_kind(OpKind.MUL_PLAIN):
+            if nodes is not None and i not in nodes:
+                continue
             x, const = circuit.nodes[i].args
             arg = circuit.nodes[const].arg
             payload = circuit.consts[arg]

@@ -228,12 +228,16 @@ def run(args: argparse.Namespace) -> int:
         lanes = default_lanes()
     elif lanes > 1 and importlib_missing("ray"):
         raise SystemExit("--lanes K > 1 runs lanes on Ray: pip install 'he-inhibitor[ray]'")
+    if args.data is not None:  # read before any set-up: a bad file is refused at once, by name
+        try:
+            sentences, labels = load_sst2_tsv(args.data)
+        except (OSError, ValueError) as err:
+            raise SystemExit(f"error: --data {args.data}: {err}")
     with Predictor(args.circuit, args.mode, lanes, args.ray) as p:
         if args.text is not None:
             r = p.predict(args.text)
             print(json.dumps(r) if args.json else _text(r))
             return 0
-        sentences, labels = load_sst2_tsv(args.data)
         rows, kept = [], []
         for text, y in list(zip(sentences, labels))[:args.limit]:
             try:

@@ -21,9 +21,15 @@ from he_inhibitor.vocab import load_unpadded, teacher_to_student_ids
 class Batches:
     """Length-bucketed shuffled batches from the teacher cache, reproducible per epoch."""
 
-    def __init__(self, cache: TeacherCache, id_map: np.ndarray, batch_size: int, seed: int, need_attn: bool) -> None:
+    def __init__(self, cache: TeacherCache, id_map: np.ndarray, batch_size: int, seed: int, need_attn: bool,
+                 logits: np.ndarray | None = None) -> None:
+        """``logits``: [rows, labels] another teacher's logits for the cache's rows (config ``logit_teacher``),
+        in place of the cache's own."""
         self.cache, self.id_map, self.batch_size, self.seed, self.need_attn = cache, id_map, batch_size, seed, need_attn
         self.lengths = cache.lengths()
+        self.logits = cache.logits if logits is None else logits
+        if len(self.logits) != len(self.lengths):
+            raise ValueError(f"{len(self.logits)} teacher logits for {len(self.lengths)} cached rows")
 
     def order(self, epoch: int) -> list[np.ndarray]:
         """Epoch ``epoch``'s batches (row indices) in training order; the same epoch always gives the same order."""
@@ -62,7 +68,7 @@ class Batches:
                 att[r, :n, :n] = c.attn[c.attn_offsets[i] : c.attn_offsets[i + 1]].reshape(n, n, -1)
         batch = {
             "ids": torch.from_numpy(self.id_map[t_ids]), "t_ids": torch.from_numpy(t_ids), "mask": torch.from_numpy(mask),
-            "labels": torch.from_numpy(c.labels[rows]), "t_logits": torch.from_numpy(c.logits[rows]),
+            "labels": torch.from_numpy(c.labels[rows]), "t_logits": torch.from_numpy(np.asarray(self.logits[rows], np.float32)),
             "t_hidden": torch.from_numpy(hid),
         }
         if att is not None:

@@ -26,6 +26,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="one override after --config, dotted key and JSON value, e.g. --set student.n_layers=3 "
                         "(repeatable)")
     p.add_argument("--cache-dir", type=Path, default=Path("runs/cache"), help="where teacher outputs are cached")
+    p.add_argument("--logit-cache", type=Path, default=Path("runs/logits"),
+                   help="where `he-inhibitor teacher-logits` cached the config's logit_teacher (%(default)s)")
     p.add_argument("--init", type=Path, default=None,
                    help="fine-tune this trained student (poly phase only) instead of distilling a new one")
     p.set_defaults(func=_run)
@@ -42,7 +44,7 @@ def _run(args: argparse.Namespace) -> int:
     t0 = time.time()
     try:
         state = distill(cfg, args.teacher, Path(data_dir), args.out, args.cache_dir, args.init,
-                        command=shlex.join(["he-inhibitor", *sys.argv[1:]]))
+                        command=shlex.join(["he-inhibitor", *sys.argv[1:]]), logit_cache=args.logit_cache)
     except (FileNotFoundError, ValueError) as err:
         if args.init is None:
             raise

@@ -72,6 +72,10 @@ class DistillConfig:
     # there (the attention's |q - k| polynomial runs on every pair of their doubled length).
     augment_poly: AugmentConfig | None = None
     temperature: float = 2.0
+    # a second teacher (``he-inhibitor teacher --base mpnet``) whose cached logits (``he-inhibitor
+    # teacher-logits``) replace the first's on the training phrases for the logit losses; the token-level
+    # losses (hidden states) and the augmented copies keep the first teacher, whose tokenizer is the student's
+    logit_teacher: str | None = None
     # "kl": KL between softened distributions (times tau^2); "mse": squared error between the
     # raw logits (Kim et al. 2021, arXiv 2105.08919), which also matches the teacher's confidence
     kd_loss: str = "kl"

@@ -22,6 +22,7 @@ from he_inhibitor.model.predict import accuracy
 from he_inhibitor.model.student import load_student, save_student
 from he_inhibitor.teacher import load_teacher
 from he_inhibitor.teacher_cache import build_cache
+from he_inhibitor.teacher_logits import LogitCache
 from he_inhibitor.train.augment import AugmentConfig, TeacherLabeller
 from he_inhibitor.train.batches import Batches
 from he_inhibitor.train.calibration import calibrate
@@ -35,13 +36,14 @@ from he_inhibitor.vocab import (
 
 
 def distill(cfg: DistillConfig, teacher_dir: Path, data_dir: Path, out: Path, cache_dir: Path = Path("runs/cache"),
-            init: Path | None = None, command: str | None = None) -> dict:
+            init: Path | None = None, command: str | None = None, logit_cache: Path = Path("runs/logits")) -> dict:
     """Run both phases, save the float16 student with its tokenizer into ``out``, return metrics.
 
     ``init``: a trained student (its weights, vocabulary, bounds and frozen
     norms) to fine-tune instead: only the poly phase runs, with its bounds
     as they are (``he-inhibitor calibrate`` widens them afterwards).
     ``command``: the command line, recorded in metrics.json for the results table.
+    ``logit_cache``: where ``he-inhibitor teacher-logits`` cached ``cfg.logit_teacher``'s logits.
     """
     if init is not None and cfg.embedding_tied:
         raise ValueError("embedding_tied ties a fresh student's table to the teacher's rows; with --init the table is already trained")
@@ -73,7 +75,8 @@ def distill(cfg: DistillConfig, teacher_dir: Path, data_dir: Path, out: Path, ca
     id_map = teacher_to_student_ids(teacher_tok, tokenizer)
     n_teacher = cache.hidden.shape[1] - 1
     dist = Distiller(student, cache.hidden.shape[2], teacher_layers(cfg.layer_map, cfg.student.n_layers, n_teacher))
-    batches = Batches(cache, id_map, cfg.batch_size, cfg.seed, need_attn=cfg.loss.attn > 0)
+    batches = Batches(cache, id_map, cfg.batch_size, cfg.seed, need_attn=cfg.loss.attn > 0,
+                      logits=None if cfg.logit_teacher is None else _cached_logits(cfg.logit_teacher, logit_cache, sentences))
     teacher = None
 
     def labeller_for(aug: AugmentConfig) -> TeacherLabeller | None:
@@ -89,7 +92,7 @@ def distill(cfg: DistillConfig, teacher_dir: Path, data_dir: Path, out: Path, ca
         return TeacherLabeller(teacher, teacher_tok, aug, np.asarray(cache.ids), id_map,
                                need_attn=cfg.loss.attn > 0, max_len=cfg.student.max_len, neighbours=neighbours)
 
-    state: dict = {"teacher_train_agreement": float((cache.logits.argmax(1) == cache.labels).mean())}
+    state: dict = {"teacher_train_agreement": float((batches.logits.argmax(1) == cache.labels).mean())}
     if init is not None:
         state["init"] = str(init)
     if command is not None:
@@ -124,3 +127,12 @@ def distill(cfg: DistillConfig, teacher_dir: Path, data_dir: Path, out: Path, ca
     state["parameters"] = sum(p.numel() for p in student.parameters())
     (out / "metrics.json").write_text(json.dumps(state, indent=2) + "\n")
     return state
+
+
+def _cached_logits(teacher: str, root: Path, sentences: list[str]) -> np.ndarray:
+    """[rows, labels] the logit teacher's cached logits of the training phrases, in row order."""
+    try:
+        return LogitCache(root, teacher).get(sentences).numpy()
+    except KeyError as err:
+        raise ValueError(f"logit_teacher {teacher}: {err.args[0]}; run `he-inhibitor teacher-logits --teacher "
+                         f"{teacher} --cache {root}` first") from None
