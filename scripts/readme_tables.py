@@ -30,8 +30,8 @@ BLOCK = re.compile(r"(<!-- table:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /tabl
 
 SHIPPED_METRICS = "he_inhibitor/assets/student/metrics.json"
 BENCH = "docs/bench/shipped.json"
-PREVIOUS = "docs/bench/previous_circuit.json"  # the circuit before per-length plans (log, 2026-12-05)
-ONE_LANE = "docs/bench/one_lane.json"  # the shipped circuit on one lane, right after BENCH, in the same window
+PREVIOUS = "docs/bench/previous_circuit.json"  # the circuit the latency issue started from (0403a8d), same window
+PREVIOUS_RUNS = "docs/bench/previous_circuit_runs.jsonl"  # its per-sentence run log (bench --log)
 TEACHER_BY_LENGTH = "docs/distillation/by_length_teacher.json"
 
 
@@ -55,10 +55,17 @@ def _median_of(b: dict, previous: dict) -> float:
     return float(np.median([r["seconds"] for r in b["runs"] if r["index"] in first]))
 
 
+def _ratio(b: dict, other: dict) -> float:
+    """Median over the sentences both runs encrypted of this circuit's seconds over the other's."""
+    theirs = {r["index"]: r["seconds"] for r in other["runs"]}
+    return float(np.median([r["seconds"] / theirs[r["index"]] for r in b["runs"] if r["index"] in theirs]))
+
+
 def headline(root: Path) -> str:
     """The README's one results table: accuracy from eval and bench, then the encrypted run's costs."""
     teacher, m, b = _load(root, TEACHER_BY_LENGTH), _load(root, SHIPPED_METRICS), _load(root, BENCH)
-    p, one = _load(root, PREVIOUS), _load(root, ONE_LANE)
+    p, c = _load(root, PREVIOUS), b["compare"]
+    p_runs = {"runs": [json.loads(line) for line in (root / PREVIOUS_RUNS).read_text().splitlines()]}
     enc, b32, b64 = b["encrypted_sentences"], b["buckets"]["32"], b["buckets"]["64"]
     rows = [
         ["SST-2 dev accuracy, teacher (MiniLM-L6 fine-tuned)", f"{teacher['accuracy']:.4f}", f"`{TEACHER_BY_LENGTH}`"],
@@ -77,12 +84,13 @@ def headline(root: Path) -> str:
          f"{b32['median_seconds']:.1f} s / {b64['median_seconds']:.1f} s", f"`{BENCH}`"],
         [f"median / p95 with {b['rtt_ms']:.0f} ms per round trip ({b['round_trips_per_query']} round trips)",
          f"{b['median_seconds_with_rtt']:.1f} s / {b['p95_seconds_with_rtt']:.1f} s", f"`{BENCH}`"],
-        [f"previous circuit (T shifts for every sentence; benched in an earlier window, shared with other jobs), "
-         f"median on the first {p['encrypted_sentences']} of the same sentences", f"{p['median_seconds']:.1f} s (this circuit on those: "
-         f"{_median_of(b, p):.1f} s)", f"`{PREVIOUS}`"],
-        [f"the same circuit on {one['lanes']} lane, median on the first {one['encrypted_sentences']} of the same "
-         "sentences, same window", f"{one['median_seconds']:.1f} s (on {b['lanes']} lanes: {_median_of(b, one):.1f} s)",
-         f"`{ONE_LANE}`"],
+        [f"the same student on the previous chain ({c['chain_levels']} levels, {c['round_trips_per_query']} round "
+         f"trips), median / p95, same run", f"{c['median_seconds']:.1f} s / {c['p95_seconds']:.1f} s "
+         f"(this circuit / it per sentence: {_ratio(b, c):.2f})", f"`{BENCH}`"],
+        [f"the circuit before per-length plans, lanes and the short chain (0403a8d, {p['workers']} processes), "
+         f"median on the first {p['encrypted_sentences']} of the same sentences, same window",
+         f"{p['median_seconds']:.1f} s (this circuit on those: {_median_of(b, p):.1f} s; per sentence: "
+         f"{_ratio(b, p_runs):.2f})", f"`{PREVIOUS}`"],
         ["evaluation keys (both buckets), sent once", _mb(b["eval_key_bytes"]), f"`{BENCH}`"],
         ["query / reply / refresh traffic per sentence, T = 32",
          f"{_mb(b32['query_bytes'])} / {_mb(b32['reply_bytes'])} / {_mb(b32['refresh_bytes'])}", f"`{BENCH}`"],
