@@ -42,7 +42,7 @@ def test_stage_stats_match_the_layout_formulas():
     fl = Layout.natural(T, n_slots, sw.d_ff)
     al = comp.att_layout  # the full bucket's plan: blocks of 2T, T shifts
     qkv = compile_group([fw.wq, fw.wk, fw.wv], [fw.bq, fw.bk, fw.bv], xl, [xl] * 3, comp.n1).rotation_count(2)
-    wo = compile_group([fw.wo], [fw.bo], xl, [xl], comp.n1).rotation_count()
+    wo = compile_group([fw.wo], [fw.bo], xl, [xl], comp.n1).rotation_count(2)
     attn = stats["layer0.attn"]
     head_sums = len(head_sum_steps(al, H))
     # K and V each rotate T - 1 times over the two lanes; Z is head-summed once per shift
@@ -50,7 +50,7 @@ def test_stage_stats_match_the_layout_formulas():
     assert attn["levels"] == 2 + fw.abs_fn.depth + fw.attn_relu.depth  # QKV, the polynomials, Wo
     assert attn["poly"] == 2 * T * al.n_cts
     ffn = stats["layer0.ffn"]
-    w1 = compile_group([fw.w1], [fw.b1], xl, [fl], comp.n1).rotation_count()
+    w1 = compile_group([fw.w1], [fw.b1], xl, [fl], comp.n1).rotation_count(2)
     w2 = compile_group([fw.w2], [fw.b2], fl, [xl], comp.n1).rotation_count(2)
     assert ffn["rotate"] == w1 + w2 and ffn["levels"] == 2 + fw.ffn_relu.depth
     assert stats["head"]["levels"] == 1
