@@ -443,7 +443,7 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
     """argparse type: a negative --limit would silently slice rows off the end instead."""
     value = int(text)
     if value < 1:
@@ -473,14 +473,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True, help="output directory for the model")
     p.add_argument("--base", default=d.base,
                    help=f"{', '.join(NAMES)} or a model directory with config.json (%(default)s)")
-    p.add_argument("--limit", type=_positive_int, help="train on the first N rows only")
+    p.add_argument("--limit", type=positive_int, help="train on the first N rows only")
     for flag, kind, what in (
-        ("--epochs", _positive_int, "passes over the data"),
-        ("--batch-size", _positive_int, "training batch"),
+        ("--epochs", positive_int, "passes over the data"),
+        ("--batch-size", positive_int, "training batch"),
         ("--lr", float, "peak AdamW learning rate"),
         ("--seed", int, "head init, dropout, batch order"),
-        ("--max-length", _positive_int, "tokens, special tokens included; SST-2's longest row is 66"),
-        ("--sort-chunk", _positive_int, "batches per length-sorted chunk (dynamic padding); 1: plain shuffle"),
+        ("--max-length", positive_int, "tokens, special tokens included; SST-2's longest row is 66"),
+        ("--sort-chunk", positive_int, "batches per length-sorted chunk (dynamic padding); 1: plain shuffle"),
     ):
         key = flag[2:].replace("-", "_")
         by_base = ", ".join(f"{b} {r[key]}" for b, r in BASE_RECIPES.items() if key in r)
@@ -490,19 +490,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="fused AdamW kernel (default off; mpnet on): faster, rounds differently")
     p.add_argument(
         "--threads",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help=f"torch CPU threads (default {d.threads}; use 1 on a machine busy with other jobs: "
         "2 threads on 2 contended cores ran 3-5x slower than 1)",
     )
     p.add_argument("--checkpoint-dir", type=Path,
                    help="write resumable checkpoints here (every --checkpoint-every steps and at Ctrl-C/SIGTERM)")
-    p.add_argument("--checkpoint-every", type=_positive_int, default=RunOptions.checkpoint_every,
+    p.add_argument("--checkpoint-every", type=positive_int, default=RunOptions.checkpoint_every,
                    help="steps between checkpoints (%(default)s)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --checkpoint-dir (same flags as the run that wrote it)")
-    p.add_argument("--stop-after", type=_positive_int,
+    p.add_argument("--stop-after", type=positive_int,
                    help="checkpoint and exit after this many steps (a time-boxed session)")
-    p.add_argument("--eval-every", type=_positive_int, default=0,
+    p.add_argument("--eval-every", type=positive_int, default=0,
                    help="also report dev accuracy every N steps (default: at the end only)")
     p.set_defaults(func=_run)

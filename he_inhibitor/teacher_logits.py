@@ -36,7 +36,7 @@ from tokenizers import Tokenizer
 from tqdm.auto import tqdm
 
 from he_inhibitor.data import default_data_dir, load_sst2
-from he_inhibitor.teacher import SST2_MAX_LENGTH, load_teacher, load_tokenizer, logits
+from he_inhibitor.teacher import SST2_MAX_LENGTH, positive_int, load_teacher, load_tokenizer, logits
 
 FORMAT = 1
 KEY_DTYPE = "S16"
@@ -179,7 +179,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--teacher", type=Path, required=True, help="the teacher directory")
     p.add_argument("--cache", type=Path, default=Path("runs/logits"), help="cache root (%(default)s)")
     p.add_argument("--data-dir", type=Path, default=None, help="directory with SST-2 train.tsv")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (%(default)s)")
+    p.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads (%(default)s)")
     p.set_defaults(func=_run)
 
 

@@ -82,5 +82,12 @@ def test_parameters_from_depth_and_refresh(student):
     assert all(a.levels > b.levels and a.round_trips <= b.round_trips for a, b in zip(prices, prices[1:]))
     for c in prices:
         assert check(c.compiled.circuit, c.levels).max() <= c.levels
+    # a forced chain (compile --levels) is that candidate's circuit; one too short or too long is refused
+    longest = prices[0]
+    forced = plan_student(sw, T, n=16384, precision=Precision(levels=longest.levels))
+    assert forced.params.depth == longest.levels and forced.round_trips == longest.round_trips
+    for bad in (prices[-1].levels - 1, Precision().max_levels(16384) + 1):
+        with pytest.raises(ValueError, match=f"a chain of {bad} levels"):
+            plan_student(sw, T, n=16384, precision=Precision(levels=bad))
     with pytest.raises(InsecureParametersError):
         CkksParams.for_depth(12, 8192, 30, 50, 50)

@@ -18,7 +18,7 @@ from he_inhibitor.bench.measure import bench_target
 from he_inhibitor.bench.report import plot_stages, stage_lines, summary_lines
 from he_inhibitor.bench.target import load_target
 from he_inhibitor.circuit.costs import measure
-from he_inhibitor.circuit.params import Precision
+from he_inhibitor.circuit.params import ROUND_TRIP_SECONDS, Precision
 from he_inhibitor.circuit.ray_lanes import default_lanes
 from he_inhibitor.data import default_data_dir, load_sst2, load_sst2_tsv
 from he_inhibitor.service.artifacts import SHIPPED_CIRCUIT
@@ -49,7 +49,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "actors (a bundle is recompiled for K > 2)")
     p.add_argument("--ray", default=None, metavar="ADDRESS",
                    help="run the lanes on the Ray cluster at ADDRESS (default: Ray embedded, 2 CPUs)")
-    p.add_argument("--rtt-ms", type=float, default=50.0,
+    p.add_argument("--rtt-ms", type=float, default=ROUND_TRIP_SECONDS * 1000,
                    help="network round-trip time added per round trip (query + refreshes) in the *_with_rtt figures")
     p.add_argument("--reps", type=int, default=3, help="repetitions per primitive in the cost table")
     p.add_argument("--seed", type=int, default=0)

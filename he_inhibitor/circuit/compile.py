@@ -197,7 +197,12 @@ def compile_student(
                                       (xl.n_cts, fl.n_cts), (fl.n_cts, xl.n_cts)], spec_steps, xl.block_size)
     b = Builder(n_slots, max_level)
     x = [b.input(f"x{c}") for c in range(xl.n_cts)]
-    x_in = x if max_level is None else [b.descend(xc, max_level - 1) for xc in x]  # QKV: the chain's last level
+
+    def for_qkv(xs: list[int]) -> list[int]:
+        """xs at the chain's last level, where the QKV projection's rotations are cheapest."""
+        return xs if max_level is None else [b.descend(xc, max_level - 1) for xc in xs]
+
+    x_in = for_qkv(x)
     rel_biases, z_offsets = [], []
     for li, lw in enumerate(sw.layers):
         b.stage = f"layer{li}.attn"
@@ -232,7 +237,7 @@ def compile_student(
         a = [_on_lane(b, c % lanes, lambda ac=ac: b.poly(ac, fw.ffn_relu)) for c, ac in enumerate(a)]
         (f,) = compile_group([fw.w2], [fw.b2], fl, [xl], n1).apply(b, b.headroom(a, 2), lanes)
         x = [b.add(xc, fc) for xc, fc in zip(x, f)]
-        x_in = x if max_level is None else [b.descend(xc, max_level - 1) for xc in x]  # the next QKV
+        x_in = for_qkv(x)
     b.stage = "head"
     x = b.headroom(x, 1)
     logits = None

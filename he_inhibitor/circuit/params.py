@@ -68,14 +68,24 @@ class ChainPrice:
 def chain_prices(sw: StudentWeights, T: int, n: int = 16384, precision: Precision = Precision(),
                  shifts: ShiftPlan | None = None, round_trip: float = ROUND_TRIP_SECONDS) -> list[ChainPrice]:
     """Every chain from the longest 128-bit-secure one (or the circuit's depth, if less) down to the
-    shortest that holds its deepest polynomial, longest first, priced by this machine's cost table."""
-    need = int(levels_and_degrees(compile_student(sw, T, n // 2, shifts=shifts).circuit)[0].max())
+    shortest that holds its deepest polynomial, longest first, priced by this machine's cost table;
+    with `precision.levels`, that chain alone (a ValueError where it does not hold the circuit)."""
+    if precision.levels is None:
+        need = int(levels_and_degrees(compile_student(sw, T, n // 2, shifts=shifts).circuit)[0].max())
+        chains = range(min(need, precision.max_levels(n)), 0, -1)
+    elif not 0 < precision.levels <= precision.max_levels(n):
+        raise ValueError(f"a chain of {precision.levels} levels: at N = {n} from 1 to {precision.max_levels(n)} "
+                         "are 128-bit secure")
+    else:
+        chains = range(precision.levels, precision.levels - 1, -1)
     costs = CostTable.shipped(n)
     out = []
-    for levels in range(min(need, precision.max_levels(n)), 0, -1):
+    for levels in chains:
         try:
             compiled = compile_student(sw, T, n // 2, max_level=levels, shifts=shifts)
-        except LevelError:  # a single polynomial deeper than the chain
+        except LevelError as err:  # a single polynomial deeper than the chain
+            if precision.levels is not None:
+                raise ValueError(f"a chain of {levels} levels does not hold the circuit: {err}") from None
             break
         trips, seconds = refresh_round_trips(compiled.circuit), None
         if costs is not None:
@@ -100,13 +110,7 @@ def plan_student(sw: StudentWeights, T: int, n: int = 16384, precision: Precisio
     shifts: the attention's packing (default: the plan that holds every n <= T).
     """
     prices = chain_prices(sw, T, n, precision, shifts, round_trip)
-    if precision.levels is not None:
-        chosen = [c for c in prices if c.levels == precision.levels]
-        if not chosen:
-            raise ValueError(f"a chain of {precision.levels} levels does not hold the circuit at N = {n} "
-                             f"(from {prices[-1].levels} to {prices[0].levels} do)")
-        best = chosen[0]
-    elif prices[0].seconds is None:
+    if prices[0].seconds is None:
         best = min(prices, key=lambda c: (c.round_trips, c.levels))
     else:
         best = min(prices, key=lambda c: c.seconds)

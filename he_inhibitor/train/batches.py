@@ -27,7 +27,7 @@ class Batches:
         in place of the cache's own."""
         self.cache, self.id_map, self.batch_size, self.seed, self.need_attn = cache, id_map, batch_size, seed, need_attn
         self.lengths = cache.lengths()
-        self.logits = cache.logits if logits is None else logits
+        self.logits = cache.logits if logits is None else np.asarray(logits, np.float32)
         if len(self.logits) != len(self.lengths):
             raise ValueError(f"{len(self.logits)} teacher logits for {len(self.lengths)} cached rows")
 
@@ -68,7 +68,7 @@ class Batches:
                 att[r, :n, :n] = c.attn[c.attn_offsets[i] : c.attn_offsets[i + 1]].reshape(n, n, -1)
         batch = {
             "ids": torch.from_numpy(self.id_map[t_ids]), "t_ids": torch.from_numpy(t_ids), "mask": torch.from_numpy(mask),
-            "labels": torch.from_numpy(c.labels[rows]), "t_logits": torch.from_numpy(np.asarray(self.logits[rows], np.float32)),
+            "labels": torch.from_numpy(c.labels[rows]), "t_logits": torch.from_numpy(self.logits[rows]),
             "t_hidden": torch.from_numpy(hid),
         }
         if att is not None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from he_inhibitor.data import default_data_dir
 from he_inhibitor.train.config import load_config
-from he_inhibitor.train.pipeline import distill
+from he_inhibitor.train.pipeline import LogitTeacherError, distill
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -45,6 +45,8 @@ def _run(args: argparse.Namespace) -> int:
     try:
         state = distill(cfg, args.teacher, Path(data_dir), args.out, args.cache_dir, args.init,
                         command=shlex.join(["he-inhibitor", *sys.argv[1:]]), logit_cache=args.logit_cache)
+    except LogitTeacherError as err:
+        raise SystemExit(f"error: {err}")
     except (FileNotFoundError, ValueError) as err:
         if args.init is None:
             raise

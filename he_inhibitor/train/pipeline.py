@@ -59,6 +59,8 @@ def distill(cfg: DistillConfig, teacher_dir: Path, data_dir: Path, out: Path, ca
     if cfg.limit:
         sentences, labels = sentences[: cfg.limit], labels[: cfg.limit]
     dev_s, dev_y = load_sst2(data_dir, "dev")
+    # read before any teacher work, so that a missing cache is refused at once
+    logits = None if cfg.logit_teacher is None else _cached_logits(cfg.logit_teacher, logit_cache, sentences)
     cache = build_cache(teacher_dir, sentences, labels, cache_dir, max_len=cfg.student.max_len)
 
     teacher_tok = load_unpadded(teacher_dir)
@@ -75,8 +77,7 @@ def distill(cfg: DistillConfig, teacher_dir: Path, data_dir: Path, out: Path, ca
     id_map = teacher_to_student_ids(teacher_tok, tokenizer)
     n_teacher = cache.hidden.shape[1] - 1
     dist = Distiller(student, cache.hidden.shape[2], teacher_layers(cfg.layer_map, cfg.student.n_layers, n_teacher))
-    batches = Batches(cache, id_map, cfg.batch_size, cfg.seed, need_attn=cfg.loss.attn > 0,
-                      logits=None if cfg.logit_teacher is None else _cached_logits(cfg.logit_teacher, logit_cache, sentences))
+    batches = Batches(cache, id_map, cfg.batch_size, cfg.seed, need_attn=cfg.loss.attn > 0, logits=logits)
     teacher = None
 
     def labeller_for(aug: AugmentConfig) -> TeacherLabeller | None:
@@ -129,10 +130,16 @@ def distill(cfg: DistillConfig, teacher_dir: Path, data_dir: Path, out: Path, ca
     return state
 
 
+class LogitTeacherError(ValueError):
+    """The config's logit_teacher has no weights, or its logits are not cached: what to run is in the message."""
+
+
 def _cached_logits(teacher: str, root: Path, sentences: list[str]) -> np.ndarray:
     """[rows, labels] the logit teacher's cached logits of the training phrases, in row order."""
     try:
         return LogitCache(root, teacher).get(sentences).numpy()
+    except FileNotFoundError as err:
+        raise LogitTeacherError(f"logit_teacher {teacher}: {err}") from None
     except KeyError as err:
-        raise ValueError(f"logit_teacher {teacher}: {err.args[0]}; run `he-inhibitor teacher-logits --teacher "
-                         f"{teacher} --cache {root}` first") from None
+        raise LogitTeacherError(f"logit_teacher {teacher}: {err.args[0]}; run `he-inhibitor teacher-logits "
+                                f"--teacher {teacher} --cache {root}` first") from None
