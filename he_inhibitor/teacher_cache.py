@@ -10,6 +10,8 @@ memory-mapped, in plain ``.npy`` files (no pickle).
 from __future__ import annotations
 
 import hashlib
+import shutil
+import tempfile
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,8 +79,10 @@ def build_cache(
     out = Path(cache_root) / _key(teacher_dir, sentences, max_len)
     if (out / "meta.json").is_file():
         return load_cache(out)
-    tmp = out.with_suffix(".partial")
-    tmp.mkdir(parents=True, exist_ok=True)
+    # a directory of this call's own: two runs that start together each build it (same
+    # contents), and the first to finish publishes it; neither writes into the other's files
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=out.name + ".partial-"))
 
     seqs = tokenize_for_teacher(load_tokenizer(teacher_dir), sentences, max_len)
     lengths = np.array([len(s) for s in seqs])
@@ -116,7 +120,12 @@ def build_cache(
     np.save(tmp / "labels.npy", np.asarray(labels, np.int64))
     np.save(tmp / "logits.npy", logits)
     (tmp / "meta.json").write_text(json.dumps({"format": FORMAT, "teacher": str(teacher_dir), "n": len(seqs), "max_len": max_len}))
-    tmp.rename(out)
+    try:
+        tmp.rename(out)
+    except OSError:  # another run published the same cache first
+        if not (out / "meta.json").is_file():
+            raise
+        shutil.rmtree(tmp)
     return load_cache(out)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
@@ -401,3 +402,17 @@ def test_logit_teacher_replaces_the_training_logits(tmp_path, tiny_setup, pre_re
     assert torch.equal(batches.collate(rows)["t_logits"], torch.from_numpy(other[rows]))
     with pytest.raises(ValueError, match="teacher logits for"):
         Batches(teacher_cache, id_map, 16, 0, need_attn=False, logits=other[:3])
+
+
+@needs_teacher
+def test_two_runs_building_one_cache_at_once_both_get_it(tmp_path) -> None:
+    """Runs started together build the same teacher cache side by side, each in a directory of its own;
+    the first to finish publishes it and the other loads that one (no run writes into another's files)."""
+    sentences, labels = load_sst2(default_data_dir(), "train")
+    sentences, labels = sentences[:24], labels[:24]
+    with ThreadPoolExecutor(2) as pool:
+        a, b = pool.map(lambda _: build_cache(TEACHER, sentences, labels, tmp_path, max_len=64), range(2))
+    published = list(tmp_path.iterdir())
+    assert len(published) == 1 and ".partial" not in published[0].name  # the loser's copy is gone
+    np.testing.assert_array_equal(np.asarray(a.hidden), np.asarray(b.hidden))
+    np.testing.assert_array_equal(a.logits, b.logits)
