@@ -67,11 +67,14 @@ def headline(root: Path) -> str:
     p, c = _load(root, PREVIOUS), b["compare"]
     p_runs = {"runs": [json.loads(line) for line in (root / PREVIOUS_RUNS).read_text().splitlines()]}
     enc, b32, b64 = b["encrypted_sentences"], b["buckets"]["32"], b["buckets"]["64"]
+    seeds, _ = _seed_accuracies(root, SEED_GROUPS[0])
     rows = [
         ["SST-2 dev accuracy, teacher (MiniLM-L6 fine-tuned)", f"{teacher['accuracy']:.4f}", f"`{TEACHER_BY_LENGTH}`"],
         ["SST-2 dev accuracy, student, exact \\|x\\| and ReLU", f"{m['dev_exact']:.4f}", f"`{SHIPPED_METRICS}`"],
         ["SST-2 dev accuracy, student as the circuit computes it (polynomials)", f"**{m['dev_poly']:.4f}**",
          f"`{SHIPPED_METRICS}`"],
+        ["its recipe, mean over seeds 1 / 0 / 2 (polynomials)",
+         f"{seeds.mean():.4f} ({' / '.join(f'{a:.4f}' for a in seeds)})", "`docs/distillation/results.json`"],
         [f"plain circuit, all {b['sentences']} dev sentences ({b['truncated']} truncated)", f"{b['accuracy']:.4f}",
          f"`{BENCH}`"],
         [f"encrypted: accuracy / agreement with plain ({enc} random dev sentences)",
@@ -195,6 +198,49 @@ def degree_sweep(root: Path, rel: str = "docs/distillation/degree_sweep.json") -
     return _table(["abs", "attention ReLU", "FFN ReLU", f"dev accuracy ({d['run']})"], rows)
 
 
+TEACHER_MPNET = "docs/distillation/teacher_mpnet.json"  # runs/teacher-mpnet/model/metrics.json (docs/teacher.md)
+SWEEP_MPNET = "docs/distillation/degree_sweep_mpnet6_seed{seed}.json"  # scripts/degree_sweep.py --run runs/mpnet6-seedK
+# one recipe's three seeds, 1 / 0 / 2: (label, where each seed's poly-form dev accuracy is, command).
+# "results": the rows of results.json named runs[k]; "sweep": SWEEP_MPNET's first setting (14w fits on
+# the run's exact-phase weights, no poly phase)
+SEED_GROUPS = [
+    ("MiniLM logits, fits of degree 14 (weighted), no poly phase (the shipped recipe)", "results",
+     ("h16_dir_seed1", "h16_dir", "h16_dir_seed2")),
+    ("MPNet logits, fits of degree 14 (weighted), no poly phase", "sweep", (1, 0, 2)),
+    ("MPNet logits, fits of degree 6 (weighted), a quarter epoch in poly form", "results",
+     ("mpnet6-seed1", "mpnet6-seed0", "mpnet6-seed2")),
+]
+
+
+def _seed_accuracies(root: Path, group: tuple) -> tuple[np.ndarray, str]:
+    """(dev poly accuracy of each seed, the command or file behind them) of one SEED_GROUPS entry."""
+    _, source, names = group
+    if source == "sweep":
+        files = [SWEEP_MPNET.format(seed=k) for k in names]
+        return (np.array([_load(root, f)["settings"][0]["dev_poly"] for f in files]),
+                f"`python scripts/degree_sweep.py --run runs/mpnet6-seedK --settings 14w,14w,14w 6w,6w,6w --json "
+                f"{SWEEP_MPNET.format(seed='K')}`")
+    runs = {r["run"]: r for r in _load(root, "docs/distillation/results.json")}
+    return (np.array([runs[n]["dev_poly"] for n in names]),
+            f"`{runs[names[0]]['command']}` (seeds 0 and 2: `--set seed=K` or `configs/seedK.json`)")
+
+
+def teachers_and_seeds(root: Path) -> str:
+    """Each teacher's dev accuracy, then each recipe's students over three seeds: every seed, mean and spread.
+    The augmented copies are labelled live by the MiniLM teacher in every row (none are cached)."""
+    mini, mpnet = _load(root, TEACHER_BY_LENGTH), _load(root, TEACHER_MPNET)
+    rows = [["teacher: MiniLM-L6 fine-tuned (`../shared/models/minilm-l6-sst2`)", "-", f"{mini['accuracy']:.4f}", "-",
+             f"`{TEACHER_BY_LENGTH}`"],
+            ["teacher: MPNet-base fine-tuned (`he-inhibitor teacher --base mpnet`)", "-", f"{mpnet['accuracy']:.4f}", "-",
+             f"`{TEACHER_MPNET}`"]]
+    for group in SEED_GROUPS:
+        acc, source = _seed_accuracies(root, group)
+        rows.append([f"student: {group[0]}", " / ".join(f"{a:.4f}" for a in acc), f"**{acc.mean():.4f}**",
+                     f"{acc.max() - acc.min():.4f}", source])
+    return _table(["model", "dev, poly form, seeds 1 / 0 / 2", "dev (students: mean of the seeds)", "spread",
+                   "command"], rows)
+
+
 # (file, model as recorded) -> label, where the recorded path no longer says which student it was
 WORD_ORDER = ("word_order.json", "word_order_h16_rel.json", "word_order_h16_dir.json")
 _WORD_ORDER_LABELS = {("word_order.json", "../shared/models/minilm-l6-sst2"): "teacher",
@@ -217,7 +263,7 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "bench-totals": bench_totals, "base-vs-dot": base_vs_dot, "ablations": ablations, "by-length": by_length,
     "degree-sweep": degree_sweep,
     "degree-sweep-shipped": lambda root: degree_sweep(root, "docs/distillation/degree_sweep_shipped.json"),
-    "word-order": word_order, "shipped-fits": shipped_fits,
+    "word-order": word_order, "shipped-fits": shipped_fits, "teachers-and-seeds": teachers_and_seeds,
 }
 
 

@@ -43,6 +43,8 @@ def summarize(run: Path) -> dict:
         "heads": s["n_heads"],
         "d_ff": s["d_ff"],
         "losses": "+".join(k for k in ("kd", "ce", "hidden", "emb", "attn", "range") if loss[k] > 0),
+        # whose logits the kd and ce losses see on the training phrases (the copies keep the MiniLM teacher's)
+        "logits": "MPNet" if cfg.get("logit_teacher") else "MiniLM",
         "layer_map": cfg["layer_map"],
         "embedding_init": "(init)" if "init" in m else cfg.get("embedding_init", "table"),
         "augment": augment(cfg.get("augment", {})) + (f"; poly phase {augment(cfg['augment_poly'])}" if cfg.get("augment_poly") else ""),
@@ -75,7 +77,7 @@ def augment(a: dict) -> str:
 
 
 def markdown(rows: list[dict]) -> str:
-    cols = ["run", "attention", "layers", "heads", "d_ff", "losses", "layer_map", "embedding_init", "augment", "poly_degree", "train_rows", "epochs", "exact_phase", "poly_start", "dev_exact", "dev_poly", "parameters"]
+    cols = ["run", "attention", "layers", "heads", "d_ff", "losses", "logits", "layer_map", "embedding_init", "augment", "poly_degree", "train_rows", "epochs", "exact_phase", "poly_start", "dev_exact", "dev_poly", "parameters"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         lines.append("| " + " | ".join(f"{r[c]:.4f}" if isinstance(r[c], float) else str(r[c]) for c in cols) + " |")

@@ -73,10 +73,10 @@ def test_defaults_are_the_shipped_recipe() -> None:
 
 
 def test_overrides_merge_key_by_key_and_extend(tmp_path) -> None:
-    cfg = DistillConfig.from_dict({"student": {"n_layers": 3, "abs_poly": {"degree": 6}}, "augment": {"copies": 6}})
+    cfg = DistillConfig.from_dict({"student": {"n_layers": 3, "abs_poly": {"degree": 8}}, "augment": {"copies": 6}})
     recipe = DistillConfig()
     assert (cfg.student.n_layers, cfg.student.n_heads, cfg.student.rel_bias) == (3, recipe.student.n_heads, True)
-    assert cfg.student.abs_poly == PolySpec(6, recipe.student.abs_poly.method)
+    assert cfg.student.abs_poly == PolySpec(8, recipe.student.abs_poly.method) != recipe.student.abs_poly
     assert cfg.augment.copies == 6 and cfg.augment.concat == recipe.augment.concat
     (tmp_path / "base.json").write_text('{"seed": 7, "student": {"n_heads": 4}}')
     (tmp_path / "child.json").write_text('{"extends": "base.json", "student": {"d_ff": 64}}')
@@ -416,3 +416,23 @@ def test_two_runs_building_one_cache_at_once_both_get_it(tmp_path) -> None:
     assert len(published) == 1 and ".partial" not in published[0].name  # the loser's copy is gone
     np.testing.assert_array_equal(np.asarray(a.hidden), np.asarray(b.hidden))
     np.testing.assert_array_equal(a.logits, b.logits)
+
+
+def test_set_degree_saves_a_student_that_loads_at_the_new_degree(tmp_path, tiny_student_config) -> None:
+    """`he-inhibitor calibrate --degree D`: every fit and the saved config at D, so the student loads again;
+    an odd or missing degree is refused by the command line."""
+    from he_inhibitor.cli import build_parser
+    from he_inhibitor.model.student import save_student
+    from he_inhibitor.recalibrate import set_degree
+
+    student = Student(tiny_student_config(abs_poly=PolySpec(14, "weighted"), relu_poly=PolySpec(14, "weighted")))
+    set_degree(student, 6)
+    assert {m.spec for _, m in student.nonlinearities()} == {PolySpec(6, "weighted")}
+    save_student(student, tmp_path)
+    loaded = load_student(tmp_path)
+    assert (loaded.cfg.abs_poly.degree, loaded.cfg.relu_poly.degree) == (6, 6)
+    assert {tuple(m.poly_coeffs.shape) for _, m in loaded.nonlinearities()} == {(7,)}
+    for bad in ("7", "0", "six"):
+        argv = ["calibrate", "--model", "m", "--teacher", "t", "--out", "o", "--degree", bad]
+        with pytest.raises(SystemExit):
+            build_parser(argv).parse_args(argv)
