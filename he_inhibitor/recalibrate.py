@@ -70,12 +70,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batches", type=int, default=25, help="batches of 64 of the longest rows")
     p.add_argument("--margin", type=float, default=0.1, help="B = (1 + margin) x the largest input")
     p.add_argument("--cache-dir", type=Path, default=Path("runs/cache"))
-    p.add_argument("--degree", type=_even_degree, default=None,
+    p.add_argument("--degree", type=even_degree, default=None,
                    help="also refit every polynomial at this even degree (e.g. 14: depth 4; 6: depth 3)")
     p.set_defaults(func=_run)
 
 
-def _even_degree(text: str) -> int:
+def even_degree(text: str) -> int:
     """An even degree >= 2: the fits are on [-1, 1] with |x| even and ReLU = x/2 + an even part."""
     if not text.isdigit() or int(text) < 2 or int(text) % 2:
         raise argparse.ArgumentTypeError(f"{text!r}: expected an even degree >= 2, e.g. 6 or 14")

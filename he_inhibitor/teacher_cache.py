@@ -10,9 +10,9 @@ memory-mapped, in plain ``.npy`` files (no pickle).
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import tempfile
-import json
 from dataclasses import dataclass
 from pathlib import Path
 

@@ -35,6 +35,7 @@ from he_inhibitor.data import default_data_dir, load_sst2
 from he_inhibitor.model.nonlinear import PolySpec
 from he_inhibitor.model.predict import accuracy
 from he_inhibitor.model.student import load_student
+from he_inhibitor.recalibrate import even_degree
 from he_inhibitor.train.batches import Batches, training_batches
 from he_inhibitor.train.calibration import refit_weighted
 from he_inhibitor.vocab import load_tokenizer
@@ -45,7 +46,14 @@ Setting = tuple[str, str, str]
 
 def setting(text: str) -> Setting:
     parts = text.split(",")
-    ok = lambda p: p.removesuffix("w").isdigit() and int(p.removesuffix("w")) >= 2 and int(p.removesuffix("w")) % 2 == 0  # noqa: E731
+
+    def ok(part: str) -> bool:
+        try:
+            even_degree(part.removesuffix("w"))
+        except argparse.ArgumentTypeError:
+            return False
+        return True
+
     if len(parts) != 3 or not all(ok(p) for p in parts):
         raise argparse.ArgumentTypeError(
             f"{text!r}: expected three even degrees abs,attn_relu,ffn_relu, each optionally weighted, e.g. 14,14w,14")

@@ -420,7 +420,7 @@ def test_two_runs_building_one_cache_at_once_both_get_it(tmp_path) -> None:
 
 def test_set_degree_saves_a_student_that_loads_at_the_new_degree(tmp_path, tiny_student_config) -> None:
     """`he-inhibitor calibrate --degree D`: every fit and the saved config at D, so the student loads again;
-    an odd or missing degree is refused by the command line."""
+    an odd, zero or non-numeric degree is refused by the command line."""
     from he_inhibitor.cli import build_parser
     from he_inhibitor.model.student import save_student
     from he_inhibitor.recalibrate import set_degree
