@@ -256,10 +256,13 @@ def test_bad_poly_spec_refused_at_config_load(bad: dict, match: str) -> None:
         StudentConfig.from_dict({"relu_poly": {"degree": 14, **bad}})
 
 
+@pytest.mark.parametrize("form", ["exact", "poly"])
 @pytest.mark.parametrize("rel_bias", [False, True])
-def test_fused_exact_attention_equals_the_modules(model_student_config, rel_bias: bool) -> None:
-    """Student.fuse_exact: the compiled kernel gives the same logits and gradients, pads nothing, refuses poly form;
-    also with a relative bias (an [H, T, T] offset)."""
+def test_fused_attention_equals_the_modules(model_student_config, rel_bias: bool, form: str) -> None:
+    """Student.fuse: the compiled kernel gives the same logits and gradients and pads nothing, in both forms,
+    also with a relative bias (an [H, T, T] offset); in poly form it records the same ranges and range
+    penalties (the loss's range term), clamping while training (bounds set below the inputs, so that
+    the clamp and the penalty act) and not in eval (the config's bounds, which hold the inputs)."""
     torch.manual_seed(0)
     cfg = model_student_config(key_norm=0.5, rel_bias=rel_bias)
     plain, fused = Student(cfg), Student(cfg)
@@ -269,25 +272,50 @@ def test_fused_exact_attention_equals_the_modules(model_student_config, rel_bias
             if rel_bias:
                 layer.attn.rel_bias.uniform_(-0.5, 0.5)
     fused.load_state_dict(plain.state_dict())
-    fused.fuse_exact()
+    plain.set_form(form)
+    fused.set_form(form).fuse()
     ids, mask = batch()
 
-    def logits_and_grads(model: Student) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        model.train().zero_grad()
-        logits = model(ids, mask)
-        logits.square().sum().backward()
-        return logits, {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    def set_bound(model: Student, train: bool) -> None:
+        with torch.no_grad():
+            for layer in model.layers:
+                for fn, config_bound in ((layer.attn.abs_fn, cfg.abs_bound), (layer.attn.relu_fn, cfg.attn_relu_bound)):
+                    fn.bound.fill_(1.5 if train else config_bound)
 
-    (want, want_grads), (got, got_grads) = logits_and_grads(plain), logits_and_grads(fused)
-    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    def run(model: Student, train: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor], list[float]]:
+        model.train(train).zero_grad()
+        for _, m in model.nonlinearities():
+            m.max_ratio.zero_()
+        logits = model(ids, mask)
+        # exact form's kernel records no ranges (training before calibration has no range term)
+        loss = logits.square().sum() + (model.range_penalty() if train and form == "poly" else 0.0)
+        if train:
+            loss.backward()
+        seen = [float(m.max_ratio) for _, m in model.nonlinearities()] + (
+            [float(m.penalty) for _, m in model.nonlinearities()] if train and form == "poly" else [])
+        return logits, {n: p.grad for n, p in model.named_parameters() if p.grad is not None}, seen
+
+    for train in (True, False):
+        set_bound(plain, train), set_bound(fused, train)
+        (want, want_grads, want_seen), (got, got_grads, got_seen) = run(plain, train), run(fused, train)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        assert want_grads.keys() == got_grads.keys()
+        for name in want_grads:
+            torch.testing.assert_close(got_grads[name], want_grads[name], rtol=1e-4, atol=1e-5, msg=name)
+        if form == "poly":
+            assert (max(want_seen) > 1.0) == train  # training reaches the clamp; eval stays inside the bounds
+            np.testing.assert_allclose(got_seen, want_seen, rtol=1e-5, atol=1e-7)
     pad = torch.zeros(3, 5, dtype=ids.dtype)
     torch.testing.assert_close(fused(torch.cat([ids, pad], 1), torch.cat([mask, pad.bool()], 1)), got,
                                rtol=1e-5, atol=1e-5)
-    assert want_grads.keys() == got_grads.keys()
-    for name in want_grads:
-        torch.testing.assert_close(got_grads[name], want_grads[name], rtol=1e-4, atol=1e-5, msg=name)
-    with pytest.raises(RuntimeError, match="exact form only"):
-        fused.set_form("poly")(ids, mask)
+
+
+def test_fused_attention_refuses_mixed_forms(model_student_config) -> None:
+    """|x| and ReLU in different forms have no one kernel: a clear error, not a silent exact or poly pass."""
+    model = Student(model_student_config()).fuse()
+    model.layers[0].attn.abs_fn.set_form("poly")
+    with pytest.raises(RuntimeError, match="one form"):
+        model(*batch())
 
 
 @settings(max_examples=30, deadline=None)

@@ -42,7 +42,7 @@ import math
 import torch
 from torch import nn
 
-from he_inhibitor.model.nonlinear import Nonlinearity
+from he_inhibitor.model.nonlinear import Nonlinearity, range_stats
 
 
 def inhibit_exact(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, m: torch.Tensor,
@@ -61,15 +61,64 @@ def inhibit_exact(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, m: torch.Te
     return (m[:, None, None, :, None] * torch.relu(v.unsqueeze(2) - z.unsqueeze(-1))).sum(3)  # [B, H, T, d_h]
 
 
+def _parity_poly(t: torch.Tensor, even: torch.Tensor, odd: torch.Tensor) -> torch.Tensor:
+    """E(t^2) + t O(t^2) by Horner in t^2 (``Nonlinearity.parity_parts``), coefficients as tensors.
+
+    The loops unroll at compile time: one compile per number of coefficients.
+    """
+    u = t * t
+    out = even[-1] + 0.0 * u
+    for i in range(even.shape[0] - 2, -1, -1):
+        out = out * u + even[i]
+    if odd.shape[0]:
+        o = odd[-1] + 0.0 * u
+        for i in range(odd.shape[0] - 2, -1, -1):
+            o = o * u + odd[i]
+        out = out + t * o
+    return out
+
+
+def inhibit_poly(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, m: torch.Tensor,
+                 scale: torch.Tensor, offset: torch.Tensor, abs_fit: tuple[torch.Tensor, ...],
+                 relu_fit: tuple[torch.Tensor, ...], edge: float, clamp: bool):
+    """``inhibit_exact`` with |x| and ReLU in poly form, and the range statistics of both.
+
+    ``abs_fit``, ``relu_fit``: (B, even, odd), the bound and the parity parts
+    of ``Nonlinearity``'s fit, so the result is ``B * p(x / B)`` exactly as
+    the modules compute it. ``edge`` = 1 - margin; ``clamp`` holds inputs at
+    [-1, 1] B, as the modules do while training. Returns H [B, H, T, d_h] and
+    (max |x| / B, range penalty) for |x| and for ReLU, which the caller
+    hands to the modules (``Nonlinearity.record``).
+
+    Eager PyTorch keeps both [B, H, T, T, d_h] tensors and evaluates each
+    polynomial as a dozen passes over them; compiled, each polynomial is one
+    fused loop whose backward recomputes it.
+    """
+    a_bound, a_even, a_odd = abs_fit
+    r_bound, r_even, r_odd = relu_fit
+    ta = (q.unsqueeze(3) - k.unsqueeze(2)) / a_bound  # [B, H, T_q, T_k, d_h]
+    abs_stats = range_stats(ta, edge)
+    if clamp:
+        ta = ta.clamp(-1.0, 1.0)
+    z = scale * (a_bound * _parity_poly(ta, a_even, a_odd)).sum(-1) + offset  # [B, H, T_q, T_k]
+    tr = (v.unsqueeze(2) - z.unsqueeze(-1)) / r_bound  # [B, H, T_q, T_k, d_h]
+    relu_stats = range_stats(tr, edge)
+    if clamp:
+        tr = tr.clamp(-1.0, 1.0)
+    h = (m[:, None, None, :, None] * (r_bound * _parity_poly(tr, r_even, r_odd))).sum(3)  # [B, H, T, d_h]
+    return h, abs_stats, relu_stats
+
+
 @functools.cache
-def _compiled_inhibit():
-    """Wrapped on first use: importing the compiler costs seconds that inference never needs."""
-    return torch.compile(inhibit_exact, dynamic=True)
+def _compiled(fn):
+    """Compiled on first use: importing the compiler costs seconds that inference never needs.
+    Shapes stay dynamic: one compile for every T."""
+    return torch.compile(fn, dynamic=True)
 
 
 def inhibit_fused(*args: torch.Tensor) -> torch.Tensor:
-    """``inhibit_exact`` through ``torch.compile`` (shapes stay dynamic: one compile for every T)."""
-    return _compiled_inhibit()(*args)
+    """``inhibit_exact`` through ``torch.compile``."""
+    return _compiled(inhibit_exact)(*args)
 
 
 class TokenConv(nn.Module):
@@ -169,8 +218,9 @@ class InhibitorAttention(nn.Module):
         self.qkv = QKV(d_model, n_heads, conv)
         self.out = nn.Linear(d_model, d_model)
         self.abs_fn, self.relu_fn = abs_fn, relu_fn
-        # set by ``Student.fuse_exact``: training in exact form through ``inhibit_fused``, which
-        # skips the non-linearities' range observation (nothing to calibrate or penalise yet)
+        # set by ``Student.fuse``: |x| and ReLU through one compiled kernel (``inhibit_fused`` in
+        # exact form, which skips the range observation: nothing to calibrate or penalise yet;
+        # ``inhibit_poly`` in poly form, which records it)
         self.fused = False
         # Z starts near 1.5 for unit-variance Q, K, so some values pass the ReLU from step one.
         self.gamma = nn.Parameter(torch.tensor(0.25))
@@ -200,16 +250,36 @@ class InhibitorAttention(nn.Module):
             z = self.relu_fn(z - mean)
         return z
 
+    @property
+    def collecting(self) -> bool:
+        """A non-linearity is gathering its input histogram (calibration): the modules must see every input."""
+        return self.abs_fn.density is not None or self.relu_fn.density is not None
+
+    def fused_heads(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, m: torch.Tensor,
+                    scale: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
+        """H through the compiled kernel of the non-linearities' form; poly form records their ranges."""
+        form = self.abs_fn.form
+        if self.relu_fn.form != form:
+            raise RuntimeError(f"fused inhibitor attention needs |x| and ReLU in one form, not {form} and {self.relu_fn.form}")
+        if form == "exact":
+            return inhibit_fused(q, k, v, m, scale, offset)
+        if self.abs_fn.margin != self.relu_fn.margin:
+            raise RuntimeError("fused inhibitor attention needs |x| and ReLU with one range margin")
+        fits = [(fn.bound.to(q.dtype), *fn.parity_tensors()) for fn in (self.abs_fn, self.relu_fn)]
+        h, abs_stats, relu_stats = _compiled(inhibit_poly)(q, k, v, m, scale, offset, *fits,
+                                                            1.0 - self.abs_fn.margin, self.training)
+        self.abs_fn.record(*abs_stats)
+        self.relu_fn.record(*relu_stats)
+        return h
+
     def forward(
         self, x: torch.Tensor, mask: torch.Tensor, need_weights: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """x [B, T, d], mask [B, T] -> ([B, T, d], head-averaged weights [B, T, T] or None)."""
         q, k, v = self.qkv(x, mask)  # [B, H, T, d_h] each
-        if self.fused and not (self.signed or self.center or need_weights):
-            if not (self.abs_fn.form == self.relu_fn.form == "exact"):
-                raise RuntimeError("fused inhibitor attention runs the exact form only (Student.fuse_exact(False) first)")
+        if self.fused and not (self.signed or self.center or need_weights or self.collecting):
             scale = self.gamma.abs() / math.sqrt(self.d_head)
-            h = inhibit_fused(q, k, v, mask.to(x.dtype), scale, self.offset(q.shape[2]))  # [B, H, T, d_h]
+            h = self.fused_heads(q, k, v, mask.to(x.dtype), scale, self.offset(q.shape[2]))  # [B, H, T, d_h]
         else:
             z = self.inhibition(q, k, mask)  # [B, H, T, T]
             m = mask[:, None, None, :, None].to(x.dtype)  # [B, 1, 1, T_k, 1]

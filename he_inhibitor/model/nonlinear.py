@@ -133,6 +133,12 @@ class Nonlinearity(nn.Module):
             self._parts = ([float(c) for c in mono[0::2]], [float(c) for c in mono[1::2]])
         return self._parts
 
+    def parity_tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``parity_parts`` as float32 tensors: the compiled attention kernel takes them as inputs,
+        so that new coefficients (another layer, a refit) reuse the compiled code."""
+        even, odd = self.parity_parts()
+        return torch.tensor(even, dtype=torch.float32), torch.tensor(odd, dtype=torch.float32)
+
     def poly(self, t: torch.Tensor) -> torch.Tensor:
         """The fit on [-1, 1] at t = x / B."""
         if self.fit.stages:
@@ -163,14 +169,20 @@ class Nonlinearity(nn.Module):
         still sees the inputs the polynomial will get.
         """
         bound = self.bound.to(x.dtype)
-        ratio = x.detach().abs().max() / bound if x.numel() else x.new_zeros(())
-        self.max_ratio = torch.maximum(self.max_ratio, ratio.to(self.max_ratio.dtype))
         if self.density is not None:
             t = (x.detach() / bound).clamp(-1.0, 1.0).double()
             self.density += torch.histc(t, DENSITY_BINS, -1.0, 1.0)
+        self.record(*range_stats(x / bound, 1.0 - self.margin))
+
+    def record(self, ratio: torch.Tensor, penalty: torch.Tensor) -> None:
+        """Take max |x| / B and the range penalty of one forward (``range_stats``), computed by the caller.
+
+        ``observe`` computes them here; the compiled attention kernel
+        (``attention.inhibit_poly``) inside its own pass over the inputs.
+        """
+        self.max_ratio = torch.maximum(self.max_ratio, ratio.to(self.max_ratio.dtype))
         if self.training:
-            excess = torch.relu(x.abs() / bound - (1.0 - self.margin))
-            self.penalty = (excess * excess).mean()
+            self.penalty = penalty
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.observe(x)
@@ -191,6 +203,13 @@ class Nonlinearity(nn.Module):
             f"kind={self.kind}, form={self.form}, bound={float(self.bound):.4g}, "
             f"degree={self.spec.degree}, method={self.spec.method}"
         )
+
+
+def range_stats(t: torch.Tensor, edge: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """max |t| (no gradient) and the range penalty mean(relu(|t| - edge)^2), for t = x / B."""
+    ratio = t.detach().abs().amax() if t.numel() else t.new_zeros(())
+    excess = torch.relu(t.abs() - edge)
+    return ratio, (excess * excess).mean()
 
 
 def _horner(coeffs: list[float], t: torch.Tensor) -> torch.Tensor | float:

@@ -245,12 +245,15 @@ class Student(nn.Module):
             m.set_form(form)
         return self
 
-    def fuse_exact(self, on: bool = True) -> "Student":
-        """Run inhibitor attention through one compiled kernel (``attention.inhibit_fused``).
+    def fuse(self, on: bool = True) -> "Student":
+        """Run inhibitor attention through one compiled kernel, in the form its non-linearities are in.
 
-        For training in exact form before calibration: the fused kernel does
-        not record its |x| and ReLU inputs, which only calibration and the
-        range penalty need. Signed and centred inhibitors keep the modules
+        Exact form (``attention.inhibit_fused``), for training before
+        calibration: the kernel does not record its |x| and ReLU inputs,
+        which only calibration and the range penalty need. Poly form
+        (``attention.inhibit_poly``), for the poly phase: it records their
+        ranges and penalties as the modules do. Signed and centred
+        inhibitors, attention maps and histogram collection keep the modules
         (``scripts/bench_fused_attention.py`` times both paths).
         """
         for m in self.modules():

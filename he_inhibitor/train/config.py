@@ -115,9 +115,9 @@ class DistillConfig:
     limit: int | None = None
     seed: int = 1
     threads: int = 1
-    # the exact phase's inhibitor attention through torch.compile (Student.fuse_exact): 3-10x
-    # faster per layer (scripts/bench_fused_attention.py), about 2x per step with 2 copies,
-    # after a one-off compile of under a minute; needs a C++ compiler
+    # both phases' inhibitor attention through torch.compile (Student.fuse): 3-10x faster per
+    # layer (scripts/bench_fused_attention.py), about 2x per step with 2 copies, after a
+    # one-off compile of under a minute per form; needs a C++ compiler
     fused_attention: bool = True
     # learning-rate multiplier of the relative biases b_h(o): Adam moves each by at most about lr a step,
     # so in one epoch at 2e-3 a bias travels about 1, which may be too little to learn a direction

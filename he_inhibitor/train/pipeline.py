@@ -106,18 +106,20 @@ def distill(cfg: DistillConfig, teacher_dir: Path, data_dir: Path, out: Path, ca
     with open(out / "log.jsonl", "a") as log:
         if init is None:
             exact_cfg = replace(cfg, loss=replace(cfg.loss, range=0.0))  # no bounds yet to respect
-            student.fuse_exact(cfg.fused_attention)
+            student.fuse(cfg.fused_attention)
             run_phase("exact", dist, batches, exact_cfg, cfg.epochs_exact, cfg.lr, out, log, state, dev_accuracy,
                       labeller_for(cfg.augment))
-            student.fuse_exact(False)
+            student.fuse(False)  # calibration observes every input
             state["bounds"] = calibrate(student, batches, cfg.calibration_batches, cfg.calibration_margin,
                                         cfg.poly_calibration_batches)
         student.freeze_norms()
         student.set_form("poly")
         state["dev_poly_before_finetune"] = dev_accuracy()
         poly_cfg = cfg if cfg.augment_poly is None else replace(cfg, augment=cfg.augment_poly)
+        student.fuse(cfg.fused_attention)
         run_phase("poly", dist, batches, poly_cfg, cfg.epochs_poly, cfg.lr_poly, out, log, state, dev_accuracy,
                   labeller_for(poly_cfg.augment))
+        student.fuse(False)
         state.setdefault("dev_poly", state["dev_poly_before_finetune"])  # epochs_poly = 0: calibration's fits as they are
 
     untie_word_table(student)
