@@ -302,14 +302,18 @@ def test_neighbour_table_and_labeller(tiny_setup) -> None:
 
 
 @needs_teacher
-@pytest.mark.parametrize("recursive,relu_method", [(False, "remez"), (True, "remez"), (False, "weighted")])
-def test_poly_calibration_covers_what_the_polynomials_see(tiny_setup, cached_student_config, recursive, relu_method) -> None:
+@pytest.mark.parametrize("recursive,relu_method,attention", [(False, "remez", "inhibitor"), (True, "remez", "inhibitor"),
+                                                          (False, "weighted", "inhibitor"), (False, "weighted", "dot")])
+def test_poly_calibration_covers_what_the_polynomials_see(tiny_setup, cached_student_config, recursive, relu_method,
+                                                          attention) -> None:
     """After calibration in poly form, every input the poly student feeds a fit lies inside its interval
-    (weighted fits: made during calibration, at the final bounds)."""
+    (weighted fits: made during calibration, at the final bounds; dot-product attention's ReLU too, which
+    in exact form only observes its scores)."""
     cache, teacher_tok, tok, _ = tiny_setup
     torch.manual_seed(1)
     student = Student(cached_student_config(vocab_size=tok.get_vocab_size(), n_layers=2, abs_poly=PolySpec(4),
-                                            relu_poly=PolySpec(4, relu_method), recursive=recursive))
+                                            relu_poly=PolySpec(4, relu_method), recursive=recursive,
+                                            attention=attention))
     with torch.no_grad():  # large embeddings: activations far from the exact-form ones after a crude fit
         student.word.weight.mul_(4.0)
     batches = Batches(cache, teacher_to_student_ids(teacher_tok, tok), 16, 0, need_attn=False)
@@ -322,7 +326,7 @@ def test_poly_calibration_covers_what_the_polynomials_see(tiny_setup, cached_stu
     assert max(ratios.values()) <= (1 + 1e-3) / 1.1, ratios  # the margin, up to float32 and the last sweep
     assert set(bounds) == set(ratios)
     weighted = [m for _, m in student.nonlinearities() if m.spec.weighted]
-    assert len(weighted) == (4 if relu_method == "weighted" else 0)
+    assert len(weighted) == (4 if relu_method == "weighted" else 0)  # two attention and two FFN ReLUs either way
     assert all(m.fit.method == "weighted" and m.density is None for m in weighted)
 
 

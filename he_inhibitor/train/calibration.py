@@ -15,6 +15,7 @@ import math
 import torch
 from tqdm import tqdm
 
+from he_inhibitor.model.nonlinear import Nonlinearity
 from he_inhibitor.model.student import Student
 from he_inhibitor.train.batches import Batches
 
@@ -31,15 +32,32 @@ def _observe(student: Student, batches: Batches, n_batches: int, longest: bool) 
 
 @torch.no_grad()
 def _call_order(student: Student, batches: Batches, n_batches: int, longest: bool) -> list:
-    """The non-linearities in the order of their first call, observed (``_observe``) in the current form."""
+    """The non-linearities in the order they first see inputs, observed (``_observe``) in the current form.
+
+    Watched at ``Nonlinearity.observe``, not at forward: dot-product
+    attention's ReLU substitute only observes its scores in exact form (the
+    softmax computes the output), and must be fitted all the same.
+    """
     order: list = []
-    hooks = [m.register_forward_pre_hook(lambda mod, _: order.append(mod) if mod not in order else None)
-             for _, m in student.nonlinearities()]
+
+    def watch(m: Nonlinearity) -> None:
+        observe = m.observe
+
+        def first_seen(x: torch.Tensor) -> None:
+            if m not in order:
+                order.append(m)
+            observe(x)
+
+        m.observe = first_seen  # an instance attribute over the method, removed below
+
+    modules = [m for _, m in student.nonlinearities()]
+    for m in modules:
+        watch(m)
     try:
         _observe(student, batches, n_batches, longest)
     finally:
-        for h in hooks:
-            h.remove()
+        for m in modules:
+            del m.observe
     return order
 
 
