@@ -143,20 +143,33 @@ def bench_totals(root: Path) -> str:
     return _table(["quantity", "value"], rows)
 
 
-def base_vs_dot(root: Path) -> str:
-    d = _load(root, "docs/bench/base_vs_dot.json")
-    sides = [d, d["compare"]] if isinstance(d.get("compare"), dict) else [d] + list(d["compare"])
-    fields = [("plain accuracy, dev truncated to T = 32", lambda r: f"{r['accuracy']:.4f}"),
-              ("depth / chain levels / refreshes", lambda r: f"{r['depth']} / {r['chain_levels']} / {r['refreshes']}"),
-              ("rotations / relinearizations / plaintext mults / rescales",
-               lambda r: " / ".join(str(r["totals"][c]) for c in
-                                    ("rotations", "relinearizations", "plaintext_multiplications", "rescales"))),
-              ("floor, 1 process", lambda r: f"{r['floor_seconds']:.2f} s"),
-              (f"median latency, 2 processes ({d['latency_sentences']} sentences)",
-               lambda r: f"{r['median_seconds']:.1f} s"),
-              ("max logit error / predicted bound", lambda r: f"{r['max_abs_error']:.1e} / {r['predicted_error_bound']:.1e}"),
-              ("evaluation keys", lambda r: _mb(r["eval_key_bytes"]))]
-    return _table([""] + [s["name"] for s in sides], [[label] + [f(s) for s in sides] for label, f in fields])
+INHIBITOR_VS_DOT = "docs/bench/inhibitor_vs_dot.json"
+VS_DOT_RUNS = ("deg6h-seed1", "dot6h-seed1")  # the two students of that bench, rows of results.json
+
+
+def inhibitor_vs_dot(root: Path) -> str:
+    """Both attentions from one recipe and seed, compiled by today's compiler, benched in one run."""
+    d = _load(root, INHIBITOR_VS_DOT)
+    runs = {r["run"]: r for r in _load(root, "docs/distillation/results.json")}
+    sides = [{**d, "run": runs[VS_DOT_RUNS[0]]}, {**d["compare"], "run": runs[VS_DOT_RUNS[1]]}]
+    t32 = [s["buckets"]["32"] for s in sides]
+    fields = [("dev accuracy, torch student in poly form (`results.json`)", lambda r, b: f"{r['run']['dev_poly']:.4f}"),
+              (f"plain circuit, all {d['sentences']} dev sentences", lambda r, b: f"{r['accuracy']:.4f}"),
+              (f"encrypted agreement with plain ({d['encrypted_sentences']} random dev sentences)",
+               lambda r, b: f"{round(r['agreement'] * r['encrypted_sentences'])}/{r['encrypted_sentences']}"),
+              ("depth / chain levels / refresh round trips (T = 32)",
+               lambda r, b: f"{b['depth']} / {b['chain_levels']} / {b['refresh_round_trips']}"),
+              ("rotations / relinearizations / plaintext mults (T = 32, typical plan)",
+               lambda r, b: " / ".join(str(r["totals"][c]) for c in
+                                       ("rotations", "relinearizations", "plaintext_multiplications"))),
+              ("median / p95 latency (2 lanes, loopback)",
+               lambda r, b: f"{r['median_seconds']:.1f} s / {r['p95_seconds']:.1f} s"),
+              ("median latency, T = 32 / T = 64",
+               lambda r, b: f"{r['buckets']['32']['median_seconds']:.1f} s / {r['buckets']['64']['median_seconds']:.1f} s"),
+              ("largest logit error / its bound", lambda r, b: f"{r['max_error_over_bound']:.2f}"),
+              ("evaluation keys (both buckets)", lambda r, b: _mb(r["eval_key_bytes"]))]
+    return _table([""] + [s["name"] for s in sides],
+                  [[label] + [f(s, b) for s, b in zip(sides, t32)] for label, f in fields])
 
 
 def shipped_fits(root: Path) -> str:
@@ -209,6 +222,8 @@ SEED_GROUPS = [
     ("MPNet logits, fits of degree 14 (weighted), no poly phase", "sweep", (1, 0, 2)),
     ("MPNet logits, fits of degree 6 (weighted), a quarter epoch in poly form", "results",
      ("mpnet6-seed1", "mpnet6-seed0", "mpnet6-seed2")),
+    ("MPNet logits, fits of degree 6 (weighted), half an epoch in poly form", "results",
+     ("deg6h-seed1", "deg6h-seed0", "deg6h-seed2")),
 ]
 
 
@@ -260,7 +275,7 @@ def word_order(root: Path) -> str:
 
 TABLES: dict[str, Callable[[Path], str]] = {
     "headline": headline, "bench-buckets": bench_buckets, "bench-stages": bench_stages,
-    "bench-totals": bench_totals, "base-vs-dot": base_vs_dot, "ablations": ablations, "by-length": by_length,
+    "bench-totals": bench_totals, "inhibitor-vs-dot": inhibitor_vs_dot, "ablations": ablations, "by-length": by_length,
     "degree-sweep": degree_sweep,
     "degree-sweep-shipped": lambda root: degree_sweep(root, "docs/distillation/degree_sweep_shipped.json"),
     "word-order": word_order, "shipped-fits": shipped_fits, "teachers-and-seeds": teachers_and_seeds,
