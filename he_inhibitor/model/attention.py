@@ -42,7 +42,7 @@ import math
 import torch
 from torch import nn
 
-from he_inhibitor.model.nonlinear import Nonlinearity, range_stats
+from he_inhibitor.model.nonlinear import Nonlinearity, parity_eval, range_stats
 
 
 def inhibit_exact(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, m: torch.Tensor,
@@ -61,34 +61,18 @@ def inhibit_exact(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, m: torch.Te
     return (m[:, None, None, :, None] * torch.relu(v.unsqueeze(2) - z.unsqueeze(-1))).sum(3)  # [B, H, T, d_h]
 
 
-def _parity_poly(t: torch.Tensor, even: torch.Tensor, odd: torch.Tensor) -> torch.Tensor:
-    """E(t^2) + t O(t^2) by Horner in t^2 (``Nonlinearity.parity_parts``), coefficients as tensors.
-
-    The loops unroll at compile time: one compile per number of coefficients.
-    """
-    u = t * t
-    out = even[-1] + 0.0 * u
-    for i in range(even.shape[0] - 2, -1, -1):
-        out = out * u + even[i]
-    if odd.shape[0]:
-        o = odd[-1] + 0.0 * u
-        for i in range(odd.shape[0] - 2, -1, -1):
-            o = o * u + odd[i]
-        out = out + t * o
-    return out
-
-
 def inhibit_poly(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, m: torch.Tensor,
                  scale: torch.Tensor, offset: torch.Tensor, abs_fit: tuple[torch.Tensor, ...],
-                 relu_fit: tuple[torch.Tensor, ...], edge: float, clamp: bool):
+                 relu_fit: tuple[torch.Tensor, ...], edge: float, training: bool):
     """``inhibit_exact`` with |x| and ReLU in poly form, and the range statistics of both.
 
     ``abs_fit``, ``relu_fit``: (B, even, odd), the bound and the parity parts
     of ``Nonlinearity``'s fit, so the result is ``B * p(x / B)`` exactly as
-    the modules compute it. ``edge`` = 1 - margin; ``clamp`` holds inputs at
-    [-1, 1] B, as the modules do while training. Returns H [B, H, T, d_h] and
-    (max |x| / B, range penalty) for |x| and for ReLU, which the caller
-    hands to the modules (``Nonlinearity.record``).
+    the modules compute it. ``edge`` = 1 - margin; ``training`` holds inputs
+    at [-1, 1] B and computes the range penalties, as the modules do while
+    training. Returns H [B, H, T, d_h] and (max |x| / B, range penalty or
+    None) for |x| and for ReLU, which the caller hands to the modules
+    (``Nonlinearity.record``).
 
     Eager PyTorch keeps both [B, H, T, T, d_h] tensors and evaluates each
     polynomial as a dozen passes over them; compiled, each polynomial is one
@@ -97,15 +81,15 @@ def inhibit_poly(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, m: torch.Ten
     a_bound, a_even, a_odd = abs_fit
     r_bound, r_even, r_odd = relu_fit
     ta = (q.unsqueeze(3) - k.unsqueeze(2)) / a_bound  # [B, H, T_q, T_k, d_h]
-    abs_stats = range_stats(ta, edge)
-    if clamp:
+    abs_stats = range_stats(ta, edge, training)
+    if training:
         ta = ta.clamp(-1.0, 1.0)
-    z = scale * (a_bound * _parity_poly(ta, a_even, a_odd)).sum(-1) + offset  # [B, H, T_q, T_k]
+    z = scale * (a_bound * parity_eval(a_even, a_odd, ta)).sum(-1) + offset  # [B, H, T_q, T_k]
     tr = (v.unsqueeze(2) - z.unsqueeze(-1)) / r_bound  # [B, H, T_q, T_k, d_h]
-    relu_stats = range_stats(tr, edge)
-    if clamp:
+    relu_stats = range_stats(tr, edge, training)
+    if training:
         tr = tr.clamp(-1.0, 1.0)
-    h = (m[:, None, None, :, None] * (r_bound * _parity_poly(tr, r_even, r_odd))).sum(3)  # [B, H, T, d_h]
+    h = (m[:, None, None, :, None] * (r_bound * parity_eval(r_even, r_odd, tr))).sum(3)  # [B, H, T, d_h]
     return h, abs_stats, relu_stats
 
 

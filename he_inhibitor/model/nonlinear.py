@@ -16,6 +16,7 @@ weights (``poly_coeffs``): the circuit compiles those very coefficients.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -130,7 +131,9 @@ class Nonlinearity(nn.Module):
             if f.stages or f.basis != "chebyshev":
                 raise ValueError(f"{self.kind}: only single-stage Chebyshev fits have a parity form")
             mono = cheb_to_monomial(f.coeffs, f.interval)
-            self._parts = ([float(c) for c in mono[0::2]], [float(c) for c in mono[1::2]])
+            # trailing zeros dropped here, once: an even fit's odd part is empty, and the evaluation
+            # (``parity_eval``, also inside a compiled kernel) has no data-dependent branch
+            self._parts = (_trimmed(mono[0::2]) or [0.0], _trimmed(mono[1::2]))
         return self._parts
 
     def parity_tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -172,9 +175,9 @@ class Nonlinearity(nn.Module):
         if self.density is not None:
             t = (x.detach() / bound).clamp(-1.0, 1.0).double()
             self.density += torch.histc(t, DENSITY_BINS, -1.0, 1.0)
-        self.record(*range_stats(x / bound, 1.0 - self.margin))
+        self.record(*range_stats(x / bound, 1.0 - self.margin, self.training))
 
-    def record(self, ratio: torch.Tensor, penalty: torch.Tensor) -> None:
+    def record(self, ratio: torch.Tensor, penalty: torch.Tensor | None) -> None:
         """Take max |x| / B and the range penalty of one forward (``range_stats``), computed by the caller.
 
         ``observe`` computes them here; the compiled attention kernel
@@ -205,30 +208,45 @@ class Nonlinearity(nn.Module):
         )
 
 
-def range_stats(t: torch.Tensor, edge: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """max |t| (no gradient) and the range penalty mean(relu(|t| - edge)^2), for t = x / B."""
+def range_stats(t: torch.Tensor, edge: float, training: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """max |t| (no gradient) and, while training, the range penalty mean(relu(|t| - edge)^2), for t = x / B.
+
+    The penalty is a pass over the whole input: evaluation does not pay for it.
+    """
     ratio = t.detach().abs().amax() if t.numel() else t.new_zeros(())
+    if not training:
+        return ratio, None
     excess = torch.relu(t.abs() - edge)
     return ratio, (excess * excess).mean()
 
 
-def _horner(coeffs: list[float], t: torch.Tensor) -> torch.Tensor | float:
-    """sum_k c_k t^k, dropping trailing zero coefficients."""
-    while len(coeffs) > 1 and coeffs[-1] == 0.0:
-        coeffs = coeffs[:-1]
-    acc: torch.Tensor | float = coeffs[-1]
-    for c in reversed(coeffs[:-1]):
-        acc = acc * t + c
+def _trimmed(coeffs) -> list[float]:
+    """Coefficients as floats without trailing zeros (empty if all are zero)."""
+    out = [float(c) for c in coeffs]
+    while out and out[-1] == 0.0:
+        out.pop()
+    return out
+
+
+def _horner(coeffs: Sequence[float] | torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """sum_k c_k u^k for >= 1 coefficients, lowest first (floats, or a 1-D tensor whose loop unrolls
+    when compiled)."""
+    if len(coeffs) == 1:
+        return 0.0 * u + coeffs[0]
+    acc = coeffs[-1] * u + coeffs[-2]
+    for i in range(len(coeffs) - 3, -1, -1):
+        acc = acc * u + coeffs[i]
     return acc
 
 
-def _parity_eval(even: list[float], odd: list[float], t: torch.Tensor) -> torch.Tensor:
-    """E(t^2) + t O(t^2)."""
+def parity_eval(even: Sequence[float] | torch.Tensor, odd: Sequence[float] | torch.Tensor,
+                t: torch.Tensor) -> torch.Tensor:
+    """E(t^2) + t O(t^2) (``Nonlinearity.parity_parts``: ``even`` non-empty, an empty ``odd`` skipped)."""
     u = t * t
     out = _horner(even, u)
-    if any(odd):
+    if len(odd):
         out = out + t * _horner(odd, u)
-    return out if isinstance(out, torch.Tensor) else torch.full_like(t, out)
+    return out
 
 
 class ParityPoly(torch.autograd.Function):
@@ -243,7 +261,7 @@ class ParityPoly(torch.autograd.Function):
     def forward(ctx, t: torch.Tensor, even: list[float], odd: list[float]) -> torch.Tensor:
         ctx.save_for_backward(t)
         ctx.parts = (even, odd)
-        return _parity_eval(even, odd, t)
+        return parity_eval(even, odd, t)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
@@ -251,5 +269,5 @@ class ParityPoly(torch.autograd.Function):
         even, odd = ctx.parts
         d_even = [2.0 * j * c for j, c in enumerate(even)][1:]  # d/dt E(t^2) = t * sum 2j e_j t^(2j-2)
         d_odd = [(2.0 * j + 1.0) * c for j, c in enumerate(odd)]  # d/dt t O(t^2) = sum (2j+1) o_j t^(2j)
-        deriv = _parity_eval(d_odd or [0.0], d_even or [0.0], t)
+        deriv = parity_eval(d_odd or [0.0], d_even, t)
         return grad * deriv, None, None
