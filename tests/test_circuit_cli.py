@@ -122,3 +122,15 @@ def test_predict_refuses_a_bad_data_file_by_name(tmp_path, content):
         data.write_text(content)
     with pytest.raises(SystemExit, match=f"error: --data {data}"):
         main(["predict", "--mode", "plain", "--data", str(data)])
+
+
+def test_a_bundle_is_benched_with_its_own_client(bundle):
+    """The embedder that goes with a bundle's circuits is its own client/ (compile writes it); the shipped
+    client is only the default for a bundle that has none."""
+    from he_inhibitor.bench.target import load_target
+    from he_inhibitor.embed import Embedder
+
+    target = load_target(bundle)
+    own = Embedder.load(bundle / "client")
+    np.testing.assert_array_equal(target.embedder.word, own.word)
+    np.testing.assert_array_equal(target.embedder.pos, own.pos)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tenseal.sealapi as seal
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from he_inhibitor.ckks import (
     CkksEvaluator, CkksParams, InsecureParametersError, PublicContext, SecretKey, galois_elements, keygen, serial,
@@ -104,3 +106,24 @@ def test_levels_and_scales_are_managed(keys, ev):
                                -1.75 * x - 0.5, atol=NOISE)
     with pytest.raises(ValueError):
         ev.drop_to(prod, 1)
+
+
+@settings(max_examples=6, deadline=None)
+@given(st.lists(st.floats(-3, 3).filter(lambda c: abs(c) > 1e-3), min_size=1, max_size=3),
+       st.floats(-2, 2), st.integers(0, 1), st.booleans())
+def test_lin_sums_inputs_of_any_level_with_one_rescale(keys, ev, cs, c0, drop, vectors):
+    """lin: inputs at different levels (a, a^2) mod-switched, not rescaled, to one level; scalar or slot-vector
+    constants; the result `drop` + 1 levels below the shallowest input, on that level's scale exactly."""
+    x = np.linspace(-1, 1, SMALL.slots)
+    a = keys.encrypt(x)
+    sq = ev.square(a)  # one level below a
+    xs, vs = [a, sq, a][: len(cs)], [x, x * x, x][: len(cs)]
+    w = np.cos(np.arange(SMALL.slots))
+    consts = [c0 * w, *(c * w for c in cs)] if vectors else [c0, *cs]
+    if drop:  # the chain (2 levels) leaves room for one input dropped a level further
+        xs, vs, consts = xs[:1], vs[:1], consts[:2]
+    out = ev.lin(xs, consts, drop)
+    assert ev.level(out) == min(ev.level(x) for x in xs) - 1 - drop
+    expect = consts[0] + sum(c * v for c, v in zip(consts[1:], vs))
+    np.testing.assert_allclose(keys.decrypt(out), expect, atol=NOISE)
+    assert out.scale == ev.scales[ev.level(out)]

@@ -440,3 +440,18 @@ def test_set_degree_saves_a_student_that_loads_at_the_new_degree(tmp_path, tiny_
         argv = ["calibrate", "--model", "m", "--teacher", "t", "--out", "o", "--degree", bad]
         with pytest.raises(SystemExit):
             build_parser(argv).parse_args(argv)
+
+
+def test_an_unfitted_checkpoint_loads_at_any_degree_a_fitted_one_only_at_its_own(tiny_student_config) -> None:
+    """An exact-phase checkpoint's coefficients are zeros (degree chosen at calibration), so a run at another
+    degree can resume from it; fitted coefficients of another degree are refused, not silently dropped."""
+    six = Student(tiny_student_config(abs_poly=PolySpec(6, "weighted"), relu_poly=PolySpec(6, "weighted")))
+    fourteen = Student(tiny_student_config(abs_poly=PolySpec(14, "weighted"), relu_poly=PolySpec(6, "weighted")))
+    fourteen.load_state_dict(six.state_dict())
+    assert all(not m.poly_coeffs.any() for _, m in fourteen.nonlinearities())
+    fitted = six.state_dict()
+    for k in fitted:
+        if k.endswith("abs_fn.poly_coeffs"):
+            fitted[k] = torch.ones_like(fitted[k])
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        fourteen.load_state_dict(fitted)

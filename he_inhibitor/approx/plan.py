@@ -4,17 +4,19 @@ A plan is data, not code.  Register 0 holds the input x; every instruction
 writes one new register.  The instruction set is what CKKS offers cheaply, and
 each instruction has a fixed depth rule (levels consumed on its result):
 
-    op          args      const   depth(result)              CKKS meaning
-    mul         a, b      -       max(d_a, d_b) + 1          ct*ct, relinearize, rescale
-    square      a         -       d_a + 1                    ct*ct (a*a), relinearize, rescale
-    mul_const   a         c       d_a + 1                    multiply by scalar plaintext, rescale
-    add / sub   a, b      -       max(d_a, d_b)              add/sub after mod-switching to a common level
-    add_const   a         c       d_a                        add scalar plaintext
+    op          args        const           depth(result)                 CKKS meaning
+    mul         a, b        -               d_a + 1 (d_a = d_b)           ct*ct, relinearize, rescale
+    square      a           -               d_a + 1                       ct*ct (a*a), relinearize, rescale
+    lin         a_1..a_k    (c_0, c_1..c_k) max d_ai + 1 + drop           c_0 + sum c_i a_i: each a_i mod-switched to
+                                                                          one level, times its scalar, one rescale
+    add / sub   a, b        -               d_a (d_a = d_b)               add/sub
+    add_const   a           c               d_a                           add scalar plaintext
+    drop        a           -               d_a + drop                    a, `drop` levels lower (times 1, rescale)
 
-`Plan.run(x, backend)` executes it with any object offering these five-plus-one
-methods (`Backend`), so the same plan runs on numpy (`NumpyBackend`), on SEAL
-ciphertexts (`he_inhibitor.approx.encrypted.CkksBackend`) and can be turned into
-circuit-IR nodes instruction by instruction.
+`Plan.run(x, backend)` executes it with any object offering these methods
+(`Backend`), so the same plan runs on numpy (`NumpyBackend`), on SEAL
+ciphertexts (`he_inhibitor.ckks.CkksEvaluator`), in the simulator's tracker
+and, with a mask folded in, in the circuit (`circuit/masked.py`).
 
 Compilation (`compile_series`) evaluates sum c_k T_k(t) at depth
 ceil(log2(deg+1)) *counting* scalar multiplications.  The trick: split
@@ -28,6 +30,17 @@ one level on t; branches with slack stop at baby-step leaves
 (Paterson-Stockmeyer).  The baby-step bound is chosen per polynomial to
 minimise ct-ct multiplications.  Zero coefficients (parity) cost nothing, and
 2*a is computed as a + a so Chebyshev recurrences need no scalar level.
+
+Levels (`_leveled`, run on every compiled plan): under CKKS two operands of
+one add or product must sit at one level with one scale, and bringing the
+shallower one down exactly costs a multiplication by 1 and a rescale. A leaf
+is one `lin` instruction, so its terms share that one rescale, and a leaf
+consumed only deeper than it is made is made there at once (`drop` levels
+lower, its inputs mod-switched first: free, and exact, because each scalar
+is encoded at the scale that lands the sum on the level's scale). What still
+needs aligning (a power or a product met deeper) is an explicit `drop`,
+made once per register and level: the counts and the simulator's noise then
+see every multiplication by 1 that the encrypted run performs.
 """
 
 from __future__ import annotations
@@ -47,10 +60,11 @@ class Backend(Protocol):
 
     def mul(self, a: Any, b: Any) -> Any: ...
     def square(self, a: Any) -> Any: ...
-    def mul_const(self, a: Any, c: float) -> Any: ...
+    def lin(self, xs: Sequence[Any], consts: Sequence[float], drop: int) -> Any: ...
     def add(self, a: Any, b: Any) -> Any: ...
     def sub(self, a: Any, b: Any) -> Any: ...
     def add_const(self, a: Any, c: float) -> Any: ...
+    def drop(self, a: Any, levels: int) -> Any: ...
 
 
 class NumpyBackend:
@@ -62,8 +76,8 @@ class NumpyBackend:
     def square(self, a: Any) -> Any:
         return a * a
 
-    def mul_const(self, a: Any, c: float) -> Any:
-        return a * c
+    def lin(self, xs: Sequence[Any], consts: Sequence[float], drop: int) -> Any:
+        return sum((c * x for c, x in zip(consts[1:], xs)), consts[0])
 
     def add(self, a: Any, b: Any) -> Any:
         return a + b
@@ -74,20 +88,24 @@ class NumpyBackend:
     def add_const(self, a: Any, c: float) -> Any:
         return a + c
 
+    def drop(self, a: Any, levels: int) -> Any:
+        return a
+
 
 @dataclass(frozen=True)
 class Instr:
-    """dst <- op(args..., const)."""
+    """dst <- op(args..., const); `drop`: the extra levels of a lin or drop."""
 
     op: str
     dst: int
     args: tuple[int, ...]
-    const: float | None = None
+    const: float | tuple[float, ...] | None = None
+    drop: int = 0
 
 
-def _depth_of(op: str, arg_depths: list[int]) -> int:
-    bump = 1 if op in ("mul", "square", "mul_const") else 0
-    return max(arg_depths) + bump
+def depth_of(op: str, arg_depths: list[int], drop: int = 0) -> int:
+    bump = 1 if op in ("mul", "square", "lin") else 0
+    return max(arg_depths) + bump + drop
 
 
 @dataclass(frozen=True)
@@ -102,7 +120,7 @@ class Plan:
         """Depth of every register (index = register)."""
         d = [0]
         for ins in self.instrs:
-            d.append(_depth_of(ins.op, [d[a] for a in ins.args]))
+            d.append(depth_of(ins.op, [d[a] for a in ins.args], ins.drop))
         return d
 
     @property
@@ -111,20 +129,30 @@ class Plan:
 
     @property
     def counts(self) -> dict[str, int]:
-        """Operation counts: ct-ct `mults` (mul + square), `const_mults`, `adds` (add/sub/add_const)."""
-        ops = [i.op for i in self.instrs]
+        """Operation counts: ct-ct `mults` (mul + square), `const_mults` (a lin's terms and a drop's 1),
+        `rescales` (one per mult, lin and drop), `adds` (add/sub/add_const and a lin's sums)."""
+        def terms(i: Instr) -> int:
+            return len(i.args) if i.op in ("lin", "drop") else 0
+
         return {
-            "mults": sum(op in CT_MULT_OPS for op in ops),
-            "const_mults": ops.count("mul_const"),
-            "adds": sum(op in ("add", "sub", "add_const") for op in ops),
+            "mults": sum(i.op in CT_MULT_OPS for i in self.instrs),
+            "const_mults": sum(terms(i) for i in self.instrs),
+            "rescales": sum(i.op in (*CT_MULT_OPS, "lin", "drop") for i in self.instrs),
+            "adds": sum((i.op in ("add", "sub", "add_const")) + max(0, terms(i) - 1) for i in self.instrs),
         }
 
     def run(self, x: Any, backend: Backend) -> Any:
         regs: list[Any] = [x]
         for ins in self.instrs:
-            fn = getattr(backend, ins.op)
             args = [regs[a] for a in ins.args]
-            regs.append(fn(*args, ins.const) if ins.const is not None else fn(*args))
+            if ins.op == "lin":
+                regs.append(backend.lin(args, ins.const, ins.drop))
+            elif ins.op == "drop":
+                regs.append(backend.drop(args[0], ins.drop))
+            elif ins.const is not None:
+                regs.append(getattr(backend, ins.op)(*args, ins.const))
+            else:
+                regs.append(getattr(backend, ins.op)(*args))
         return regs[self.output]
 
 
@@ -140,10 +168,11 @@ class _Builder:
         self.instrs: list[Instr] = []
         self.depth: list[int] = [0]
 
-    def emit(self, op: str, args: tuple[int, ...], const: float | None = None) -> int:
+    def emit(self, op: str, args: tuple[int, ...], const: float | tuple[float, ...] | None = None,
+             drop: int = 0) -> int:
         dst = len(self.depth)
-        self.instrs.append(Instr(op, dst, args, const))
-        self.depth.append(_depth_of(op, [self.depth[a] for a in args]))
+        self.instrs.append(Instr(op, dst, args, const, drop))
+        self.depth.append(depth_of(op, [self.depth[a] for a in args], drop))
         return dst
 
     def plan(self, output: int) -> Plan:
@@ -190,18 +219,14 @@ class _Series:
             r[K - i] -= c[K + i]
         qv, rv = self.evaluate(q, budget - 1), self.evaluate(r, budget)
         tk = self.cheb(K)
-        prod = self.b.emit("mul_const", (tk,), qv.value) if isinstance(qv, _Const) else self.b.emit("mul", (qv, tk))
+        prod = self.b.emit("lin", (tk,), (0.0, qv.value)) if isinstance(qv, _Const) else self.b.emit("mul", (qv, tk))
         if isinstance(rv, _Const):
             return self.b.emit("add_const", (prod,), rv.value) if rv.value != 0.0 else prod
         return self.b.emit("add", (prod, rv))
 
     def _direct(self, c: np.ndarray) -> int:
-        acc: int | None = None
-        for k in np.flatnonzero(c[1:]) + 1:
-            term = self.b.emit("mul_const", (self.cheb(int(k)),), float(c[k]))
-            acc = term if acc is None else self.b.emit("add", (acc, term))
-        assert acc is not None  # deg >= 1 guarantees one term
-        return self.b.emit("add_const", (acc,), float(c[0])) if c[0] != 0.0 else acc
+        ks = [int(k) for k in np.flatnonzero(c[1:]) + 1]  # deg >= 1 guarantees one term
+        return self.b.emit("lin", tuple(self.cheb(k) for k in ks), (float(c[0]), *(float(c[k]) for k in ks)))
 
 
 def _map_input(b: _Builder, interval: tuple[float, float], unit_input: bool) -> int:
@@ -209,12 +234,9 @@ def _map_input(b: _Builder, interval: tuple[float, float], unit_input: bool) -> 
     if unit_input:
         return 0
     alpha, beta = unit_map(interval)
-    t = 0
     if alpha != 1.0:
-        t = b.emit("mul_const", (t,), alpha)
-    if beta != 0.0:
-        t = b.emit("add_const", (t,), beta)
-    return t
+        return b.emit("lin", (0,), (beta, alpha))
+    return b.emit("add_const", (0,), beta) if beta != 0.0 else 0
 
 
 def _series_on(b: _Builder, t: int, coeffs: np.ndarray, baby_limit: int) -> int:
@@ -226,10 +248,51 @@ def _series_on(b: _Builder, t: int, coeffs: np.ndarray, baby_limit: int) -> int:
     return out
 
 
+_PAIRED = ("add", "sub", "mul")  # two operands that must share a level
+
+
+def _leveled(plan: Plan) -> Plan:
+    """The same polynomial and depth with the two operands of every add, sub and mul at one level.
+
+    A lin is made as deep as the shallowest of its consumers needs it (which
+    changes no other register's depth: a consumer's depth is its deeper
+    operand's); any other operand met deeper than it is made goes through an
+    explicit `drop`, one per register and depth.
+    """
+    depth = plan.depths
+    need: dict[int, int] = {plan.output: depth[plan.output]}
+    for ins in plan.instrs:
+        paired = ins.op in _PAIRED and len(ins.args) == 2
+        for j, a in enumerate(ins.args):
+            want = max(depth[a], depth[ins.args[1 - j]]) if paired else depth[a]
+            need[a] = min(need.get(a, want), want)
+    b = _Builder()
+    reg = {0: 0}
+    drops: dict[tuple[int, int], int] = {}
+
+    def at(r: int, d: int) -> int:
+        if b.depth[r] == d:
+            return r
+        if (r, d) not in drops:
+            drops[(r, d)] = b.emit("drop", (r,), None, d - b.depth[r])
+        return drops[(r, d)]
+
+    for ins in plan.instrs:
+        args = tuple(reg[a] for a in ins.args)
+        if ins.op == "lin":
+            reg[ins.dst] = b.emit("lin", args, ins.const, ins.drop + need[ins.dst] - depth[ins.dst])
+        elif ins.op in _PAIRED:
+            d = max(b.depth[a] for a in args)
+            reg[ins.dst] = b.emit(ins.op, tuple(at(a, d) for a in args), ins.const)
+        else:
+            reg[ins.dst] = b.emit(ins.op, args, ins.const, ins.drop)
+    return b.plan(reg[plan.output])
+
+
 def _best(build: Any, max_degree: int) -> Plan:
-    """Try every power-of-two baby-step bound; keep the cheapest plan."""
+    """Try every power-of-two baby-step bound; keep the cheapest plan (levels aligned: drops cost)."""
     limits = [1 << k for k in range(1, max(1, max_degree.bit_length()) + 1)]
-    plans = [build(lim) for lim in limits]
+    plans = [_leveled(build(lim)) for lim in limits]
     return min(plans, key=lambda p: (p.depth, p.counts["mults"], p.counts["const_mults"], len(p.instrs)))
 
 

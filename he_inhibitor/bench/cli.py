@@ -31,7 +31,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="circuit bundle or student directory (default: the shipped bundle)")
     p.add_argument("--compare", type=Path, default=None,
                    help="a second bundle or student directory (e.g. the dot-product student), benched alongside")
-    p.add_argument("--client", type=Path, default=None, help="client bundle for circuit bundles (default: shipped)")
+    p.add_argument("--client", type=Path, default=None, help="client bundle for circuit bundles (default: the bundle's own client/, else the shipped one)")
     p.add_argument("--data", type=Path, default=None, help="sentence<TAB>label TSV (default: SST-2 dev)")
     p.add_argument("--sentences", type=int, default=None, help="N sentences for plain accuracy (default: all)")
     p.add_argument("--encrypted-sentences", type=int, default=None,

@@ -19,7 +19,7 @@ from he_inhibitor.circuit.bundle import BUCKETS, Bucket, buckets_of, load_bucket
 from he_inhibitor.circuit.params import Plan, Precision
 from he_inhibitor.circuit.weights import from_torch
 from he_inhibitor.embed import Embedder
-from he_inhibitor.paths import SHIPPED_CLIENT
+from he_inhibitor.paths import CLIENT_DIR, SHIPPED_CLIENT
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,8 @@ def load_target(path: str | Path, client: str | Path | None = None, buckets: Seq
                 n: int = 16384, precision: Precision = Precision(), lanes: int = 1) -> Target:
     """A bundle directory (has circuit-t<T>.json) or a student directory (has config.json).
 
-    client: the client bundle for a circuit bundle (default: the shipped one);
+    client: the client bundle for a circuit bundle (default: the bundle's own `client/`, which
+    `he-inhibitor compile` writes beside the circuits, else the shipped one);
     buckets: which token buckets (default: a bundle's own, or BUCKETS up to the student's max_len);
     n, precision: how a student directory is compiled (a bundle fixes its own).
     """
@@ -86,7 +87,8 @@ def load_target(path: str | Path, client: str | Path | None = None, buckets: Seq
         missing = sorted(set(buckets or ()) - set(have))
         if missing:
             raise ValueError(f"{d} has buckets {have}, not {missing}")
-        embedder = Embedder.load(SHIPPED_CLIENT if client is None else client)
+        own = d / CLIENT_DIR
+        embedder = Embedder.load(client if client is not None else own if own.is_dir() else SHIPPED_CLIENT)
         return Target(d.name, {T: load_bucket(d, T) for T in (buckets or have)}, embedder, lanes=lanes)
     if (d / "config.json").is_file():
         import torch

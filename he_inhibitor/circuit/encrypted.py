@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,7 +46,7 @@ from he_inhibitor.ckks import Ciphertext, CkksEvaluator, CkksParams, ClientKeys,
 from he_inhibitor.circuit.compile import Compiled
 from he_inhibitor.circuit.interpret import Answer, Backend, LaneLink, RefreshPoint, Traversal, answered, interpret
 from he_inhibitor.circuit.ir import Circuit, CircuitError, Node, OpKind, Plain, levels_and_degrees
-from he_inhibitor.circuit.masked import masked_plan_of
+from he_inhibitor.circuit.masked import MaskedPlan, masked_plan_of
 from he_inhibitor.circuit.plain import resolve
 from he_inhibitor.circuit.poly import folded_fit
 from he_inhibitor.circuit.refresh import answer, masked
@@ -140,7 +140,7 @@ class EncryptedExecutor:
         if self.levels.max() > params.depth:
             raise CircuitError(f"circuit reaches level {self.levels.max()} > chain of {params.depth}")
         self._cache: dict[tuple[int, int], Plaintext] | None = ({} if weights is None else weights) if cache else None
-        self._masks: dict[int, tuple[bytes, dict[tuple[int, int], Plaintext]]] = {}  # see _MaskCached
+        self._masks: OrderedDict[tuple[MaskedPlan, bytes], dict[tuple[int, int], Plaintext]] = OrderedDict()
         self._rng = np.random.default_rng(seed)  # the refresh masks (refresh.masked); seeded: reproducible runs
 
     # -- plaintexts -----------------------------------------------------------------
@@ -245,8 +245,8 @@ class EncryptedExecutor:
             return ev.rescale(a[0])
         if op is OpKind.POLY and len(a) > 1:  # mask folded into the plan
             mask = np.asarray(resolve(a[1][1], public))
-            backend = ev if self._cache is None else _MaskCached(self, mask, id(node))
-            return masked_plan_of(node.fn).run(a[0], mask, backend)
+            plan = masked_plan_of(node.fn)
+            return plan.run(a[0], mask, ev if self._cache is None else _MaskCached(self, plan, mask))
         if op is OpKind.POLY:
             f = folded_fit(node.fn)
             if f is None:
@@ -269,35 +269,42 @@ class EncryptedExecutor:
         raise CircuitError("a refresh round trip asked the client twice")
 
 
+MASK_CACHE_ENTRIES = 32  # (plan, mask) pairs: every shift of both layers of a sentence, about 5 MB each
+
+
 class _MaskCached:
     """A masked plan's backend: the evaluator, with its vector plaintexts (constant * key mask)
-    encoded once per (instruction, chain index) and kept per node for the last mask it saw.
+    encoded once per (instruction, chain index) for each (plan, mask) pair.
 
-    Keyed by the mask's own bytes, the cache can never serve another sentence
-    length's plaintexts, and it holds one length at a time (~300 MB at N = 16384).
+    Every ciphertext of one attention shift has the same mask (arrange.shift_mask)
+    and its layer's fit, so they share one set of plaintexts, and so do later
+    sentences of the same length. Keyed by the mask's own bytes, the cache can
+    never serve another length's plaintexts; the least recently used pairs go
+    first, so it stays within MASK_CACHE_ENTRIES pairs.
     """
 
-    def __init__(self, ex: EncryptedExecutor, mask: np.ndarray, node: int) -> None:
-        digest = hashlib.blake2b(mask.tobytes(), digest_size=16).digest()
-        if ex._masks.get(node, (None,))[0] != digest:
-            ex._masks[node] = (digest, {})
-        self.ev, self.cache, self.n = ex.ev, ex._masks[node][1], 0
+    def __init__(self, ex: EncryptedExecutor, plan: MaskedPlan, mask: np.ndarray) -> None:
+        key = (plan, hashlib.blake2b(mask.tobytes(), digest_size=16).digest())
+        if key not in ex._masks:
+            ex._masks[key] = {}
+            while len(ex._masks) > MASK_CACHE_ENTRIES:
+                ex._masks.popitem(last=False)
+        ex._masks.move_to_end(key)
+        self.ev, self.cache, self.n = ex.ev, ex._masks[key], 0
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.ev, name)
 
-    def _plain(self, values: np.ndarray, ct: Ciphertext, scale: float) -> Plaintext:
-        c = self.ev.level(ct)
-        k = (self.n, c)
+    def _plain(self, values: np.ndarray, level: int, scale: float) -> Plaintext:
+        k = (self.n, level)
         self.n += 1
         if k not in self.cache:
-            self.cache[k] = self.ev.encode(values, c, scale)
+            self.cache[k] = self.ev.encode(values, level, scale)
         return self.cache[k]
 
-    def mul_plain(self, a: Ciphertext, values: np.ndarray) -> Ciphertext:
-        """As CkksEvaluator.mul_plain: encoded so that the rescale lands on Delta_{c-1} exactly."""
-        ev = self.ev
-        return ev.rescale(ev.multiply_encoded(a, self._plain(values, a, ev.plain_scale(ev.level(a), a.scale))))
+    def lin_plain(self, xs: list[Ciphertext], values: list[np.ndarray], drop: int) -> Ciphertext:
+        """As CkksEvaluator.lin, its vector plaintexts from this cache."""
+        return self.ev.lin(xs, values, drop, encode=self._plain)
 
     def add_plain(self, a: Ciphertext, values: np.ndarray) -> Ciphertext:
-        return self.ev.add_encoded(a, self._plain(values, a, a.scale))
+        return self.ev.add_encoded(a, self._plain(values, self.ev.level(a), a.scale))

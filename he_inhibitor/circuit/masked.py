@@ -5,15 +5,18 @@ separate product it costs a level per layer; folded into the plan it costs
 none. A plan is a straight line over registers; a register r is *scalable*
 when m * r can be computed at r's own depth:
 
-    mul_const(a, c)   -> mul_plain(a, c*m)            (a leaf: the constant becomes a vector)
+    lin(a.., c..)     -> lin_plain(a.., c*m..)        (a leaf: its constants become vectors)
     add_const(a, c)   -> add_plain(m*a, c*m)          if a is scalable
     add/sub(a, b)     -> add/sub(m*a, m*b)            if both are
     mul(a, b)         -> mul(m*a, b) or mul(a, m*b)   if either is
     square(a)         -> mul(m*a, a)                  if a is
+    drop(a)           -> drop(m*a)                    if a is
 
 Paterson-Stockmeyer plans combine coefficient-bearing leaves with powers of
 x, so their output is scalable; when it is not, `mask_plan` returns None and
-the compiler multiplies by the mask separately (one level).
+the compiler multiplies by the mask separately (one level). The plan's
+levels carry over (approx/plan.py): every scaled register sits at its
+unscaled one's depth.
 """
 
 from __future__ import annotations
@@ -23,19 +26,19 @@ from typing import Any
 
 import numpy as np
 
+from he_inhibitor.approx.plan import depth_of
 from he_inhibitor.circuit.poly import folded_fit
-
-_BUMP = {"mul": 1, "square": 1, "mul_const": 1, "mul_plain": 1}
 
 
 @dataclass(frozen=True)
 class MaskedInstr:
-    """dst <- op(args, const); for mul_plain/add_plain the operand is const * mask."""
+    """dst <- op(args, const); for lin_plain/add_plain the operands are const * mask."""
 
     op: str
     dst: int
     args: tuple[int, ...]
-    const: float | None = None
+    const: float | tuple[float, ...] | None = None
+    drop: int = 0
 
 
 @dataclass(frozen=True)
@@ -47,17 +50,21 @@ class MaskedPlan:
     def depth(self) -> int:
         d = {0: 0}
         for ins in self.instrs:
-            d[ins.dst] = max(d[a] for a in ins.args) + _BUMP.get(ins.op, 0)
+            d[ins.dst] = depth_of(ins.op.removesuffix("_plain"), [d[a] for a in ins.args], ins.drop)
         return d[self.output]
 
     def run(self, x: Any, mask: np.ndarray, backend: Any) -> Any:
-        """Backend: the plan ops plus mul_plain(a, vector) and add_plain(a, vector)."""
+        """Backend: the plan ops plus lin_plain(xs, vectors, drop) and add_plain(a, vector)."""
         regs = {0: x}
         for ins in self.instrs:
             fn = getattr(backend, ins.op)
             args = [regs[a] for a in ins.args]
-            if ins.op in ("mul_plain", "add_plain"):
+            if ins.op == "lin_plain":
+                regs[ins.dst] = fn(args, [c * mask for c in ins.const], ins.drop)
+            elif ins.op == "add_plain":
                 regs[ins.dst] = fn(*args, ins.const * mask)
+            elif ins.op == "drop":
+                regs[ins.dst] = fn(*args, ins.drop)
             elif ins.const is not None:
                 regs[ins.dst] = fn(*args, ins.const)
             else:
@@ -71,17 +78,19 @@ def mask_plan(plan: Any) -> MaskedPlan | None:
     scaled: dict[int, int] = {}
     nxt = max([i.dst for i in plan.instrs] + [0]) + 1
 
-    def emit(op: str, args: tuple[int, ...], const: float | None = None) -> int:
+    def emit(op: str, args: tuple[int, ...], const: float | tuple[float, ...] | None = None, drop: int = 0) -> int:
         nonlocal nxt
-        instrs.append(MaskedInstr(op, nxt, args, const))
+        instrs.append(MaskedInstr(op, nxt, args, const, drop))
         nxt += 1
         return nxt - 1
 
     for ins in plan.instrs:
-        instrs.append(MaskedInstr(ins.op, ins.dst, ins.args, ins.const))
+        instrs.append(MaskedInstr(ins.op, ins.dst, ins.args, ins.const, ins.drop))
         a = ins.args
-        if ins.op == "mul_const":
-            scaled[ins.dst] = emit("mul_plain", (a[0],), ins.const)
+        if ins.op == "lin":
+            scaled[ins.dst] = emit("lin_plain", a, ins.const, ins.drop)
+        elif ins.op == "drop" and a[0] in scaled:
+            scaled[ins.dst] = emit("drop", (scaled[a[0]],), None, ins.drop)
         elif ins.op == "add_const" and a[0] in scaled:
             scaled[ins.dst] = emit("add_plain", (scaled[a[0]],), ins.const)
         elif ins.op in ("add", "sub") and a[0] in scaled and a[1] in scaled:

@@ -101,9 +101,30 @@ class _PlanTracker:
     def square(self, a: _Tracked) -> _Tracked:
         return self._mul(a, a, "mul")
 
-    def mul_const(self, a: _Tracked, c: float) -> _Tracked:
-        self.log += [("mul_plain", a.lvl), ("rescale", a.lvl)]
-        return _Tracked(a.v * c, a.e.scaled(c) + self.scalar.scaled(a.v) + self.const_noise, a.lvl + 1)
+    def _lin(self, xs: list[_Tracked], consts: list, drop: int, encoding: Err) -> _Tracked:
+        """Each x mod-switched to one level, times its constant, summed, one rescale (CkksEvaluator.lin)."""
+        lvl = max(x.lvl for x in xs) + drop  # the products' level; the result sits one deeper
+        for x in xs:
+            self.log += [("mod_switch", x.lvl + k) for k in range(lvl - x.lvl)]
+        self.log += [("mul_plain", lvl)] * len(xs) + [("add", lvl)] * (len(xs) - 1)
+        self.log += [("add_plain", lvl)] * bool(np.any(consts[0])) + [("rescale", lvl)]
+        v = consts[0] + sum(c * x.v for c, x in zip(consts[1:], xs))
+        e = self.const_noise + encoding if np.any(consts[0]) else self.const_noise
+        for c, x in zip(consts[1:], xs):
+            e = e + x.e.scaled(c) + encoding.scaled(x.v)
+        return _Tracked(v, e, lvl + 1)
+
+    def lin(self, xs: list[_Tracked], consts: tuple[float, ...], drop: int) -> _Tracked:
+        return self._lin(xs, list(consts), drop, self.scalar)
+
+    def lin_plain(self, xs: list[_Tracked], consts: list[np.ndarray], drop: int) -> _Tracked:
+        return self._lin(xs, consts, drop, self.vector)
+
+    def drop(self, a: _Tracked, levels: int) -> _Tracked:
+        """Mod-switch, times 1, rescale (CkksEvaluator.drop_to)."""
+        lvl = a.lvl + levels - 1
+        self.log += [("mod_switch", a.lvl + k) for k in range(levels - 1)] + [("mul_plain", lvl), ("rescale", lvl)]
+        return _Tracked(a.v, a.e + self.scalar.scaled(a.v) + self.const_noise, lvl + 1)
 
     def add(self, a: _Tracked, b: _Tracked) -> _Tracked:
         self.log.append(("add", max(a.lvl, b.lvl)))
@@ -116,10 +137,6 @@ class _PlanTracker:
     def add_const(self, a: _Tracked, c: float) -> _Tracked:
         self.log.append(("add_plain", a.lvl))
         return _Tracked(a.v + c, a.e + self.scalar, a.lvl)
-
-    def mul_plain(self, a: _Tracked, p: np.ndarray) -> _Tracked:
-        self.log += [("mul_plain", a.lvl), ("rescale", a.lvl)]
-        return _Tracked(a.v * p, a.e.scaled(p) + self.vector.scaled(a.v) + self.const_noise, a.lvl + 1)
 
     def add_plain(self, a: _Tracked, p: np.ndarray) -> _Tracked:
         self.log.append(("add_plain", a.lvl))

@@ -35,7 +35,7 @@ def stage_stats(circuit: Circuit) -> dict[str, dict[str, int]]:
             c["mul"] += pc.get("mults", 0)
             c["relinearize"] += pc.get("mults", 0)
             c["mul_const"] += pc.get("const_mults", 0)
-            c["rescale"] += pc.get("mults", 0) + pc.get("const_mults", 0)
+            c["rescale"] += pc.get("rescales", 0)
         else:
             c[node.op.value] += 1
             if node.op is OpKind.MUL:

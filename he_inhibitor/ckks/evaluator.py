@@ -21,7 +21,7 @@ unrescaled primitives below the plan backend: `encode` at a level and scale,
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import tenseal.sealapi as seal
@@ -112,6 +112,49 @@ class CkksEvaluator:
         if c == 0.0:
             raise ValueError("multiplying by 0 yields a transparent ciphertext; drop the term instead")
         return self._scaled_product(a, float(c), self.level(a) - 1)
+
+    def lin(self, xs: Sequence[seal.Ciphertext], consts: Sequence[float | np.ndarray], drop: int = 0,
+            encode: Callable[[float | np.ndarray, int, float], seal.Plaintext] | None = None) -> seal.Ciphertext:
+        """consts[0] + sum consts[i] * xs[i-1] (scalars or slot vectors), `drop` + 1 levels below the
+        shallowest x, with one rescale.
+
+        Each x is mod-switched (exact, no rescale) to the level above the
+        result and multiplied by its constant encoded at the scale that puts
+        every product at Delta_result * q: the products add as they are and
+        one rescale lands the sum on Delta_result exactly. `encode(values,
+        level, scale)` (default `self.encode`) lets a caller reuse plaintexts.
+        """
+        encode = encode or self.encode
+        level = min(self.level(x) for x in xs) - 1 - drop
+        if level < 0:
+            raise ValueError(f"lin needs {drop + 1} level(s) below its inputs; the chain has no more")
+        target = self.scales[level] * self.prime(level + 1)
+        acc: seal.Ciphertext | None = None
+        for x, c in zip(xs, consts[1:]):
+            src = x
+            if self.level(x) > level + 1:
+                src = seal.Ciphertext()
+                self._ev.mod_switch_to(x, parms_id_at(self.context, level + 1), src)
+            prod = seal.Ciphertext()
+            self._ev.multiply_plain(src, encode(c, level + 1, target / x.scale), prod)
+            prod.scale = target  # x.scale * (target / x.scale), up to float rounding
+            if acc is None:
+                acc = prod
+            else:
+                self._ev.add_inplace(acc, prod)
+        if acc is None:
+            raise ValueError("lin of no terms")
+        if np.any(consts[0]):
+            self._ev.add_plain_inplace(acc, encode(consts[0], level + 1, target))
+        self._ev.rescale_to_next_inplace(acc)
+        acc.scale = self.scales[level]
+        return acc
+
+    lin_plain = lin  # a masked plan's lin: its constants are slot vectors
+
+    def drop(self, a: seal.Ciphertext, levels: int) -> seal.Ciphertext:
+        """`a`, `levels` levels lower (a plan's explicit alignment; see drop_to)."""
+        return self.drop_to(a, self.level(a) - levels)
 
     def add(self, a: seal.Ciphertext, b: seal.Ciphertext) -> seal.Ciphertext:
         a, b = self._aligned(a, b)

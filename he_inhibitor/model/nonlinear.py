@@ -97,10 +97,12 @@ class Nonlinearity(nn.Module):
         return self._fit
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
-        if self.spec.weighted and prefix + "poly_coeffs" not in state_dict:
-            # weights from before the fit was made (an exact-phase checkpoint): stay unfitted,
-            # and poly form refuses to run until calibration fits it
-            state_dict[prefix + "poly_coeffs"] = torch.zeros_like(self.poly_coeffs)
+        key = prefix + "poly_coeffs"
+        if self.spec.weighted and (key not in state_dict or not state_dict[key].any()):
+            # weights from before the fit was made (an exact-phase checkpoint, whose zeros may be of
+            # another degree: a degree is only chosen at calibration): stay unfitted, and poly form
+            # refuses to run until calibration fits it. A fitted buffer of another degree still fails.
+            state_dict[key] = torch.zeros_like(self.poly_coeffs)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self._fit, self._parts = None, None  # loaded coefficients replace any cached fit
 
