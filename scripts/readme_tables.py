@@ -69,7 +69,9 @@ def headline(root: Path) -> str:
     enc, b32, b64 = b["encrypted_sentences"], b["buckets"]["32"], b["buckets"]["64"]
     seeds, _ = _seed_accuracies(root, SEED_GROUPS[0])
     rows = [
-        ["SST-2 dev accuracy, teacher (MiniLM-L6 fine-tuned)", f"{teacher['accuracy']:.4f}", f"`{TEACHER_BY_LENGTH}`"],
+        ["SST-2 dev accuracy, teachers: MiniLM-L6 (hidden states) / MPNet-base (logits), fine-tuned",
+         f"{teacher['accuracy']:.4f} / {_load(root, TEACHER_MPNET)['accuracy']:.4f}",
+         f"`{TEACHER_BY_LENGTH}`, `{TEACHER_MPNET}`"],
         ["SST-2 dev accuracy, student, exact \\|x\\| and ReLU", f"{m['dev_exact']:.4f}", f"`{SHIPPED_METRICS}`"],
         ["SST-2 dev accuracy, student as the circuit computes it (polynomials)", f"**{m['dev_poly']:.4f}**",
          f"`{SHIPPED_METRICS}`"],
@@ -213,23 +215,30 @@ def degree_sweep(root: Path, rel: str = "docs/distillation/degree_sweep.json") -
 
 TEACHER_MPNET = "docs/distillation/teacher_mpnet.json"  # runs/teacher-mpnet/model/metrics.json (docs/teacher.md)
 SWEEP_MPNET = "docs/distillation/degree_sweep_mpnet6_seed{seed}.json"  # scripts/degree_sweep.py --run runs/mpnet6-seedK
-# one recipe's three seeds, 1 / 0 / 2: (label, where each seed's poly-form dev accuracy is, command).
+# one recipe's three seeds, 1 / 0 / 2: (label, where each seed's poly-form dev accuracy is, runs, command).
 # "results": the rows of results.json named runs[k]; "sweep": SWEEP_MPNET's first setting (14w fits on
-# the run's exact-phase weights, no poly phase)
+# the run's exact-phase weights, no poly phase). command None: the one the first run recorded. The first
+# group is the shipped recipe (the README's mean over seeds).
+DISTILL = "he-inhibitor distill --teacher ../shared/models/minilm-l6-sst2 --data-dir ../shared/data/sst2"
 SEED_GROUPS = [
-    ("MiniLM logits, fits of degree 14 (weighted), no poly phase (the shipped recipe)", "results",
-     ("h16_dir_seed1", "h16_dir", "h16_dir_seed2")),
-    ("MPNet logits, fits of degree 14 (weighted), no poly phase", "sweep", (1, 0, 2)),
+    ("MPNet logits, \\|x\\| of degree 6 and ReLUs of degree 14 (weighted), no poly phase (the shipped recipe "
+     "since 2026-12-05)", "results", ("abs6-seed1", "abs6-seed0", "abs6-seed2"),
+     f"`{DISTILL} --out runs/abs6-seedK --set seed=K` (the defaults; each resumed the exact phase of "
+     "`runs/mpnet6-seedK`, the same settings)"),
+    ("MiniLM logits, fits of degree 14 (weighted), no poly phase (shipped before 2026-12-05)", "results",
+     ("h16_dir_seed1", "h16_dir", "h16_dir_seed2"),
+     f"`{DISTILL} --out runs/h16_dir_seedK --config configs/minilm14.json --set seed=K`"),
+    ("MPNet logits, fits of degree 14 (weighted), no poly phase", "sweep", (1, 0, 2), None),
     ("MPNet logits, fits of degree 6 (weighted), a quarter epoch in poly form", "results",
-     ("mpnet6-seed1", "mpnet6-seed0", "mpnet6-seed2")),
+     ("mpnet6-seed1", "mpnet6-seed0", "mpnet6-seed2"), None),
     ("MPNet logits, fits of degree 6 (weighted), half an epoch in poly form", "results",
-     ("deg6h-seed1", "deg6h-seed0", "deg6h-seed2")),
+     ("deg6h-seed1", "deg6h-seed0", "deg6h-seed2"), None),
 ]
 
 
 def _seed_accuracies(root: Path, group: tuple) -> tuple[np.ndarray, str]:
     """(dev poly accuracy of each seed, the command or file behind them) of one SEED_GROUPS entry."""
-    _, source, names = group
+    _, source, names, command = group
     if source == "sweep":
         files = [SWEEP_MPNET.format(seed=k) for k in names]
         return (np.array([_load(root, f)["settings"][0]["dev_poly"] for f in files]),
@@ -237,7 +246,7 @@ def _seed_accuracies(root: Path, group: tuple) -> tuple[np.ndarray, str]:
                 f"{SWEEP_MPNET.format(seed='K')}`")
     runs = {r["run"]: r for r in _load(root, "docs/distillation/results.json")}
     return (np.array([runs[n]["dev_poly"] for n in names]),
-            f"`{runs[names[0]]['command']}` (seeds 0 and 2: `--set seed=K` or `configs/seedK.json`)")
+            command or f"`{runs[names[0]]['command']}` (seeds 0 and 2: `--set seed=K`)")
 
 
 def teachers_and_seeds(root: Path) -> str:

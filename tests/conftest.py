@@ -82,7 +82,8 @@ to follow the teacher's 384-wide hidden states; its vocab_size is the tiny vocab
 
 PRE_RECIPE = {
     "student": {"n_heads": 4, "key_norm": 0.0, "rel_bias": False, "rel_bias_init": 0.0,
-                "abs_poly": {"method": "remez"}, "relu_poly": {"method": "remez"}},
+                "abs_poly": {"degree": 14, "method": "remez"}, "relu_poly": {"method": "remez"}},
+    "logit_teacher": None,
     "augment": {"copies": 0, "p_mask": 0.1, "p_replace": 0.1, "concat": 0.0},
     "embedding_init": "table", "epochs_exact": 4, "epochs_poly": 1.0, "seed": 0, "threads": 2,
     "fused_attention": False, "rel_bias_lr": 1.0,

@@ -59,4 +59,4 @@ def test_encrypted_matches_simulator_levels_and_bound(rel_bias):
             err = np.abs(res.logits - sim.logits).max()
             assert err <= sim.noise_bound
             assert sim.noise_bound < 100 * err  # a useful bound, not an absurd one
-        assert len(ex._cache) == encoded  # prepare() foresaw every weight encoding the run needed
+        assert len(ex._cache) + len(ex._addends) == encoded  # prepare() foresaw every weight encoding the run needed

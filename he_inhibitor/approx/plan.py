@@ -190,7 +190,10 @@ class _Series:
         """Register of T_n(t) at depth depth(t) + ceil(log2 n), built on demand."""
         if n not in self.T:
             a = 1 << ((n - 1).bit_length() - 1)
-            if a == n - a:
+            if n == 3:  # T_3 = t (2 T_2 - 1): t meets one level lower only once (2 T_2 t - t meets it twice)
+                two = self.b.emit("add_const", (self.b.emit("add", (self.cheb(2), self.cheb(2))),), -1.0)
+                self.T[n] = self.b.emit("mul", (self.T[1], two))
+            elif a == n - a:
                 sq = self.b.emit("square", (self.cheb(a),))
                 self.T[n] = self.b.emit("add_const", (self.b.emit("add", (sq, sq)),), -1.0)
             else:

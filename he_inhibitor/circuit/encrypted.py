@@ -17,10 +17,11 @@ encoded at Delta_{c-1} * q_c / Delta_c (CkksEvaluator.plain_scale), so the
 products of a linear layer's diagonals share one scale, are summed (and
 rotated) before their single rescale, and land on Delta_{c-1} exactly.
 Polynomials run their folded fit's evaluation plan on the ckks evaluator.
-Weight plaintexts are encoded once per (constant, chain index) and cached
-across requests; the key-mask plaintexts inside masked polynomials depend
-only on the sentence length, so they are cached for the last length seen
-(requests of equal length reuse them).
+Weight plaintexts (factors and biases) are encoded once per (constant, chain
+index) and cached across requests; the key-mask plaintexts inside masked
+polynomials depend only on the sentence length and the shift, so one set
+serves every ciphertext of a shift and later sentences of that length (a
+bounded LRU, `_MaskCached`).
 
 With a `LaneLink` (ray_lanes.py) only lane-0 nodes run here; values of other
 lanes arrive through the link and lane-0 values they need leave through it.
@@ -140,6 +141,7 @@ class EncryptedExecutor:
         if self.levels.max() > params.depth:
             raise CircuitError(f"circuit reaches level {self.levels.max()} > chain of {params.depth}")
         self._cache: dict[tuple[int, int], Plaintext] | None = ({} if weights is None else weights) if cache else None
+        self._addends: dict[tuple[int, int], Plaintext] = {}  # weight biases, at the scale of what they are added to
         self._masks: OrderedDict[tuple[MaskedPlan, bytes], dict[tuple[int, int], Plaintext]] = OrderedDict()
         self._rng = np.random.default_rng(seed)  # the refresh masks (refresh.masked); seeded: reproducible runs
 
@@ -166,7 +168,16 @@ class EncryptedExecutor:
             if isinstance(payload, str) or (arg, c) in self._cache:
                 continue
             self._cache[(arg, c)] = self.ev.encode(payload, c, self.ev.plain_scale(c, self.ev.scales[c]))
-        return len(self._cache)
+        for i in circuit.of_kind(OpKind.ADD_PLAIN):  # biases of rescaled values: at Delta_c, as _addend
+            x, const = circuit.nodes[i].args
+            arg = circuit.nodes[const].arg
+            payload = circuit.consts[arg]
+            c = self.params.depth - int(self.levels[x])
+            if ((nodes is not None and i not in nodes) or isinstance(payload, str) or self.degrees[x] != 1
+                    or (arg, c) in self._addends):
+                continue
+            self._addends[(arg, c)] = self.ev.encode(payload, c, self.ev.scales[c])
+        return len(self._cache) + len(self._addends)
 
     def _multiplier(self, const_id: int, payload: Plain, ct: Ciphertext, public: dict[str, np.ndarray]
                     ) -> Plaintext:
@@ -183,6 +194,15 @@ class EncryptedExecutor:
         if key not in self._cache:
             self._cache[key] = self.ev.encode(payload, c, scale)
         return self._cache[key]
+
+    def _addend(self, const_id: int, payload: Plain, ct: Ciphertext, public: dict[str, np.ndarray]) -> Plaintext:
+        """A plaintext added to ct: at its chain index and scale (Delta_c); weights cached like factors."""
+        c = self.ev.level(ct)
+        if isinstance(payload, str) or self._cache is None:
+            return self.ev.encode(resolve(payload, public), c, ct.scale)
+        if (const_id, c) not in self._addends:
+            self._addends[(const_id, c)] = self.ev.encode(payload, c, ct.scale)
+        return self._addends[(const_id, c)]
 
     # -- evaluation -------------------------------------------------------------------
     def run(self, x0: np.ndarray, m: np.ndarray, link: LaneLink | None = None) -> EncryptedResult:
@@ -236,7 +256,7 @@ class EncryptedExecutor:
                 raise CircuitError("mod_switch of a product awaiting its rescale")
             return ev.drop_to(a[0], ev.level(a[0]) - node.arg)
         if op is OpKind.ADD_PLAIN:
-            return ev.add_encoded(a[0], ev.encode(resolve(a[1][1], public), ev.level(a[0]), a[0].scale))
+            return ev.add_encoded(a[0], self._addend(*a[1], a[0], public))
         if op is OpKind.MUL_PLAIN:
             return ev.multiply_encoded(a[0], self._multiplier(*a[1], a[0], public))
         if op is OpKind.MUL:

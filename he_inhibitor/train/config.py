@@ -39,10 +39,12 @@ def recipe_student() -> StudentConfig:
     the shipped student adds are set here, where ``he-inhibitor distill`` reads its recipe. 16
     interleaved heads make the circuit's head sums cheaper; the key norm and the relative bias are
     public plaintexts in the circuit (no level); weighted fits are made by calibration from the
-    inputs each polynomial really sees (docs/design.md §2, §5).
+    inputs each polynomial really sees (docs/design.md §2, §5). |x| is fitted at degree 6 (depth 3,
+    half the multiplications of degree 14); the ReLUs keep degree 14, because the attention's ReLU,
+    summed over every key, is where a lower degree costs accuracy (docs/log.md, 2026-12-04 and -05).
     """
     return StudentConfig(n_heads=16, key_norm=0.5, rel_bias=True, rel_bias_init=1.0,
-                         abs_poly=PolySpec(14, "weighted"), relu_poly=PolySpec(14, "weighted"))
+                         abs_poly=PolySpec(6, "weighted"), relu_poly=PolySpec(14, "weighted"))
 
 
 def recipe_augment() -> AugmentConfig:
@@ -72,10 +74,11 @@ class DistillConfig:
     # there (the attention's |q - k| polynomial runs on every pair of their doubled length).
     augment_poly: AugmentConfig | None = None
     temperature: float = 2.0
-    # a second teacher (``he-inhibitor teacher --base mpnet``) whose cached logits (``he-inhibitor
-    # teacher-logits``) replace the first's on the training phrases for the logit losses; the token-level
-    # losses (hidden states) and the augmented copies keep the first teacher, whose tokenizer is the student's
-    logit_teacher: str | None = None
+    # a second teacher (``he-inhibitor teacher --base mpnet``, built where docs/teacher.md builds it)
+    # whose cached logits (``he-inhibitor teacher-logits``) replace the first's on the training phrases
+    # for the logit losses; the token-level losses (hidden states) and the augmented copies keep the
+    # first teacher, whose tokenizer is the student's. None: the first teacher's own logits
+    logit_teacher: str | None = "runs/teacher-mpnet/model"
     # "kl": KL between softened distributions (times tau^2); "mse": squared error between the
     # raw logits (Kim et al. 2021, arXiv 2105.08919), which also matches the teacher's confidence
     kd_loss: str = "kl"
