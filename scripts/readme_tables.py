@@ -33,6 +33,7 @@ BENCH = "docs/bench/shipped.json"
 PREVIOUS = "docs/bench/previous_circuit.json"  # the circuit the latency issue started from (0403a8d), same window
 PREVIOUS_RUNS = "docs/bench/previous_circuit_runs.jsonl"  # its per-sentence run log (bench --log)
 TEACHER_BY_LENGTH = "docs/distillation/by_length_teacher.json"
+BEFORE_LEVELING = "docs/bench/before_leveling.json"  # the previous shipped bundle on the code of 04096f9, same sentences
 
 
 def _load(root: Path, rel: str) -> dict | list:
@@ -64,7 +65,7 @@ def _ratio(b: dict, other: dict) -> float:
 def headline(root: Path) -> str:
     """The README's one results table: accuracy from eval and bench, then the encrypted run's costs."""
     teacher, m, b = _load(root, TEACHER_BY_LENGTH), _load(root, SHIPPED_METRICS), _load(root, BENCH)
-    p, c = _load(root, PREVIOUS), b["compare"]
+    p, c, o = _load(root, PREVIOUS), b["compare"], _load(root, BEFORE_LEVELING)
     p_runs = {"runs": [json.loads(line) for line in (root / PREVIOUS_RUNS).read_text().splitlines()]}
     enc, b32, b64 = b["encrypted_sentences"], b["buckets"]["32"], b["buckets"]["64"]
     seeds, _ = _seed_accuracies(root, SEED_GROUPS[0])
@@ -89,11 +90,14 @@ def headline(root: Path) -> str:
          f"{b32['median_seconds']:.1f} s / {b64['median_seconds']:.1f} s", f"`{BENCH}`"],
         [f"median / p95 with {b['rtt_ms']:.0f} ms per round trip ({b['round_trips_per_query']} round trips)",
          f"{b['median_seconds_with_rtt']:.1f} s / {b['p95_seconds_with_rtt']:.1f} s", f"`{BENCH}`"],
-        [f"the same student on the previous chain ({c['chain_levels']} levels, {c['round_trips_per_query']} round "
-         f"trips), median / p95, same run", f"{c['median_seconds']:.1f} s / {c['p95_seconds']:.1f} s "
-         f"(this circuit / it per sentence: {_ratio(b, c):.2f})", f"`{BENCH}`"],
-        [f"the circuit before per-length plans, lanes and the short chain (0403a8d, {p['workers']} processes), "
-         f"median on the first {p['encrypted_sentences']} of the same sentences, same window",
+        ["the student shipped before (MiniLM logits, \\|x\\| at degree 14), same code, median / p95, same run",
+         f"{c['median_seconds']:.1f} s / {c['p95_seconds']:.1f} s (this circuit / it per sentence: "
+         f"{_ratio(b, c):.2f})", f"`{BENCH}`"],
+        ["that student's circuit on the code before plans levelled their operands (04096f9), median / p95, "
+         "the same sentences, run right after", f"{o['median_seconds']:.1f} s / {o['p95_seconds']:.1f} s (this "
+         f"circuit / it per sentence: {_ratio(b, o):.2f})", f"`{BEFORE_LEVELING}`"],
+        [f"the circuit the latency work started from (0403a8d: all T shifts, 8 levels, {p['workers']} processes), "
+         f"median on the first {p['encrypted_sentences']} of the same sentences, an earlier session's run",
          f"{p['median_seconds']:.1f} s (this circuit on those: {_median_of(b, p):.1f} s; per sentence: "
          f"{_ratio(b, p_runs):.2f})", f"`{PREVIOUS}`"],
         ["evaluation keys (both buckets), sent once", _mb(b["eval_key_bytes"]), f"`{BENCH}`"],
