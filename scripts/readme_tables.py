@@ -149,13 +149,16 @@ def bench_totals(root: Path) -> str:
     return _table(["quantity", "value"], rows)
 
 
-INHIBITOR_VS_DOT = "docs/bench/inhibitor_vs_dot.json"
+# the bench of both attentions rerun with each bundle's own embeddings and this code; the first run
+# (docs/log.md, "the poly phase compiled") gave the inhibitor's circuit the shipped student's embeddings
+INHIBITOR_VS_DOT = "docs/bench/inhibitor_vs_dot_rerun.json"
+INHIBITOR_VS_DOT_FIRST = "docs/bench/inhibitor_vs_dot.json"
 VS_DOT_RUNS = ("deg6h-seed1", "dot6h-seed1")  # the two students of that bench, rows of results.json
 
 
-def inhibitor_vs_dot(root: Path) -> str:
-    """Both attentions from one recipe and seed, compiled by today's compiler, benched in one run."""
-    d = _load(root, INHIBITOR_VS_DOT)
+def inhibitor_vs_dot(root: Path, rel: str = INHIBITOR_VS_DOT) -> str:
+    """Both attentions from one recipe and seed, compiled by one compiler, benched in one run."""
+    d = _load(root, rel)
     runs = {r["run"]: r for r in _load(root, "docs/distillation/results.json")}
     sides = [{**d, "run": runs[VS_DOT_RUNS[0]]}, {**d["compare"], "run": runs[VS_DOT_RUNS[1]]}]
     t32 = [s["buckets"]["32"] for s in sides]
@@ -288,7 +291,8 @@ def word_order(root: Path) -> str:
 
 TABLES: dict[str, Callable[[Path], str]] = {
     "headline": headline, "bench-buckets": bench_buckets, "bench-stages": bench_stages,
-    "bench-totals": bench_totals, "inhibitor-vs-dot": inhibitor_vs_dot, "ablations": ablations, "by-length": by_length,
+    "bench-totals": bench_totals, "inhibitor-vs-dot": inhibitor_vs_dot,
+    "inhibitor-vs-dot-first": lambda root: inhibitor_vs_dot(root, INHIBITOR_VS_DOT_FIRST), "ablations": ablations, "by-length": by_length,
     "degree-sweep": degree_sweep,
     "degree-sweep-shipped": lambda root: degree_sweep(root, "docs/distillation/degree_sweep_shipped.json"),
     "word-order": word_order, "shipped-fits": shipped_fits, "teachers-and-seeds": teachers_and_seeds,

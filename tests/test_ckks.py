@@ -97,12 +97,12 @@ def test_levels_and_scales_are_managed(keys, ev):
     a = keys.encrypt(x)
     sq = ev.mul(a, a)  # level 1
     mixed = ev.add(sq, a)  # a dropped to level 1 with that level's scale
-    prod = ev.mul_plain(ev.add_plain(mixed, w.tolist()), w.tolist())  # level 0
+    prod = ev.lin([ev.add_plain(mixed, w.tolist())], [0.0, w])  # level 0
     assert [ev.level(c) for c in (a, sq, mixed, prod)] == [2, 1, 1, 0]
     assert all(c.scale == ev.scales[ev.level(c)] for c in (a, sq, mixed, prod))
     expect = (x * x + x + w) * w
     np.testing.assert_allclose(keys.decrypt(prod), expect, atol=1e-5)
-    np.testing.assert_allclose(keys.decrypt(ev.sub(ev.mul_const(a, -0.75), ev.add_const(a, 0.5))),
+    np.testing.assert_allclose(keys.decrypt(ev.sub(ev.lin([a], (0.0, -0.75)), ev.add_const(a, 0.5))),
                                -1.75 * x - 0.5, atol=NOISE)
     with pytest.raises(ValueError):
         ev.drop_to(prod, 1)

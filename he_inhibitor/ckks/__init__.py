@@ -6,8 +6,8 @@ Public API:
     keygen(params, rotation_steps=()) -> ClientKeys
     ClientKeys: encode/encrypt/encrypt_bytes/decrypt/level/public_context(); .secret: SecretKey
     PublicContext: params, relin_keys, galois_keys, rotation_steps, to_bytes()/from_bytes()
-    CkksEvaluator(public): mul, square, mul_const, add, sub, add_const, add_plain, mul_plain,
-                           rotate, drop_to, level; for the circuit's explicit rescales: encode,
+    CkksEvaluator(public): mul, square, lin, add, sub, add_const, add_plain, rotate, drop_to,
+                           drop, level; for the circuit's explicit rescales: encode,
                            plain_scale, add_encoded, sub_encoded, multiply_encoded, multiply,
                            rescale; to_last (a reply's level)
     Ciphertext, Plaintext, SEALContext: the SEAL types

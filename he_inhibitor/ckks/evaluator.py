@@ -6,8 +6,9 @@ Invariants every method keeps, so callers can combine results freely:
 - binary operations first bring the higher-level operand down to the lower
   level with `drop_to`, which keeps the invariant exactly;
 - `mul`/`square` relinearize and rescale once: Delta_l^2 / q_l = Delta_{l-1};
-- `mul_const`/`mul_plain` encode the constant at scale Delta_{l-1} q_l / Delta_l
-  so that the rescaled result carries Delta_{l-1}.
+- `lin` (a plan's scalar or slot-vector combination of ciphertexts) encodes each
+  constant at the scale that lands its one rescale on Delta exactly, and
+  `drop_to` multiplies by 1 so encoded.
 No scale is ever overwritten, so no approximation enters through scales.
 The method names and depth rules match `he_inhibitor.approx.plan.Backend`, so
 an evaluation plan runs on ciphertexts as `plan.run(ct, evaluator)`.
@@ -31,7 +32,7 @@ from .keys import PublicContext
 
 
 class CkksEvaluator:
-    """mul/square/mul_const/add/sub/add_const/add_plain/mul_plain/rotate/drop_to on one PublicContext."""
+    """mul/square/lin/add/sub/add_const/add_plain/rotate/drop_to on one PublicContext."""
 
     def __init__(self, public: PublicContext) -> None:
         self.public = public
@@ -107,12 +108,6 @@ class CkksEvaluator:
         self._ev.square(a, out)
         return self._relin_rescale(out, self.level(a) - 1)
 
-    def mul_const(self, a: seal.Ciphertext, c: float) -> seal.Ciphertext:
-        """Scalar multiplication: one level."""
-        if c == 0.0:
-            raise ValueError("multiplying by 0 yields a transparent ciphertext; drop the term instead")
-        return self._scaled_product(a, float(c), self.level(a) - 1)
-
     def lin(self, xs: Sequence[seal.Ciphertext], consts: Sequence[float | np.ndarray], drop: int = 0,
             encode: Callable[[float | np.ndarray, int, float], seal.Plaintext] | None = None) -> seal.Ciphertext:
         """consts[0] + sum consts[i] * xs[i-1] (scalars or slot vectors), `drop` + 1 levels below the
@@ -182,10 +177,6 @@ class CkksEvaluator:
         out = seal.Ciphertext()
         self._ev.add_plain(a, pt, out)
         return out
-
-    def mul_plain(self, a: seal.Ciphertext, values: Sequence[float]) -> seal.Ciphertext:
-        """Slot-wise product with a plaintext vector: one level."""
-        return self._scaled_product(a, [float(v) for v in values], self.level(a) - 1)
 
     def rotate(self, a: seal.Ciphertext, step: int) -> seal.Ciphertext:
         """Cyclic left rotation of the slots by `step` (needs its Galois key)."""
