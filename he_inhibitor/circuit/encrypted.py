@@ -49,7 +49,7 @@ from he_inhibitor.circuit.interpret import Answer, Backend, LaneLink, RefreshPoi
 from he_inhibitor.circuit.ir import Circuit, CircuitError, Node, OpKind, Plain, levels_and_degrees
 from he_inhibitor.circuit.masked import MaskedPlan, masked_plan_of
 from he_inhibitor.circuit.plain import resolve
-from he_inhibitor.circuit.poly import folded_fit
+from he_inhibitor.circuit.poly import plan_of
 from he_inhibitor.circuit.refresh import answer, masked
 
 
@@ -152,57 +152,40 @@ class EncryptedExecutor:
         Server set-up, like loading a model: the first request then runs as
         fast as later ones. The level pass says where each is used, and the
         scale invariant (a ciphertext at index c carries Delta_c) gives the
-        scale it is encoded at, exactly as _multiplier would. `nodes`: only
+        scale it is encoded at, exactly as _weight would. `nodes`: only
         the weights these nodes use (a lane worker's). Returns the count.
         """
         if self._cache is None:
             return 0
         circuit = self.circuit
-        for i in circuit.of_kind(OpKind.MUL_PLAIN):
-            if nodes is not None and i not in nodes:
-                continue
-            x, const = circuit.nodes[i].args
-            arg = circuit.nodes[const].arg
-            payload = circuit.consts[arg]
-            c = self.params.depth - int(self.levels[x])
-            if isinstance(payload, str) or (arg, c) in self._cache:
-                continue
-            self._cache[(arg, c)] = self.ev.encode(payload, c, self.ev.plain_scale(c, self.ev.scales[c]))
-        for i in circuit.of_kind(OpKind.ADD_PLAIN):  # biases of rescaled values: at Delta_c, as _addend
-            x, const = circuit.nodes[i].args
-            arg = circuit.nodes[const].arg
-            payload = circuit.consts[arg]
-            c = self.params.depth - int(self.levels[x])
-            if ((nodes is not None and i not in nodes) or isinstance(payload, str) or self.degrees[x] != 1
-                    or (arg, c) in self._addends):
-                continue
-            self._addends[(arg, c)] = self.ev.encode(payload, c, self.ev.scales[c])
+        for kind in (OpKind.MUL_PLAIN, OpKind.ADD_PLAIN):
+            for i in circuit.of_kind(kind):
+                x, const = circuit.nodes[i].args
+                arg = circuit.nodes[const].arg
+                payload = circuit.consts[arg]
+                if (nodes is not None and i not in nodes) or isinstance(payload, str) or self.degrees[x] != 1:
+                    continue
+                c = self.params.depth - int(self.levels[x])  # a rescaled operand there carries Delta_c
+                self._weight(kind, arg, payload, c, self.ev.scales[c], {})
         return len(self._cache) + len(self._addends)
 
-    def _multiplier(self, const_id: int, payload: Plain, ct: Ciphertext, public: dict[str, np.ndarray]
-                    ) -> Plaintext:
-        """A plaintext factor for ct at chain index c, scaled so the later rescale lands on Delta_{c-1}.
+    def _weight(self, kind: OpKind, const_id: int, payload: Plain, c: int, ct_scale: float,
+                public: dict[str, np.ndarray]) -> Plaintext:
+        """The plaintext a MUL_PLAIN (factor) or ADD_PLAIN (addend) node applies to a ciphertext at chain
+        index c with scale ct_scale.
 
-        Weights are encoded once per chain index and cached; per-request
-        plaintexts (named payloads) are encoded for each request.
+        A factor is encoded so that the later rescale lands on Delta_{c-1}
+        exactly, an addend at the ciphertext's own scale. Weights are encoded
+        once per (constant, chain index) and cached; per-request plaintexts
+        (named payloads) are encoded for each request.
         """
-        c = self.ev.level(ct)
-        scale = self.ev.plain_scale(c, ct.scale)
+        scale = self.ev.plain_scale(c, ct_scale) if kind is OpKind.MUL_PLAIN else ct_scale
         if isinstance(payload, str) or self._cache is None:
             return self.ev.encode(resolve(payload, public), c, scale)
-        key = (const_id, c)
-        if key not in self._cache:
-            self._cache[key] = self.ev.encode(payload, c, scale)
-        return self._cache[key]
-
-    def _addend(self, const_id: int, payload: Plain, ct: Ciphertext, public: dict[str, np.ndarray]) -> Plaintext:
-        """A plaintext added to ct: at its chain index and scale (Delta_c); weights cached like factors."""
-        c = self.ev.level(ct)
-        if isinstance(payload, str) or self._cache is None:
-            return self.ev.encode(resolve(payload, public), c, ct.scale)
-        if (const_id, c) not in self._addends:
-            self._addends[(const_id, c)] = self.ev.encode(payload, c, ct.scale)
-        return self._addends[(const_id, c)]
+        store = self._cache if kind is OpKind.MUL_PLAIN else self._addends
+        if (const_id, c) not in store:
+            store[(const_id, c)] = self.ev.encode(payload, c, scale)
+        return store[(const_id, c)]
 
     # -- evaluation -------------------------------------------------------------------
     def run(self, x0: np.ndarray, m: np.ndarray, link: LaneLink | None = None) -> EncryptedResult:
@@ -256,9 +239,9 @@ class EncryptedExecutor:
                 raise CircuitError("mod_switch of a product awaiting its rescale")
             return ev.drop_to(a[0], ev.level(a[0]) - node.arg)
         if op is OpKind.ADD_PLAIN:
-            return ev.add_encoded(a[0], self._addend(*a[1], a[0], public))
+            return ev.add_encoded(a[0], self._weight(op, *a[1], ev.level(a[0]), a[0].scale, public))
         if op is OpKind.MUL_PLAIN:
-            return ev.multiply_encoded(a[0], self._multiplier(*a[1], a[0], public))
+            return ev.multiply_encoded(a[0], self._weight(op, *a[1], ev.level(a[0]), a[0].scale, public))
         if op is OpKind.MUL:
             return ev.multiply(a[0], a[1])
         if op is OpKind.RESCALE:
@@ -268,10 +251,10 @@ class EncryptedExecutor:
             plan = masked_plan_of(node.fn)
             return plan.run(a[0], mask, ev if self._cache is None else _MaskCached(self, plan, mask))
         if op is OpKind.POLY:
-            f = folded_fit(node.fn)
-            if f is None:
+            plan = plan_of(node.fn)
+            if plan is None:
                 raise CircuitError(f"{node.fn.name} has no evaluation plan")
-            return f.plan().run(a[0], ev)
+            return plan.run(a[0], ev)
         raise CircuitError(f"no encrypted semantics for {op.value}")
 
     def refresh(self, point: RefreshPoint, public: dict[str, np.ndarray]) -> tuple[Answer, float]:

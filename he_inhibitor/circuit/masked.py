@@ -21,13 +21,14 @@ unscaled one's depth.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from he_inhibitor.approx.plan import depth_of
-from he_inhibitor.circuit.poly import folded_fit
+from he_inhibitor.circuit.poly import plan_of
 
 
 @dataclass(frozen=True)
@@ -115,7 +116,8 @@ def _live(instrs: list[MaskedInstr], output: int) -> list[MaskedInstr]:
     return keep[::-1]
 
 
+@functools.lru_cache(maxsize=256)
 def masked_plan_of(fn: Any) -> MaskedPlan | None:
-    """The masked plan of a circuit polynomial (its folded fit's plan), or None."""
-    f = folded_fit(fn)
-    return None if f is None else mask_plan(f.plan())
+    """The masked plan of a circuit polynomial (its folded fit's plan), or None; made once per polynomial."""
+    plan = plan_of(fn)
+    return None if plan is None else mask_plan(plan)

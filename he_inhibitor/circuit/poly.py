@@ -10,6 +10,7 @@ compiler, because a ciphertext can only be evaluated by a polynomial.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
@@ -164,6 +165,14 @@ def folded_fit(fn: PolyFn) -> Any | None:
             c, err = c * (-1.0) ** np.arange(c.size), inner.max_error
         return dataclasses.replace(inner, coeffs=tuple(float(v) for v in c), max_error=err, _plan=None)
     return None
+
+
+@functools.lru_cache(maxsize=256)
+def plan_of(fn: PolyFn) -> Any | None:
+    """The evaluation plan of fn's folded fit, or None: compiled once per polynomial, not per call
+    (every ciphertext of every sentence runs it; a folded fit is a new Fit with no plan yet)."""
+    f = folded_fit(fn)
+    return None if f is None else f.plan()
 
 
 def exact_form(fn: PolyFn) -> PolyFn:

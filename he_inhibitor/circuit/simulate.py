@@ -35,7 +35,7 @@ from he_inhibitor.circuit.interpret import Answer, Backend, RefreshPoint, answer
 from he_inhibitor.circuit.ir import Node, OpKind, RangeError, depth, levels_and_degrees, refresh_round_trips
 from he_inhibitor.circuit.masked import masked_plan_of
 from he_inhibitor.circuit.noise import Err, NoiseModel
-from he_inhibitor.circuit.poly import PolyFn, exact_form, folded_fit
+from he_inhibitor.circuit.poly import PolyFn, exact_form, plan_of
 
 
 @dataclass(frozen=True)
@@ -277,12 +277,12 @@ class _SimBackend(Backend):
                              f"leaves the interval [{lo}, {hi}] in the {where}")
         gain = _slope(fn, x) if mask is None else _slope(fn, x) * np.abs(mask)
         log: list[tuple[str, int]] = []
-        f = folded_fit(fn)
+        plan = plan_of(fn)
         zero = Err(np.zeros_like(x), np.zeros_like(x))
         if mask is not None:  # the builder folds a mask only where the masked plan exists
             e_eval = masked_plan_of(fn).run(_Tracked(x, zero, lvl), mask, _PlanTracker(noise, log)).e
-        elif f is not None:
-            e_eval = f.plan().run(_Tracked(x, zero, lvl), _PlanTracker(noise, log)).e
+        elif plan is not None:
+            e_eval = plan.run(_Tracked(x, zero, lvl), _PlanTracker(noise, log)).e
         else:  # no plan to follow: each level's rounding, amplified by the function's range
             amp = max(1.0, float(np.abs(fn(np.linspace(lo, hi, 1001))).max()))
             e_eval = Err.fresh(math.sqrt(fn.depth) * noise.rounding * amp, noise.k, x)

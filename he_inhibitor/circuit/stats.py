@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import Counter
 
 from he_inhibitor.circuit.ir import Circuit, OpKind, consumed_levels
-from he_inhibitor.circuit.poly import folded_fit
+from he_inhibitor.circuit.poly import plan_of
 
 
 def stage_stats(circuit: Circuit) -> dict[str, dict[str, int]]:
@@ -29,8 +29,8 @@ def stage_stats(circuit: Circuit) -> dict[str, dict[str, int]]:
             entry[st] = max((int(used[a]) for a in node.args if circuit.nodes[a].op is not OpKind.CONST), default=0)
         exit_[st] = max(exit_.get(st, 0), int(used[i]))
         if node.op is OpKind.POLY:
-            f = folded_fit(node.fn)
-            pc = f.plan().counts if f is not None else {}
+            plan = plan_of(node.fn)
+            pc = plan.counts if plan is not None else {}
             c["poly"] += 1
             c["mul"] += pc.get("mults", 0)
             c["relinearize"] += pc.get("mults", 0)
