@@ -21,6 +21,7 @@ COMMANDS: dict[str, str] = {
     "approx": "he_inhibitor.approx.cli",
     "teacher": "he_inhibitor.teacher",
     "teacher-logits": "he_inhibitor.teacher_logits",
+    "teacher-copies": "he_inhibitor.train.copies_cli",
     "distill": "he_inhibitor.train.cli",
     "calibrate": "he_inhibitor.recalibrate",
     "eval": "he_inhibitor.evaluate",

@@ -20,19 +20,21 @@ from he_inhibitor.model import Student
 from he_inhibitor.model.nonlinear import PolySpec
 from he_inhibitor.model.student import load_student
 from he_inhibitor.paths import SHIPPED_STUDENT
-from he_inhibitor.teacher import load_teacher
+from he_inhibitor.teacher import load_teacher, logits
+from he_inhibitor.teacher import load_tokenizer as load_hf_tokenizer
 from he_inhibitor.teacher_cache import build_cache
-from he_inhibitor.teacher_logits import LogitCache
+from he_inhibitor.teacher_logits import LogitCache, decode_rows
 from he_inhibitor.train.augment import AugmentConfig, TeacherLabeller
 from he_inhibitor.train.batches import Batches
 from he_inhibitor.train.calibration import calibrate
 from he_inhibitor.train.config import DistillConfig, LossWeights, load_config
+from he_inhibitor.train.copy_bank import CopyBank, CopyBankError
 from he_inhibitor.train.init import (
     init_embeddings_from_teacher, position_table, student_token_vectors, untie_word_table, word_neighbour_table,
 )
 from he_inhibitor.train.loop import param_groups
 from he_inhibitor.train.losses import Distiller, teacher_layers
-from he_inhibitor.train.pipeline import distill
+from he_inhibitor.train.pipeline import build_copies, distill
 from he_inhibitor.vocab import load_tokenizer, load_unpadded, make_tokenizer, teacher_to_student_ids, teacher_vocab, trimmed_vocab
 
 TEACHER = Path(__file__).resolve().parents[2] / "shared" / "models" / "minilm-l6-sst2"
@@ -263,12 +265,12 @@ def test_teacher_labels_perturbed_copies(tiny_setup) -> None:
     batch = batches.collate(batches.order(0)[0])
     teacher = load_teacher(TEACHER)
     same = TeacherLabeller(teacher, teacher_tok, AugmentConfig(1, 0.0, 0.0), np.asarray(cache.ids), id_map, False)
-    out = same.label(batch, np.random.default_rng(0))
+    (out,) = same.label(batch, np.random.default_rng(0), 1)
     assert torch.equal(out["ids"], batch["ids"]) and torch.equal(out["mask"], batch["mask"])
     torch.testing.assert_close(out["t_logits"], batch["t_logits"], atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(out["t_hidden"] * batch["mask"][..., None, None], batch["t_hidden"], atol=2e-2, rtol=1e-2)
     noisy = TeacherLabeller(teacher, teacher_tok, AugmentConfig(1, 0.3, 0.3), np.asarray(cache.ids), id_map, False)
-    out = noisy.label(batch, np.random.default_rng(0))
+    (out,) = noisy.label(batch, np.random.default_rng(0), 1)
     assert (out["t_ids"] != batch["t_ids"]).any() and out["t_hidden"].shape == batch["t_hidden"].shape
     assert torch.equal(out["labels"], out["t_logits"].argmax(-1))
     assert (out["ids"] == id_map[teacher_tok.token_to_id("[MASK]")]).any()  # [MASK] is [UNK] to the student
@@ -292,8 +294,8 @@ def test_neighbour_table_and_labeller(tiny_setup) -> None:
     batch = batches.collate(batches.order(0)[0])
     teacher = load_teacher(TEACHER)
     cfg = AugmentConfig(1, 0.0, 0.0, p_neighbour=0.5, neighbours=4)
-    out = TeacherLabeller(teacher, teacher_tok, cfg, np.asarray(cache.ids), id_map, False, neighbours=table).label(
-        batch, np.random.default_rng(0))
+    (out,) = TeacherLabeller(teacher, teacher_tok, cfg, np.asarray(cache.ids), id_map, False, neighbours=table).label(
+        batch, np.random.default_rng(0), 1)
     old, new = batch["t_ids"].numpy(), out["t_ids"].numpy()
     assert (old != new).any()
     assert all(new[r, c] in table[old[r, c]] for r, c in zip(*np.nonzero(old != new)))
@@ -406,6 +408,63 @@ def test_logit_teacher_replaces_the_training_logits(tmp_path, tiny_setup, pre_re
     assert torch.equal(batches.collate(rows)["t_logits"], torch.from_numpy(other[rows]))
     with pytest.raises(ValueError, match="teacher logits for"):
         Batches(teacher_cache, id_map, 16, 0, need_attn=False, logits=other[:3])
+
+
+def test_a_copy_bank_config_is_checked() -> None:
+    """cached_copies needs a logit teacher, as many bank copies as a step draws, and one augmentation."""
+    with pytest.raises(ValueError, match="logit_teacher"):
+        DistillConfig.from_dict({"cached_copies": 2, "logit_teacher": None})
+    with pytest.raises(ValueError, match="reuse"):
+        DistillConfig.from_dict({"cached_copies": 1})
+    with pytest.raises(ValueError, match="augment_poly"):
+        DistillConfig.from_dict({"cached_copies": 2, "augment_poly": {"copies": 1}})
+    with pytest.raises(ValueError, match=">= 0"):
+        DistillConfig.from_dict({"cached_copies": -1})
+
+
+@needs_teacher
+def test_a_copy_bank_holds_the_logit_teachers_live_outputs_and_feeds_distill(tmp_path, pre_recipe_config) -> None:
+    """`he-inhibitor teacher-copies` makes the recipe's copies once (one seed for every run) and caches the
+    logit teacher's logits for each: they equal the teacher's live logits on the copy's text (bfloat16
+    against float32, same labels). A rebuild makes the same bank without running the teacher again;
+    a step draws distinct copies of each row; distill refuses to start without the bank, then trains on it.
+    The MiniLM teacher stands in for MPNet as the logit teacher."""
+    cfg = pre_recipe_config({
+        "limit": 64, "batch_size": 32, "threads": 1, "logit_teacher": str(TEACHER), "cached_copies": 2,
+        "student": {"d_model": 32, "n_heads": 2, "d_ff": 48, "abs_poly": {"degree": 6}, "relu_poly": {"degree": 6}},
+        "augment": {"copies": 2, "p_mask": 0.15, "p_replace": 0.15, "concat": 0.75}, "epochs_exact": 1,
+        "epochs_poly": 0, "calibration_batches": 1, "poly_calibration_batches": 1})
+    data, cache_dir, logits_dir = default_data_dir(), tmp_path / "cache", tmp_path / "logits"
+    LogitCache(logits_dir, TEACHER).add(load_sst2(data, "train")[0][:64])  # the phrases' own (teacher-logits)
+    with pytest.raises(CopyBankError, match="he-inhibitor teacher-copies"):
+        distill(cfg, TEACHER, data, tmp_path / "a", cache_dir, logit_cache=logits_dir)
+
+    path = build_copies(cfg, TEACHER, data, cache_dir, logits_dir, progress=False)
+    bank = CopyBank(path, 64)
+    flat_ids = bank.ids.reshape(128, -1).astype(np.int64)
+    texts = decode_rows(load_unpadded(TEACHER), flat_ids, bank.lengths.reshape(-1), "[MASK]")
+    assert sum(t in set(load_sst2(data, "train")[0][:64]) for t in texts) < 8  # copies, not the phrases
+    live = logits(load_teacher(TEACHER), load_hf_tokenizer(TEACHER), texts)
+    cached = torch.from_numpy(bank.logits.reshape(128, -1))
+    torch.testing.assert_close(cached, live, atol=0.1, rtol=0.05)
+    assert torch.equal(cached.argmax(1)[live.diff(dim=1).abs()[:, 0] > 0.2], live.argmax(1)[live.diff(dim=1).abs()[:, 0] > 0.2])
+
+    path.unlink()
+    assert LogitCache(logits_dir, TEACHER, precision="bfloat16").missing(texts) == []  # nothing for the teacher to redo
+    again = CopyBank(build_copies(cfg, TEACHER, data, cache_dir, logits_dir, progress=False), 64)
+    for a, b in ((bank.ids, again.ids), (bank.lengths, again.lengths), (bank.logits, again.logits)):
+        np.testing.assert_array_equal(a, b)
+
+    rows = np.arange(5, 37)
+    first, second = bank.draw(rows, np.random.default_rng(3), 2)
+    for r, row in enumerate(rows):
+        got = {tuple(first[0][r, : first[1][r]]), tuple(second[0][r, : second[1][r]])}
+        assert got == {tuple(bank.ids[row, j, : bank.lengths[row, j]]) for j in range(2)}
+    with pytest.raises(CopyBankError, match="bank of 2"):
+        bank.draw(rows, np.random.default_rng(3), 3)
+
+    state = distill(cfg, TEACHER, data, tmp_path / "a", cache_dir, logit_cache=logits_dir)
+    assert 0 < state["dev_poly_float16"] < 1
 
 
 @needs_teacher

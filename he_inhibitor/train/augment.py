@@ -139,38 +139,55 @@ class TeacherLabeller:
         ``neighbours``: [teacher vocab, k] nearest words (``nearest_words`` in
         teacher ids), for ``cfg.p_neighbour``.
 
-        ``tokenizer`` is the teacher's. Never a special token is drawn, nor a piece
-        the student's vocabulary lacks (``id_map`` sends those to its [UNK]).
+        ``tokenizer`` is the teacher's; replacements follow ``replacement_table``.
         """
         self.teacher, self.cfg, self.id_map, self.need_attn, self.max_len = teacher, cfg, id_map, need_attn, max_len
         if cfg.p_neighbour > 0 and (neighbours is None or neighbours.shape[0] != len(id_map)):
             raise ValueError(f"augment.p_neighbour > 0 needs a neighbour table with one row per teacher id ({len(id_map)})")
         self.neighbours = neighbours
         self.mask_id = tokenizer.token_to_id("[MASK]")
-        counts = np.bincount(corpus_ids, minlength=len(id_map)).astype(np.float64)
-        counts[[tokenizer.token_to_id(t) for t in ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")]] = 0
-        counts[id_map == id_map[tokenizer.token_to_id("[UNK]")]] = 0
-        self.vocab = np.flatnonzero(counts)
-        if len(self.vocab) == 0:
-            raise ValueError("augmentation: the corpus has no ordinary word pieces to draw replacements from")
-        self.weights = counts[self.vocab] / counts[self.vocab].sum()
+        self.vocab, self.weights = replacement_table(tokenizer, corpus_ids, id_map)
 
-    @torch.no_grad()
-    def label(self, batch: dict[str, torch.Tensor], rng: np.random.Generator) -> dict[str, torch.Tensor]:
-        t_ids = batch["t_ids"].numpy()
-        lengths = batch["mask"].sum(1).numpy()
+    def copy(self, t_ids: np.ndarray, lengths: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """One perturbed (and partly joined) copy of teacher ids [B, T]: (ids [B, T'], lengths [B])."""
         if self.cfg.concat > 0:
             t_ids, lengths = concatenate(t_ids, lengths, self.cfg.concat, self.max_len, rng)
-        mask = torch.from_numpy(np.arange(t_ids.shape[1])[None, :] < lengths[:, None])  # [B, T]
-        new = perturb(t_ids, lengths, self.cfg, self.mask_id, self.vocab, self.weights, rng, self.neighbours)
+        return perturb(t_ids, lengths, self.cfg, self.mask_id, self.vocab, self.weights, rng, self.neighbours), lengths
+
+    def label(self, batch: dict[str, torch.Tensor], rng: np.random.Generator, n: int) -> list[dict[str, torch.Tensor]]:
+        """``n`` copies of ``batch``, each labelled by the teacher, in ``Batches.collate``'s format."""
+        t_ids, lengths = batch["t_ids"].numpy(), batch["mask"].sum(1).numpy()
+        return [self.outputs(*self.copy(t_ids, lengths, rng)) for _ in range(n)]
+
+    @torch.no_grad()
+    def outputs(self, ids: np.ndarray, lengths: np.ndarray, logits: np.ndarray | None = None) -> dict[str, torch.Tensor]:
+        """The teacher's outputs on teacher ids [B, T] as a training batch; ``logits`` [B, labels], when
+        given, replace its logits (another teacher's, cached: ``train.copy_bank``)."""
+        mask = torch.from_numpy(np.arange(ids.shape[1])[None, :] < lengths[:, None])  # [B, T]
         self.teacher.eval()
-        res = self.teacher(input_ids=torch.from_numpy(new), attention_mask=mask.long(),
+        res = self.teacher(input_ids=torch.from_numpy(ids), attention_mask=mask.long(),
                            output_hidden_states=True, output_attentions=self.need_attn)
+        z = res.logits.float() if logits is None else torch.from_numpy(np.asarray(logits, np.float32))
         out = {
-            "ids": torch.from_numpy(self.id_map[new]), "mask": mask, "t_ids": torch.from_numpy(new),
-            "labels": res.logits.argmax(-1), "t_logits": res.logits.float(),
+            "ids": torch.from_numpy(self.id_map[ids]), "mask": mask, "t_ids": torch.from_numpy(ids),
+            "labels": z.argmax(-1), "t_logits": z,
             "t_hidden": torch.stack(res.hidden_states, 2).float(),  # [B, T, L+1, d_t]
         }
         if self.need_attn:
             out["t_attn"] = torch.stack([a.mean(1) for a in res.attentions], -1).float()  # [B, T, T, L]
         return out
+
+
+def replacement_table(tokenizer, corpus_ids: np.ndarray, id_map: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The teacher ids a replacement may draw and their probabilities (their frequencies in ``corpus_ids``).
+
+    Never a special token, nor a piece the student's vocabulary lacks (``id_map``
+    sends those to its [UNK]).
+    """
+    counts = np.bincount(corpus_ids, minlength=len(id_map)).astype(np.float64)
+    counts[[tokenizer.token_to_id(t) for t in ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")]] = 0
+    counts[id_map == id_map[tokenizer.token_to_id("[UNK]")]] = 0
+    vocab = np.flatnonzero(counts)
+    if len(vocab) == 0:
+        raise ValueError("augmentation: the corpus has no ordinary word pieces to draw replacements from")
+    return vocab, counts[vocab] / counts[vocab].sum()

@@ -52,7 +52,8 @@ class Batches:
         return [idx[b : b + self.batch_size] for b in range(0, len(idx), self.batch_size)]
 
     def collate(self, rows: np.ndarray) -> dict[str, torch.Tensor]:
-        """``rows`` padded to their longest: student and teacher ids, mask, labels and the teacher's outputs."""
+        """``rows`` padded to their longest: student and teacher ids, mask, labels and the teacher's outputs
+        (and the row indices, where a copy bank finds the rows' copies)."""
         c, lens = self.cache, self.lengths[rows]
         t, b = int(lens.max()), len(rows)
         t_ids = np.zeros((b, t), np.int64)
@@ -69,7 +70,7 @@ class Batches:
         batch = {
             "ids": torch.from_numpy(self.id_map[t_ids]), "t_ids": torch.from_numpy(t_ids), "mask": torch.from_numpy(mask),
             "labels": torch.from_numpy(c.labels[rows]), "t_logits": torch.from_numpy(self.logits[rows]),
-            "t_hidden": torch.from_numpy(hid),
+            "t_hidden": torch.from_numpy(hid), "rows": torch.from_numpy(np.asarray(rows, np.int64)),
         }
         if att is not None:
             batch["t_attn"] = torch.from_numpy(att)

@@ -79,6 +79,11 @@ class DistillConfig:
     # for the logit losses; the token-level losses (hidden states) and the augmented copies keep the
     # first teacher, whose tokenizer is the student's. None: the first teacher's own logits
     logit_teacher: str | None = "runs/teacher-mpnet/model"
+    # K > 0: the augmented copies come from a bank of K per training row, made once with ``augment``'s
+    # settings and labelled by logit_teacher (``he-inhibitor teacher-copies``; ``train.copy_bank``);
+    # each step trains on ``augment.copies`` of a row's K. The hidden states stay the first teacher's,
+    # run on each copy. 0: copies drawn each step and labelled by the first teacher on the fly
+    cached_copies: int = 0
     # "kl": KL between softened distributions (times tau^2); "mse": squared error between the
     # raw logits (Kim et al. 2021, arXiv 2105.08919), which also matches the teacher's confidence
     kd_loss: str = "kl"
@@ -136,6 +141,15 @@ class DistillConfig:
             raise ValueError(f"position_norm is a ratio of norms, >= 0, not {self.position_norm}")
         if not self.embedding_residual and not self.embedding_tied:
             raise ValueError("embedding_residual=False freezes the residual R of a tied table: it needs embedding_tied")
+        if self.cached_copies < 0:
+            raise ValueError(f"cached_copies is a number of copies per row, >= 0, not {self.cached_copies}")
+        if self.cached_copies and self.logit_teacher is None:
+            raise ValueError("cached_copies > 0 needs a logit_teacher to label the bank's copies")
+        if self.cached_copies and self.augment_poly is not None:
+            raise ValueError("cached_copies: both phases draw from one bank, made with `augment`; augment_poly must be unset")
+        if self.cached_copies and self.augment.copies > self.cached_copies:
+            raise ValueError(f"augment.copies {self.augment.copies} a step would reuse a row's copy: the bank has "
+                             f"cached_copies {self.cached_copies} per row")
         if not math.isfinite(self.rel_bias_lr) or self.rel_bias_lr < 0:
             raise ValueError(f"rel_bias_lr multiplies the learning rate (0 freezes the bias), so it is >= 0, not {self.rel_bias_lr}")
 

@@ -77,7 +77,7 @@ def run_phase(
             parts = dist.losses(batch, cfg)
             if labeller is not None:
                 rng = np.random.default_rng((cfg.seed, step, len(name)))
-                aug = [dist.losses(labeller.label(batch, rng), cfg)["loss"] for _ in range(cfg.augment.copies)]
+                aug = [dist.losses(b, cfg)["loss"] for b in labeller.label(batch, rng, cfg.augment.copies)]
                 parts["aug"] = sum(aug) / len(aug)
                 parts["loss"] = parts["loss"] + parts["aug"]
             if not torch.isfinite(parts["loss"]):

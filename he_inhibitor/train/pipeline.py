@@ -26,6 +26,7 @@ from he_inhibitor.teacher_logits import LogitCache
 from he_inhibitor.train.augment import AugmentConfig, TeacherLabeller
 from he_inhibitor.train.batches import Batches
 from he_inhibitor.train.calibration import calibrate
+from he_inhibitor.train.copy_bank import BankLabeller, CopyBank, CopyBankError, bank_path, build_bank, padded_rows
 from he_inhibitor.train.config import DistillConfig
 from he_inhibitor.train.init import new_student, student_token_vectors, untie_word_table, word_neighbour_table
 from he_inhibitor.train.losses import Distiller, teacher_layers
@@ -65,8 +66,7 @@ def distill(cfg: DistillConfig, teacher_dir: Path, data_dir: Path, out: Path, ca
 
     teacher_tok = load_unpadded(teacher_dir)
     if init is None:
-        vocab = teacher_vocab(teacher_tok) if cfg.vocabulary == "teacher" else trimmed_vocab(teacher_tok, sentences)
-        tokenizer = make_tokenizer(vocab)
+        tokenizer = student_tokenizer(cfg, teacher_tok, sentences)
     augments = [a for a in (cfg.augment, cfg.augment_poly) if a is not None and a.copies > 0]
     vectors = None
     if (init is None and cfg.embedding_init == "contextual") or any(a.p_neighbour > 0 for a in augments):
@@ -78,9 +78,11 @@ def distill(cfg: DistillConfig, teacher_dir: Path, data_dir: Path, out: Path, ca
     n_teacher = cache.hidden.shape[1] - 1
     dist = Distiller(student, cache.hidden.shape[2], teacher_layers(cfg.layer_map, cfg.student.n_layers, n_teacher))
     batches = Batches(cache, id_map, cfg.batch_size, cfg.seed, need_attn=cfg.loss.attn > 0, logits=logits)
+    # read before any training, so that a missing bank is refused at once
+    bank = None if cfg.cached_copies == 0 else _copy_bank(cfg, teacher_dir, cache, id_map, logit_cache, data_dir)
     teacher = None
 
-    def labeller_for(aug: AugmentConfig) -> TeacherLabeller | None:
+    def labeller_for(aug: AugmentConfig) -> TeacherLabeller | BankLabeller | None:
         """The teacher (loaded once) labelling ``aug``'s copies, or None without augmentation."""
         nonlocal teacher
         if aug.copies == 0:
@@ -90,8 +92,9 @@ def distill(cfg: DistillConfig, teacher_dir: Path, data_dir: Path, out: Path, ca
             if cfg.loss.attn > 0:
                 teacher.set_attn_implementation("eager")  # the fused kernels return no attention maps
         neighbours = word_neighbour_table(teacher_tok, tokenizer, vectors, aug.neighbours) if aug.p_neighbour > 0 else None
-        return TeacherLabeller(teacher, teacher_tok, aug, np.asarray(cache.ids), id_map,
-                               need_attn=cfg.loss.attn > 0, max_len=cfg.student.max_len, neighbours=neighbours)
+        labeller = TeacherLabeller(teacher, teacher_tok, aug, np.asarray(cache.ids), id_map,
+                                   need_attn=cfg.loss.attn > 0, max_len=cfg.student.max_len, neighbours=neighbours)
+        return labeller if bank is None else BankLabeller(labeller, bank)
 
     state: dict = {"teacher_train_agreement": float((batches.logits.argmax(1) == cache.labels).mean())}
     if init is not None:
@@ -130,6 +133,36 @@ def distill(cfg: DistillConfig, teacher_dir: Path, data_dir: Path, out: Path, ca
     state["parameters"] = sum(p.numel() for p in student.parameters())
     (out / "metrics.json").write_text(json.dumps(state, indent=2) + "\n")
     return state
+
+
+def student_tokenizer(cfg: DistillConfig, teacher_tok, sentences: list[str]):
+    """A new student's WordPiece tokenizer: the teacher's tokens the training text uses, or all of them."""
+    vocab = teacher_vocab(teacher_tok) if cfg.vocabulary == "teacher" else trimmed_vocab(teacher_tok, sentences)
+    return make_tokenizer(vocab)
+
+
+def build_copies(cfg: DistillConfig, teacher_dir: Path, data_dir: Path, cache_dir: Path = Path("runs/cache"),
+                 logit_cache: Path = Path("runs/logits"), progress: bool = True) -> Path:
+    """Build the copy bank ``cfg`` reads (``he-inhibitor teacher-copies``); returns its path."""
+    sentences, labels = load_sst2(data_dir, "train")
+    if cfg.limit:
+        sentences, labels = sentences[: cfg.limit], labels[: cfg.limit]
+    cache = build_cache(teacher_dir, sentences, labels, cache_dir, max_len=cfg.student.max_len)
+    teacher_tok = load_unpadded(teacher_dir)
+    id_map = teacher_to_student_ids(teacher_tok, student_tokenizer(cfg, teacher_tok, sentences))
+    copier = TeacherLabeller(None, teacher_tok, cfg.augment, np.asarray(cache.ids), id_map, need_attn=False,
+                             max_len=cfg.student.max_len)
+    return build_bank(cfg, copier, teacher_tok, cache, id_map, logit_cache, progress)
+
+
+def _copy_bank(cfg: DistillConfig, teacher_dir: Path, cache, id_map: np.ndarray, root: Path, data_dir: Path) -> CopyBank:
+    """The bank ``cfg.cached_copies`` asks for, or a CopyBankError naming the command that builds it."""
+    path = bank_path(root, cfg, padded_rows(cache)[0], id_map)
+    if not path.is_file():
+        raise CopyBankError(f"no bank of {cfg.cached_copies} copies per row for this config under {root}; run "
+                            f"`he-inhibitor teacher-copies --teacher {teacher_dir} --data-dir {data_dir} "
+                            f"--logit-cache {root}` with this run's --config/--set first")
+    return CopyBank(path, len(cache))
 
 
 class LogitTeacherError(ValueError):
