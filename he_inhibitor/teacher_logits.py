@@ -100,7 +100,7 @@ class LogitCache:
 
     ``precision`` "bfloat16" runs the teacher under CPU autocast: twice the
     texts per second on CPUs with bfloat16 instructions, for logits within a
-    few hundredths of float32's (``tests/test_teacher.py``). It suits the
+    few hundredths of float32's (``scripts/teacher_precision.py``). It suits the
     augmented copies, whose number makes the teacher's time the cost; the
     training phrases' own logits stay float32. Each precision has its own key.
     """

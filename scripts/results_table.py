@@ -43,8 +43,10 @@ def summarize(run: Path) -> dict:
         "heads": s["n_heads"],
         "d_ff": s["d_ff"],
         "losses": "+".join(k for k in ("kd", "ce", "hidden", "emb", "attn", "range") if loss[k] > 0),
-        # whose logits the kd and ce losses see on the training phrases (the copies keep the MiniLM teacher's)
-        "logits": "MPNet" if cfg.get("logit_teacher") else "MiniLM",
+        # whose logits the kd and ce losses see: on the training phrases, and on the augmented copies, which
+        # keep the MiniLM teacher's live labels unless they come from a bank (cached_copies)
+        "logits": ("MPNet" if cfg.get("logit_teacher") else "MiniLM")
+                  + (f", copies too ({cfg['cached_copies']} a row, cached)" if cfg.get("cached_copies") else ""),
         "layer_map": cfg["layer_map"],
         "embedding_init": "(init)" if "init" in m else cfg.get("embedding_init", "table"),
         "augment": augment(cfg.get("augment", {})) + (f"; poly phase {augment(cfg['augment_poly'])}" if cfg.get("augment_poly") else ""),

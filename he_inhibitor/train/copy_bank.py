@@ -7,8 +7,12 @@ ahead of training. The bank holds ``K`` copies of every training row, made by
 the recipe's own augmentation (``TeacherLabeller.copy``: three rows in four
 joined to a partner, then pieces masked or replaced) with one fixed seed, so
 every distillation seed shares one bank and the teacher runs once. A
-partner is drawn from the whole training set rather than the batch, which
-gives the same distribution of pairs as the recipe's shuffled batches.
+joined copy's partner is any training row (``concatenate`` over the whole
+set), not a row of the same batch: the recipe's batches are sorted by length
+within chunks, so its partners have similar lengths and a batch of short
+phrases stays short, while a bank copy pairs lengths at random (median 19
+word pieces, against 10 for a phrase). A batch of bank copies is therefore
+padded longer, and a step costs more than with live copies (docs/log.md).
 
 The logit teacher sees each copy as text (``teacher_logits.decode_rows``: its
 own tokenizer, its own mask token) and its logits are cached per text
