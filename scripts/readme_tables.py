@@ -232,6 +232,9 @@ SEED_GROUPS = [
      "since 2026-12-05)", "results", ("abs6-seed1", "abs6-seed0", "abs6-seed2"),
      f"`{DISTILL} --out runs/abs6-seedK --set seed=K` (the defaults; each resumed the exact phase of "
      "`runs/mpnet6-seedK`, the same settings)"),
+    ("the shipped recipe with its augmented copies from a bank of two per training row labelled once by MPNet "
+     "(cached, `he-inhibitor teacher-copies`), instead of live by MiniLM", "results",
+     ("bank2-seed1", "bank2-seed0", "bank2-seed2"), None),
     ("MiniLM logits, fits of degree 14 (weighted), no poly phase (shipped before 2026-12-05)", "results",
      ("h16_dir_seed1", "h16_dir", "h16_dir_seed2"),
      f"`{DISTILL} --out runs/h16_dir_seedK --config configs/minilm14.json --set seed=K`"),
@@ -258,7 +261,7 @@ def _seed_accuracies(root: Path, group: tuple) -> tuple[np.ndarray, str]:
 
 def teachers_and_seeds(root: Path) -> str:
     """Each teacher's dev accuracy, then each recipe's students over three seeds: every seed, mean and spread.
-    The augmented copies are labelled live by the MiniLM teacher in every row (none are cached)."""
+    The augmented copies are labelled live by the MiniLM teacher in every row but the copy bank's."""
     mini, mpnet = _load(root, TEACHER_BY_LENGTH), _load(root, TEACHER_MPNET)
     rows = [["teacher: MiniLM-L6 fine-tuned (`../shared/models/minilm-l6-sst2`)", "-", f"{mini['accuracy']:.4f}", "-",
              f"`{TEACHER_BY_LENGTH}`"],

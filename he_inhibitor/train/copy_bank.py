@@ -10,9 +10,9 @@ every distillation seed shares one bank and the teacher runs once. A
 joined copy's partner is any training row (``concatenate`` over the whole
 set), not a row of the same batch: the recipe's batches are sorted by length
 within chunks, so its partners have similar lengths and a batch of short
-phrases stays short, while a bank copy pairs lengths at random (median 19
-word pieces, against 10 for a phrase). A batch of bank copies is therefore
-padded longer, and a step costs more than with live copies (docs/log.md).
+phrases stays short, while a bank copy pairs lengths at random. A batch of
+bank copies is therefore padded longer, and a step costs more than with live
+copies (docs/log.md).
 
 The logit teacher sees each copy as text (``teacher_logits.decode_rows``: its
 own tokenizer, its own mask token) and its logits are cached per text
