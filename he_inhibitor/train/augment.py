@@ -140,6 +140,7 @@ class TeacherLabeller:
         teacher ids), for ``cfg.p_neighbour``.
 
         ``tokenizer`` is the teacher's; replacements follow ``replacement_table``.
+        ``teacher`` may be None where only ``copy`` is called (``train.copy_bank`` makes a bank).
         """
         self.teacher, self.cfg, self.id_map, self.need_attn, self.max_len = teacher, cfg, id_map, need_attn, max_len
         if cfg.p_neighbour > 0 and (neighbours is None or neighbours.shape[0] != len(id_map)):
