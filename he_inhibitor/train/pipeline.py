@@ -56,9 +56,7 @@ def distill(cfg: DistillConfig, teacher_dir: Path, data_dir: Path, out: Path, ca
         cfg = replace(cfg, student=student.cfg)
     (out / "distill_config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
 
-    sentences, labels = load_sst2(data_dir, "train")
-    if cfg.limit:
-        sentences, labels = sentences[: cfg.limit], labels[: cfg.limit]
+    sentences, labels = training_rows(cfg, data_dir)
     dev_s, dev_y = load_sst2(data_dir, "dev")
     # read before any teacher work, so that a missing cache is refused at once
     logits = None if cfg.logit_teacher is None else _cached_logits(cfg.logit_teacher, logit_cache, sentences)
@@ -135,6 +133,12 @@ def distill(cfg: DistillConfig, teacher_dir: Path, data_dir: Path, out: Path, ca
     return state
 
 
+def training_rows(cfg: DistillConfig, data_dir: Path) -> tuple[list[str], list[int]]:
+    """SST-2 train, its first ``cfg.limit`` rows where a limit is set: what a run distils on."""
+    sentences, labels = load_sst2(data_dir, "train")
+    return (sentences[: cfg.limit], labels[: cfg.limit]) if cfg.limit else (sentences, labels)
+
+
 def student_tokenizer(cfg: DistillConfig, teacher_tok, sentences: list[str]):
     """A new student's WordPiece tokenizer: the teacher's tokens the training text uses, or all of them."""
     vocab = teacher_vocab(teacher_tok) if cfg.vocabulary == "teacher" else trimmed_vocab(teacher_tok, sentences)
@@ -144,9 +148,7 @@ def student_tokenizer(cfg: DistillConfig, teacher_tok, sentences: list[str]):
 def build_copies(cfg: DistillConfig, teacher_dir: Path, data_dir: Path, cache_dir: Path = Path("runs/cache"),
                  logit_cache: Path = Path("runs/logits"), progress: bool = True) -> Path:
     """Build the copy bank ``cfg`` reads (``he-inhibitor teacher-copies``); returns its path."""
-    sentences, labels = load_sst2(data_dir, "train")
-    if cfg.limit:
-        sentences, labels = sentences[: cfg.limit], labels[: cfg.limit]
+    sentences, labels = training_rows(cfg, data_dir)
     cache = build_cache(teacher_dir, sentences, labels, cache_dir, max_len=cfg.student.max_len)
     teacher_tok = load_unpadded(teacher_dir)
     id_map = teacher_to_student_ids(teacher_tok, student_tokenizer(cfg, teacher_tok, sentences))
