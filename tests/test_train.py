@@ -514,3 +514,29 @@ def test_an_unfitted_checkpoint_loads_at_any_degree_a_fitted_one_only_at_its_own
             fitted[k] = torch.ones_like(fitted[k])
     with pytest.raises(RuntimeError, match="size mismatch"):
         fourteen.load_state_dict(fitted)
+
+
+@needs_teacher
+def test_a_piece_after_a_mask_is_decoded_as_a_word_without_its_hashes() -> None:
+    """A copy masked inside a word ("un [MASK] ##able") reaches the logit teacher as "un <mask> able",
+    not with WordPiece's "##" written out."""
+    wp = load_unpadded(TEACHER)
+    enc = wp.encode("an unwatchable , overlong mess")
+    ids = np.array([enc.ids])
+    ids[0, enc.tokens.index("##watch")] = wp.token_to_id("[MASK]")
+    assert decode_rows(wp, ids, np.array([len(enc.ids)]), "<mask>") == ["an un <mask> able, overlong mess"]
+
+
+def test_an_unreadable_or_mismatched_bank_is_refused(tmp_path) -> None:
+    """A damaged bank file, or one made for another training set, is refused by name, saying what to run."""
+    bad = tmp_path / "copies-x.npz"
+    bad.write_bytes(b"not a zip")
+    with pytest.raises(CopyBankError, match="not a readable copy bank.*teacher-copies"):
+        CopyBank(bad, 4)
+    np.savez(bad, ids=np.zeros((3, 2, 5), np.uint16), lengths=np.full((3, 2), 5, np.int16),
+             logits=np.zeros((3, 2, 2), np.float32))
+    with pytest.raises(CopyBankError, match="a bank of 3 rows for 4 training rows"):
+        CopyBank(bad, 4)
+    np.savez(bad, ids=np.zeros((4, 2, 5), np.uint16))
+    with pytest.raises(CopyBankError, match="not a readable copy bank"):
+        CopyBank(bad, 4)

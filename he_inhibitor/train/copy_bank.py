@@ -32,6 +32,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import zipfile
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -84,6 +85,8 @@ def bank_path(root: Path, cfg: DistillConfig, rows: np.ndarray, id_map: np.ndarr
 
 def make_copies(labeller: TeacherLabeller, rows: np.ndarray, lengths: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """``k`` copies of every row, seeded by ``BANK_SEED`` and the copy's index: ids [N, k, T], lengths [N, k]."""
+    if len(labeller.id_map) > np.iinfo(np.uint16).max + 1:
+        raise CopyBankError(f"a teacher vocabulary of {len(labeller.id_map)} ids does not fit the bank's uint16 ids")
     copies = [labeller.copy(rows, lengths, np.random.default_rng((BANK_SEED, j))) for j in range(k)]
     width = max(c.shape[1] for c, _ in copies)
     ids = np.zeros((len(rows), k, width), np.uint16)
@@ -125,9 +128,13 @@ class CopyBank:
     """A built bank: the copies and their logits, drawn for a batch's rows."""
 
     def __init__(self, path: Path, n_rows: int) -> None:
-        with np.load(path, allow_pickle=False) as z:
-            self.ids, self.lengths, self.logits = z["ids"], z["lengths"].astype(np.int64), z["logits"]
-        if len(self.ids) != n_rows:
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                self.ids, self.lengths, self.logits = z["ids"], z["lengths"].astype(np.int64), z["logits"]
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as err:
+            raise CopyBankError(f"{path}: not a readable copy bank ({err}); delete it and run "
+                                "`he-inhibitor teacher-copies` again") from None
+        if not (len(self.ids) == len(self.lengths) == len(self.logits) == n_rows):
             raise CopyBankError(f"{path}: a bank of {len(self.ids)} rows for {n_rows} training rows")
 
     @property
@@ -155,6 +162,5 @@ class BankLabeller:
     def __init__(self, labeller: TeacherLabeller, bank: CopyBank) -> None:
         self.labeller, self.bank = labeller, bank
 
-    @torch.no_grad()
     def label(self, batch: dict[str, torch.Tensor], rng: np.random.Generator, n: int) -> list[dict[str, torch.Tensor]]:
         return [self.labeller.outputs(ids, lens, z) for ids, lens, z in self.bank.draw(batch["rows"].numpy(), rng, n)]
