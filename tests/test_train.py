@@ -25,6 +25,7 @@ from he_inhibitor.teacher import load_tokenizer as load_hf_tokenizer
 from he_inhibitor.teacher_cache import build_cache
 from he_inhibitor.teacher_logits import LogitCache, decode_rows
 from he_inhibitor.train.augment import AugmentConfig, TeacherLabeller
+from he_inhibitor.train.averaging import WeightAverage
 from he_inhibitor.train.batches import Batches
 from he_inhibitor.train.calibration import calibrate
 from he_inhibitor.train.config import DistillConfig, LossWeights, load_config
@@ -32,7 +33,7 @@ from he_inhibitor.train.copy_bank import CopyBank, CopyBankError
 from he_inhibitor.train.init import (
     init_embeddings_from_teacher, position_table, student_token_vectors, untie_word_table, word_neighbour_table,
 )
-from he_inhibitor.train.loop import param_groups
+from he_inhibitor.train.loop import param_groups, run_phase
 from he_inhibitor.train.losses import Distiller, teacher_layers
 from he_inhibitor.train.pipeline import build_copies, distill
 from he_inhibitor.vocab import load_tokenizer, load_unpadded, make_tokenizer, teacher_to_student_ids, teacher_vocab, trimmed_vocab
@@ -540,3 +541,89 @@ def test_an_unreadable_or_mismatched_bank_is_refused(tmp_path) -> None:
     np.savez(bad, ids=np.zeros((4, 2, 5), np.uint16))
     with pytest.raises(CopyBankError, match="not a readable copy bank"):
         CopyBank(bad, 4)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.floats(0.05, 0.999), st.lists(st.lists(st.floats(-10, 10), min_size=3, max_size=3), min_size=1, max_size=30))
+def test_weight_average_follows_its_recurrence(decay, values) -> None:
+    """Each update moves the shadow by (1 - d_t) towards the parameter, d_t = min(decay, (1 + t) / (10 + t));
+    constant weights are their own average, and copy_to_params writes the average into the weights."""
+    p = torch.nn.Parameter(torch.tensor(values[0], dtype=torch.float64))
+    average = WeightAverage([p], decay)
+    expected = np.array(values[0])
+    for t, v in enumerate(values):
+        with torch.no_grad():
+            p.copy_(torch.tensor(v, dtype=torch.float64))
+        average.update(t)
+        d = min(decay, (1 + t) / (10 + t))
+        expected = d * expected + (1 - d) * np.array(v)
+    np.testing.assert_allclose(average.shadow[0].numpy(), expected, rtol=1e-9, atol=1e-9)
+    still = WeightAverage([p], decay)
+    for t in range(5):
+        still.update(t)
+    assert torch.equal(still.shadow[0], p.detach())
+    average.copy_to_params()
+    np.testing.assert_allclose(p.detach().numpy(), expected, rtol=1e-9, atol=1e-9)
+
+
+def test_weight_average_refuses_bad_decay_and_mismatched_shadows() -> None:
+    p = torch.nn.Parameter(torch.zeros(3))
+    for bad in (0.0, 1.0, -0.5, float("nan")):
+        with pytest.raises(ValueError, match="decay"):
+            WeightAverage([p], bad)
+    with pytest.raises(ValueError, match="does not match"):
+        WeightAverage([p], 0.9).load_state_dict([torch.zeros(4)])
+    with pytest.raises(ValueError, match="ema"):
+        DistillConfig(ema=1.0)
+
+
+@needs_teacher
+def test_an_averaged_phase_resumes_to_the_same_weights_and_ends_on_the_average(tmp_path, tiny_setup, cached_student_config) -> None:
+    """A phase with ema, stopped after a checkpoint and resumed, ends on the same weights as one run
+    straight through (the average is in the checkpoint); its end replaces the weights by the average
+    and records the raw weights' accuracy; an average-free checkpoint is refused."""
+    cache, teacher_tok, tok, _ = tiny_setup
+    scfg = cached_student_config(vocab_size=tok.get_vocab_size())
+    cfg = DistillConfig(student=scfg, augment=AugmentConfig(copies=0), ema=0.8, checkpoint_every=2, seed=0)
+    id_map = teacher_to_student_ids(teacher_tok, tok)
+
+    def phase(out: Path, stop_at: int | None = None) -> tuple[Distiller, dict, list[torch.Tensor]]:
+        torch.manual_seed(0)
+        dist = Distiller(Student(scfg), 384, teacher_layers("uniform", 2, 6))
+        batches = Batches(cache, id_map, 16, 0, need_attn=False)
+        raw: list[torch.Tensor] = []
+        calls = iter(range(10_000))
+        collate = batches.collate
+
+        def collate_until(rows):
+            if next(calls) == stop_at:
+                raise KeyboardInterrupt
+            return collate(rows)
+
+        def dev() -> float:
+            raw.extend(p.detach().clone() for p in dist.parameters())
+            return 0.5
+
+        batches.collate = collate_until
+        state: dict = {}
+        with open(out / "log.jsonl", "a") as log:
+            run_phase("exact", dist, batches, cfg, 1, 1e-2, out, log, state, dev)
+        return dist, state, raw
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    straight, state, raw = phase(tmp_path / "a")
+    with pytest.raises(KeyboardInterrupt):
+        phase(tmp_path / "b", stop_at=3)
+    resumed, _, _ = phase(tmp_path / "b")
+    for p, q in zip(straight.parameters(), resumed.parameters()):
+        assert torch.equal(p, q)
+    assert set(state) == {"dev_exact_raw", "dev_exact"}
+    moved = [not torch.equal(p, r) for p, r in zip(straight.parameters(), raw[: len(list(straight.parameters()))])]
+    assert any(moved)  # the weights at the end are the average, not the last step's
+    saved = torch.load(tmp_path / "a" / "checkpoint-exact.pt", weights_only=True)
+    for s, p in zip(saved["average"], straight.parameters()):
+        assert torch.equal(s, p)
+    torch.save({k: v for k, v in saved.items() if k != "average"}, tmp_path / "a" / "checkpoint-exact.pt")
+    with pytest.raises(ValueError, match="without a weight average"):
+        phase(tmp_path / "a")

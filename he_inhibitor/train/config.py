@@ -110,6 +110,9 @@ class DistillConfig:
     weight_decay: float = 0.01
     warmup: float = 0.06
     epochs_exact: int = 1
+    # d in (0, 1): each phase ends on an exponential moving average of its weights with decay d per
+    # step (``train.averaging``; about 1 / (1 - d) recent steps weigh in); 0: on the last weights
+    ema: float = 0.0
     # fractions allowed: the poly phase only adapts a trained student. 0 skips it: weighted fits
     # leave the calibrated poly form about as accurate as exact, and poly training on top of them
     # lowered dev accuracy (docs/log.md, weighted fits)
@@ -150,6 +153,8 @@ class DistillConfig:
         if self.cached_copies and self.augment.copies > self.cached_copies:
             raise ValueError(f"augment.copies {self.augment.copies} a step would reuse a row's copy: the bank has "
                              f"cached_copies {self.cached_copies} per row")
+        if not 0.0 <= self.ema < 1.0:
+            raise ValueError(f"ema is a decay per step in [0, 1) (0: no average), not {self.ema}")
         if not math.isfinite(self.rel_bias_lr) or self.rel_bias_lr < 0:
             raise ValueError(f"rel_bias_lr multiplies the learning rate (0 freezes the bias), so it is >= 0, not {self.rel_bias_lr}")
 

@@ -19,9 +19,14 @@ from torch import nn
 from tqdm import tqdm
 
 from he_inhibitor.train.augment import TeacherLabeller
+from he_inhibitor.train.averaging import WeightAverage, refresh_norm_statistics
 from he_inhibitor.train.batches import Batches
 from he_inhibitor.train.config import DistillConfig
 from he_inhibitor.train.losses import Distiller
+
+
+# batches that re-measure the norms' running statistics for averaged weights (averaging.refresh_norm_statistics)
+NORM_REFRESH_BATCHES = 100
 
 
 def _schedule(step: int, total: int, warmup: float) -> float:
@@ -52,12 +57,18 @@ def run_phase(
     With a ``labeller``, every step also trains on ``cfg.augment.copies``
     teacher-labelled perturbed copies of its batch (seeded by step, so a
     resumed run draws the same copies).
+
+    With ``cfg.ema`` > 0 the phase also keeps an average of its weights
+    (``averaging.WeightAverage``, checkpointed with them); at its end the
+    raw weights' dev accuracy goes into ``state["dev_<name>_raw"]`` and the
+    average replaces them.
     """
     if epochs <= 0:
         return
     params = [p for p in dist.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(param_groups(dist, cfg.rel_bias_lr), lr=lr, weight_decay=cfg.weight_decay)
     total = max(1, round(epochs * len(batches)))
+    average = WeightAverage(params, cfg.ema) if cfg.ema > 0 else None
     ckpt = out / f"checkpoint-{name}.pt"
     step = 0
     if ckpt.is_file():
@@ -65,6 +76,10 @@ def run_phase(
         dist.load_state_dict(saved["model"])
         opt.load_state_dict(saved["opt"])
         step = int(saved["step"])
+        if average is not None:
+            if "average" not in saved:
+                raise ValueError(f"{ckpt} was saved without a weight average (ema 0); it cannot resume a run with ema {cfg.ema}")
+            average.load_state_dict(saved["average"])
         print(f"resumed phase {name} at step {step}/{total}")
     bar = tqdm(total=total, initial=step, desc=f"distill[{name}]", unit="batch", dynamic_ncols=True)
     while step < total:
@@ -89,6 +104,8 @@ def run_phase(
             parts["loss"].backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
+            if average is not None:
+                average.update(step)
             step += 1
             bar.update(1)
             if step % 50 == 0:
@@ -97,10 +114,15 @@ def run_phase(
                 log.flush()
                 bar.set_postfix(loss=f"{rec['loss']:.3f}", acc=f"{rec['acc']:.3f}")
             if step % cfg.checkpoint_every == 0 or step == total:
-                torch.save({"model": dist.state_dict(), "opt": opt.state_dict(), "step": step}, ckpt)
+                saved = {"model": dist.state_dict(), "opt": opt.state_dict(), "step": step}
+                torch.save(saved if average is None else {**saved, "average": average.state_dict()}, ckpt)
         acc = dev_accuracy()
         log.write(json.dumps({"phase": name, "epoch": epoch + 1, "dev_accuracy": acc}) + "\n")
         log.flush()
         bar.write(f"[{name}] epoch {epoch + 1} of {epochs:g}: dev accuracy {acc:.4f}")
     bar.close()
+    if average is not None:
+        state[f"dev_{name}_raw"] = dev_accuracy()
+        average.copy_to_params()
+        refresh_norm_statistics(dist.student, batches, NORM_REFRESH_BATCHES)
     state[f"dev_{name}"] = dev_accuracy()
