@@ -235,6 +235,8 @@ SEED_GROUPS = [
     ("the shipped recipe with its augmented copies from a bank of two per training row labelled once by MPNet "
      "(cached, `he-inhibitor teacher-copies`), instead of live by MiniLM", "results",
      ("bank2-seed1", "bank2-seed0", "bank2-seed2"), None),
+    ("the shipped recipe ending on an average of its weights (ema 0.995)", "results",
+     ("ema-seed1", "ema-seed0", "ema-seed2"), None),
     ("MiniLM logits, fits of degree 14 (weighted), no poly phase (shipped before 2026-12-05)", "results",
      ("h16_dir_seed1", "h16_dir", "h16_dir_seed2"),
      f"`{DISTILL} --out runs/h16_dir_seedK --config configs/minilm14.json --set seed=K`"),
@@ -275,6 +277,38 @@ def teachers_and_seeds(root: Path) -> str:
                    "command"], rows)
 
 
+# Weight averaging, by epochs of the exact phase: (label, the averaged runs (ema), the runs whose poly form
+# was made from the same runs' last weights), seeds 1 / 0 / 2. The averaged runs record their last weights'
+# exact-form dev (exact_last); the last-weights runs resumed the same exact phase without the average.
+AVERAGING = [
+    ("1 (the recipe)", ("ema-seed1", "ema-seed0", "ema-seed2"), ("abs6-seed1", "abs6-seed0", "abs6-seed2")),
+    ("2", ("ema2-seed1", "ema2-seed0", "ema2-seed2"), ("ema2last-seed1", "ema2last-seed0", "ema2last-seed2")),
+]
+
+
+def weight_averaging(root: Path) -> str:
+    """Each seed's dev accuracy on the exact phase's last weights and on their average, in exact and poly
+    form; refuses to pair runs whose last weights differ (their exact-form dev must agree)."""
+    runs = {r["run"]: r for r in _load(root, "docs/distillation/results.json")}
+    rows = []
+    for epochs, averaged, last in AVERAGING:
+        if not all(n in runs for n in (*averaged, *last)):
+            continue
+        for a, b in zip(averaged, last):
+            if runs[a]["exact_last"] != runs[b]["exact_phase"]:
+                raise ValueError(f"{b} does not hold {a}'s last weights: exact dev {runs[b]['exact_phase']} "
+                                 f"against {runs[a]['exact_last']}")
+        for weights, exact, poly, names in (
+                ("last", [runs[n]["exact_last"] for n in averaged], [runs[n]["dev_poly"] for n in last], last),
+                (f"average (ema {runs[averaged[0]]['ema']:g})", [runs[n]["exact_phase"] for n in averaged],
+                 [runs[n]["dev_poly"] for n in averaged], averaged)):
+            rows.append([epochs, weights, " / ".join(f"{x:.4f}" for x in exact), f"{np.mean(exact):.4f}",
+                         " / ".join(f"{x:.4f}" for x in poly), f"**{np.mean(poly):.4f}**",
+                         f"{max(poly) - min(poly):.4f}", f"`{runs[names[0]]['command']}`"])
+    return _table(["exact-phase epochs", "weights", "dev, exact form, seeds 1 / 0 / 2", "mean",
+                   "dev, poly form (the circuit)", "mean", "spread", "command (seed 1)"], rows)
+
+
 # (file, model as recorded) -> label, where the recorded path no longer says which student it was
 WORD_ORDER = ("word_order.json", "word_order_h16_rel.json", "word_order_h16_dir.json")
 _WORD_ORDER_LABELS = {("word_order.json", "../shared/models/minilm-l6-sst2"): "teacher",
@@ -299,6 +333,7 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "degree-sweep": degree_sweep,
     "degree-sweep-shipped": lambda root: degree_sweep(root, "docs/distillation/degree_sweep_shipped.json"),
     "word-order": word_order, "shipped-fits": shipped_fits, "teachers-and-seeds": teachers_and_seeds,
+    "weight-averaging": weight_averaging,
 }
 
 

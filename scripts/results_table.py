@@ -56,8 +56,9 @@ def summarize(run: Path) -> dict:
         # dev after the exact phase, then in poly form before the poly phase trains (after calibration):
         # the second against the first is what the fits alone cost
         "exact_phase": m.get("dev_exact", "-") if "init" not in m else "-",
-        # a phase that ends on an average of its weights (ema): the decay, and dev on its last weights
-        "ema": f"{cfg['ema']:g} (last weights {m['dev_exact_raw']:.4f})" if cfg.get("ema") and "dev_exact_raw" in m else "-",
+        # a phase that ends on an average of its weights: the decay (ema), and dev on its last weights
+        "ema": cfg.get("ema") or "-",
+        "exact_last": m.get("dev_exact_raw", "-"),
         "poly_start": m.get("dev_poly_before_finetune", "-"),
         "dev_exact": m["dev_exact_float16"],
         "dev_poly": m["dev_poly_float16"],
@@ -81,7 +82,7 @@ def augment(a: dict) -> str:
 
 
 def markdown(rows: list[dict]) -> str:
-    cols = ["run", "attention", "layers", "heads", "d_ff", "losses", "logits", "layer_map", "embedding_init", "augment", "poly_degree", "train_rows", "epochs", "ema", "exact_phase", "poly_start", "dev_exact", "dev_poly", "parameters"]
+    cols = ["run", "attention", "layers", "heads", "d_ff", "losses", "logits", "layer_map", "embedding_init", "augment", "poly_degree", "train_rows", "epochs", "ema", "exact_last", "exact_phase", "poly_start", "dev_exact", "dev_poly", "parameters"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         cells = [r.get(c, "-") for c in cols]  # rows kept from before a column existed show "-"

@@ -8,18 +8,22 @@ average is a set of shadow tensors, one per trainable parameter, moved
 each step by ``shadow += (1 - d) * (param - shadow)``; the decay ramps in as
 ``min(decay, (1 + t) / (10 + t))`` so that the random initial weights leave
 the average within a few dozen steps. At the end of a phase the shadows
-replace the weights, and the frozen norms' running statistics, which
-tracked the raw weights, are measured again for the averaged ones
-(``refresh_norm_statistics``): one student, nothing ensembled.
+replace the weights: one student, nothing ensembled.
+
+Only parameters are averaged. The norms' running statistics stay as
+training tracked them over its last few dozen steps (``FrozenNorm``,
+momentum 0.05), where the learning rate has decayed to almost nothing and
+the weights barely move. They were tracked on what training feeds the
+norms: the batch's rows and its augmented copies, three in four of those
+joined to a partner to sentence length. Re-measuring them for the averaged weights on plain
+training rows (short phrases) cost dev accuracy (docs/log.md, "the weights'
+average").
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
-
-from he_inhibitor.model.student import Student
-from he_inhibitor.train.batches import Batches
 
 
 class WeightAverage:
@@ -54,18 +58,3 @@ class WeightAverage:
             for p, s in zip(self.params, self.shadow):
                 p.copy_(s)
 
-
-@torch.no_grad()
-def refresh_norm_statistics(student: Student, batches: Batches, n_batches: int) -> None:
-    """Run ``n_batches`` fixed training batches forward in training mode, so that every norm not yet
-    frozen re-estimates its running mean and variance under the current weights.
-
-    The statistics are running averages of momentum 0.05 (``FrozenNorm``), so after 100 batches
-    less than 1% of those measured under the previous weights remains. Training mode, dropout
-    included, is how they were measured during training.
-    """
-    student.train()
-    for rows in batches.order(epoch=20_000)[:n_batches]:
-        b = batches.collate(rows)
-        student(b["ids"], b["mask"])
-    student.eval()

@@ -19,14 +19,10 @@ from torch import nn
 from tqdm import tqdm
 
 from he_inhibitor.train.augment import TeacherLabeller
-from he_inhibitor.train.averaging import WeightAverage, refresh_norm_statistics
+from he_inhibitor.train.averaging import WeightAverage
 from he_inhibitor.train.batches import Batches
 from he_inhibitor.train.config import DistillConfig
 from he_inhibitor.train.losses import Distiller
-
-
-# batches that re-measure the norms' running statistics for averaged weights (averaging.refresh_norm_statistics)
-NORM_REFRESH_BATCHES = 100
 
 
 def _schedule(step: int, total: int, warmup: float) -> float:
@@ -124,5 +120,4 @@ def run_phase(
     if average is not None:
         state[f"dev_{name}_raw"] = dev_accuracy()
         average.copy_to_params()
-        refresh_norm_statistics(dist.student, batches, NORM_REFRESH_BATCHES)
     state[f"dev_{name}"] = dev_accuracy()
