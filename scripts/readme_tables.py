@@ -237,6 +237,8 @@ SEED_GROUPS = [
      ("bank2-seed1", "bank2-seed0", "bank2-seed2"), None),
     ("the shipped recipe ending on an average of its weights (ema 0.995)", "results",
      ("ema-seed1", "ema-seed0", "ema-seed2"), None),
+    ("the shipped recipe with two epochs in the exact phase, ending on an average of its weights (ema 0.995)",
+     "results", ("ema2-seed1", "ema2-seed0", "ema2-seed2"), None),
     ("MiniLM logits, fits of degree 14 (weighted), no poly phase (shipped before 2026-12-05)", "results",
      ("h16_dir_seed1", "h16_dir", "h16_dir_seed2"),
      f"`{DISTILL} --out runs/h16_dir_seedK --config configs/minilm14.json --set seed=K`"),
@@ -280,6 +282,9 @@ def teachers_and_seeds(root: Path) -> str:
 # Weight averaging, by epochs of the exact phase: (label, the averaged runs (ema), the runs whose poly form
 # was made from the same runs' last weights), seeds 1 / 0 / 2. The averaged runs record their last weights'
 # exact-form dev (exact_last); the last-weights runs resumed the same exact phase without the average.
+# the same weights with every fit weighted at degree 14 (|x| too), no training in between:
+# python scripts/degree_sweep.py --model runs/RUN --phrases --settings 14w,14w,14w --json <this file>
+SWEEP_AVERAGING = "docs/distillation/degree_sweep_{run}.json"
 AVERAGING = [
     ("1 (the recipe)", ("ema-seed1", "ema-seed0", "ema-seed2"), ("abs6-seed1", "abs6-seed0", "abs6-seed2")),
     ("2", ("ema2-seed1", "ema2-seed0", "ema2-seed2"), ("ema2last-seed1", "ema2last-seed0", "ema2last-seed2")),
@@ -302,11 +307,18 @@ def weight_averaging(root: Path) -> str:
                 ("last", [runs[n]["exact_last"] for n in averaged], [runs[n]["dev_poly"] for n in last], last),
                 (f"average (ema {runs[averaged[0]]['ema']:g})", [runs[n]["exact_phase"] for n in averaged],
                  [runs[n]["dev_poly"] for n in averaged], averaged)):
+            # abs6-seedK resumed mpnet6-seedK's exact phase: the sweep of those weights is SWEEP_MPNET's
+            sweeps = [root / (SWEEP_MPNET.format(seed=n[-1]) if n.startswith("abs6-") else SWEEP_AVERAGING.format(run=n))
+                      for n in names]
+            at14 = [json.loads(f.read_text())["settings"][0]["dev_poly"] for f in sweeps if f.is_file()]
             rows.append([epochs, weights, " / ".join(f"{x:.4f}" for x in exact), f"{np.mean(exact):.4f}",
                          " / ".join(f"{x:.4f}" for x in poly), f"**{np.mean(poly):.4f}**",
-                         f"{max(poly) - min(poly):.4f}", f"`{runs[names[0]]['command']}`"])
+                         f"{max(poly) - min(poly):.4f}",
+                         f"{' / '.join(f'{x:.4f}' for x in at14)} (mean {np.mean(at14):.4f})" if len(at14) == 3 else "-",
+                         f"`{runs[names[0]]['command']}`"])
     return _table(["exact-phase epochs", "weights", "dev, exact form, seeds 1 / 0 / 2", "mean",
-                   "dev, poly form (the circuit)", "mean", "spread", "command (seed 1)"], rows)
+                   "dev, poly form (the circuit)", "mean", "spread", "poly form with \\|x\\| at degree 14 too",
+                   "command (seed 1)"], rows)
 
 
 # (file, model as recorded) -> label, where the recorded path no longer says which student it was
