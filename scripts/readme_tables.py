@@ -284,6 +284,7 @@ def teachers_and_seeds(root: Path) -> str:
 # exact-form dev (exact_last); the last-weights runs resumed the same exact phase without the average.
 # the same weights with every fit weighted at degree 14 (|x| too), no training in between:
 # python scripts/degree_sweep.py --model runs/RUN --phrases --settings 14w,14w,14w --json <this file>
+# (RUN's "-" written "_": runs/ema2-seed1 -> degree_sweep_ema2_seed1.json)
 SWEEP_AVERAGING = "docs/distillation/degree_sweep_{run}.json"
 AVERAGING = [
     ("1 (the recipe)", ("ema-seed1", "ema-seed0", "ema-seed2"), ("abs6-seed1", "abs6-seed0", "abs6-seed2")),
@@ -308,7 +309,7 @@ def weight_averaging(root: Path) -> str:
                 (f"average (ema {runs[averaged[0]]['ema']:g})", [runs[n]["exact_phase"] for n in averaged],
                  [runs[n]["dev_poly"] for n in averaged], averaged)):
             # abs6-seedK resumed mpnet6-seedK's exact phase: the sweep of those weights is SWEEP_MPNET's
-            sweeps = [root / (SWEEP_MPNET.format(seed=n[-1]) if n.startswith("abs6-") else SWEEP_AVERAGING.format(run=n))
+            sweeps = [root / (SWEEP_MPNET.format(seed=n[-1]) if n.startswith("abs6-") else SWEEP_AVERAGING.format(run=n.replace("-", "_")))
                       for n in names]
             at14 = [json.loads(f.read_text())["settings"][0]["dev_poly"] for f in sweeps if f.is_file()]
             rows.append([epochs, weights, " / ".join(f"{x:.4f}" for x in exact), f"{np.mean(exact):.4f}",

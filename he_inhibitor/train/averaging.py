@@ -15,9 +15,9 @@ training tracked them over its last few dozen steps (``FrozenNorm``,
 momentum 0.05), where the learning rate has decayed to almost nothing and
 the weights barely move. They were tracked on what training feeds the
 norms: the batch's rows and its augmented copies, three in four of those
-joined to a partner to sentence length. Re-measuring them for the averaged weights on plain
-training rows (short phrases) cost dev accuracy (docs/log.md, "the weights'
-average").
+joined to a partner to sentence length. Re-measuring them for the averaged
+weights on plain training rows (short phrases) cost dev accuracy
+(docs/log.md, "the weights' average").
 """
 
 from __future__ import annotations
@@ -57,4 +57,3 @@ class WeightAverage:
         with torch.no_grad():
             for p, s in zip(self.params, self.shadow):
                 p.copy_(s)
-
