@@ -280,15 +280,16 @@ def teachers_and_seeds(root: Path) -> str:
 
 
 # Weight averaging, by epochs of the exact phase: (label, the averaged runs (ema), the runs whose poly form
-# was made from the same runs' last weights), seeds 1 / 0 / 2. The averaged runs record their last weights'
-# exact-form dev (exact_last); the last-weights runs resumed the same exact phase without the average.
-# the same weights with every fit weighted at degree 14 (|x| too), no training in between:
-# python scripts/degree_sweep.py --model runs/RUN --phrases --settings 14w,14w,14w --json <this file>
-# (RUN's "-" written "_": runs/ema2-seed1 -> degree_sweep_ema2_seed1.json)
-SWEEP_AVERAGING = "docs/distillation/degree_sweep_{run}.json"
+# was made from the same runs' last weights, and the degree sweep of each, a file pattern over the seed or
+# None). Seeds 1 / 0 / 2. The averaged runs record their last weights' exact-form dev (exact_last); the
+# last-weights runs resumed the same exact phase without the average (abs6-seedK: mpnet6-seedK's, whose
+# sweep is SWEEP_MPNET). The other sweeps give every fit degree 14 (|x| too), no training in between:
+# python scripts/degree_sweep.py --model runs/RUN --phrases --settings 14w,14w,14w --json <that file>
 AVERAGING = [
-    ("1 (the recipe)", ("ema-seed1", "ema-seed0", "ema-seed2"), ("abs6-seed1", "abs6-seed0", "abs6-seed2")),
-    ("2", ("ema2-seed1", "ema2-seed0", "ema2-seed2"), ("ema2last-seed1", "ema2last-seed0", "ema2last-seed2")),
+    ("1 (the recipe)", ("ema-seed1", "ema-seed0", "ema-seed2"), ("abs6-seed1", "abs6-seed0", "abs6-seed2"),
+     None, SWEEP_MPNET),
+    ("2", ("ema2-seed1", "ema2-seed0", "ema2-seed2"), ("ema2last-seed1", "ema2last-seed0", "ema2last-seed2"),
+     "docs/distillation/degree_sweep_ema2_seed{seed}.json", "docs/distillation/degree_sweep_ema2last_seed{seed}.json"),
 ]
 
 
@@ -297,25 +298,21 @@ def weight_averaging(root: Path) -> str:
     form; refuses to pair runs whose last weights differ (their exact-form dev must agree)."""
     runs = {r["run"]: r for r in _load(root, "docs/distillation/results.json")}
     rows = []
-    for epochs, averaged, last in AVERAGING:
-        if not all(n in runs for n in (*averaged, *last)):
-            continue
+    for epochs, averaged, last, averaged_sweep, last_sweep in AVERAGING:
         for a, b in zip(averaged, last):
             if runs[a]["exact_last"] != runs[b]["exact_phase"]:
                 raise ValueError(f"{b} does not hold {a}'s last weights: exact dev {runs[b]['exact_phase']} "
                                  f"against {runs[a]['exact_last']}")
-        for weights, exact, poly, names in (
-                ("last", [runs[n]["exact_last"] for n in averaged], [runs[n]["dev_poly"] for n in last], last),
+        for weights, exact, poly, names, sweep in (
+                ("last", [runs[n]["exact_last"] for n in averaged], [runs[n]["dev_poly"] for n in last], last,
+                 last_sweep),
                 (f"average (ema {runs[averaged[0]]['ema']:g})", [runs[n]["exact_phase"] for n in averaged],
-                 [runs[n]["dev_poly"] for n in averaged], averaged)):
-            # abs6-seedK resumed mpnet6-seedK's exact phase: the sweep of those weights is SWEEP_MPNET's
-            sweeps = [root / (SWEEP_MPNET.format(seed=n[-1]) if n.startswith("abs6-") else SWEEP_AVERAGING.format(run=n.replace("-", "_")))
-                      for n in names]
-            at14 = [json.loads(f.read_text())["settings"][0]["dev_poly"] for f in sweeps if f.is_file()]
+                 [runs[n]["dev_poly"] for n in averaged], averaged, averaged_sweep)):
+            at14 = [] if sweep is None else [_load(root, sweep.format(seed=k))["settings"][0]["dev_poly"] for k in (1, 0, 2)]
             rows.append([epochs, weights, " / ".join(f"{x:.4f}" for x in exact), f"{np.mean(exact):.4f}",
                          " / ".join(f"{x:.4f}" for x in poly), f"**{np.mean(poly):.4f}**",
                          f"{max(poly) - min(poly):.4f}",
-                         f"{' / '.join(f'{x:.4f}' for x in at14)} (mean {np.mean(at14):.4f})" if len(at14) == 3 else "-",
+                         f"{' / '.join(f'{x:.4f}' for x in at14)} (mean {np.mean(at14):.4f})" if at14 else "-",
                          f"`{runs[names[0]]['command']}`"])
     return _table(["exact-phase epochs", "weights", "dev, exact form, seeds 1 / 0 / 2", "mean",
                    "dev, poly form (the circuit)", "mean", "spread", "poly form with \\|x\\| at degree 14 too",
