@@ -82,8 +82,9 @@ class PhraseBatches:
         self.lengths = np.array([len(i) for i in self.ids])
         self.batch_size, self.seed = batch_size, seed
 
-    def order(self, epoch: int) -> list[np.ndarray]:
+    def order(self, epoch: int, min_length: int = 0) -> list[np.ndarray]:
         idx = np.random.default_rng(self.seed + epoch).permutation(len(self.ids))
+        idx = idx[self.lengths[idx] >= min_length]
         return [idx[b:b + self.batch_size] for b in range(0, len(idx), self.batch_size)]
 
     def longest(self, n_batches: int) -> list[np.ndarray]:

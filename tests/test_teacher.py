@@ -113,13 +113,14 @@ def test_length_batches_cover_every_row_once_with_little_padding() -> None:
     assert plain == [b.tolist() for b in torch.randperm(101, generator=torch.Generator().manual_seed(0)).split(8)]
 
 
-@pytest.mark.parametrize("fused_adam", [False, True])
+@pytest.mark.parametrize("fused_adam,bf16", [(False, False), (True, True)])  # the minilm and the mpnet recipe
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(subset_dir: Path, tmp_path: Path, one_thread: None,
-                                                               fused_adam: bool) -> None:
+                                                               fused_adam: bool, bf16: bool) -> None:
     """8 steps straight vs. SIGTERM after step 3, a resume that stops at the epoch boundary (step 4), a resume to the end."""
     x, y = load_sst2_tsv(subset_dir / "train.tsv")
     x, y = x[:TRAIN_ROWS], y[:TRAIN_ROWS]
-    cfg = TeacherConfig(epochs=2, batch_size=16, lr=2e-4, max_length=24, sort_chunk=2, threads=1, fused_adam=fused_adam)
+    cfg = TeacherConfig(epochs=2, batch_size=16, lr=2e-4, max_length=24, sort_chunk=2, threads=1, fused_adam=fused_adam,
+                        bf16=bf16)
     ckpt = tmp_path / "ckpt"
 
     def fresh():

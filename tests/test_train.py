@@ -23,7 +23,7 @@ from he_inhibitor.paths import SHIPPED_STUDENT
 from he_inhibitor.teacher import load_teacher, logits
 from he_inhibitor.teacher import load_tokenizer as load_hf_tokenizer
 from he_inhibitor.teacher_cache import build_cache
-from he_inhibitor.teacher_logits import LogitCache, decode_rows
+from he_inhibitor.teacher_logits import PRECISION, LogitCache, decode_rows
 from he_inhibitor.train.augment import AugmentConfig, TeacherLabeller
 from he_inhibitor.train.averaging import WeightAverage
 from he_inhibitor.train.batches import Batches
@@ -352,6 +352,36 @@ def test_longest_batches_and_calibration_on_them(tiny_setup, cached_student_conf
 
 
 @needs_teacher
+def test_calibration_on_sentence_length_rows_sees_only_them(tiny_setup, cached_student_config) -> None:
+    """`order(epoch, min_length)` is the epoch's shuffle restricted to rows of at least min_length pieces
+    (0: the training order itself); calibration with min_length forwards only those rows, and its bounds
+    cover them in poly form."""
+    cache, teacher_tok, tok, _ = tiny_setup
+    batches = Batches(cache, teacher_to_student_ids(teacher_tok, tok), 8, 0, need_attn=False)
+    lengths = batches.lengths
+    cut = int(np.median(lengths)) + 1
+    assert all(np.array_equal(a, b) for a, b in zip(batches.order(3, 0), batches.order(3)))
+    long_rows = np.concatenate(batches.order(3, cut))
+    assert np.array_equal(np.sort(long_rows), np.flatnonzero(lengths >= cut))
+    torch.manual_seed(0)
+    student = Student(cached_student_config(vocab_size=tok.get_vocab_size(), abs_poly=PolySpec(6),
+                                            relu_poly=PolySpec(6, "weighted")))
+    seen: list[int] = []
+    hook = student.register_forward_pre_hook(lambda _, args: seen.extend(args[1].sum(1).tolist()))
+    n = len(batches.order(10_000, cut))
+    calibrate(student, batches, n, 0.1, poly_batches=n, min_length=cut)
+    hook.remove()
+    assert seen and min(seen) >= cut
+    student.set_form("poly").eval()
+    for part in batches.order(10_000, cut):
+        b = batches.collate(part)
+        student(b["ids"], b["mask"])
+    assert max(float(m.max_ratio) for _, m in student.nonlinearities()) <= (1 + 1e-3) / 1.1
+    with pytest.raises(ValueError, match="calibration_min_length"):
+        DistillConfig.from_dict({"calibration_min_length": 65})
+
+
+@needs_teacher
 def test_distill_then_finetune_a_trained_student(tmp_path, pre_recipe_config) -> None:
     """`distill` end to end on a tiny config; `init` then runs only the poly phase and keeps vocabulary and bounds."""
     common = {"limit": 64, "batch_size": 32, "threads": 1}
@@ -436,7 +466,7 @@ def test_a_copy_bank_holds_the_logit_teachers_live_outputs_and_feeds_distill(tmp
         "augment": {"copies": 2, "p_mask": 0.15, "p_replace": 0.15, "concat": 0.75}, "epochs_exact": 1,
         "epochs_poly": 0, "calibration_batches": 1, "poly_calibration_batches": 1})
     data, cache_dir, logits_dir = default_data_dir(), tmp_path / "cache", tmp_path / "logits"
-    LogitCache(logits_dir, TEACHER).add(load_sst2(data, "train")[0][:64])  # the phrases' own (teacher-logits)
+    LogitCache(logits_dir, TEACHER, precision=PRECISION).add(load_sst2(data, "train")[0][:64])  # the phrases' own
     with pytest.raises(CopyBankError, match="he-inhibitor teacher-copies"):
         distill(cfg, TEACHER, data, tmp_path / "a", cache_dir, logit_cache=logits_dir)
 
@@ -451,7 +481,7 @@ def test_a_copy_bank_holds_the_logit_teachers_live_outputs_and_feeds_distill(tmp
     assert torch.equal(cached.argmax(1)[live.diff(dim=1).abs()[:, 0] > 0.2], live.argmax(1)[live.diff(dim=1).abs()[:, 0] > 0.2])
 
     path.unlink()
-    assert LogitCache(logits_dir, TEACHER, precision="bfloat16").missing(texts) == []  # nothing for the teacher to redo
+    assert LogitCache(logits_dir, TEACHER, precision=PRECISION).missing(texts) == []  # nothing for the teacher to redo
     again = CopyBank(build_copies(cfg, TEACHER, data, cache_dir, logits_dir, progress=False), 64)
     for a, b in ((bank.ids, again.ids), (bank.lengths, again.lengths), (bank.logits, again.logits)):
         np.testing.assert_array_equal(a, b)

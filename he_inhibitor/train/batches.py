@@ -31,10 +31,14 @@ class Batches:
         if len(self.logits) != len(self.lengths):
             raise ValueError(f"{len(self.logits)} teacher logits for {len(self.lengths)} cached rows")
 
-    def order(self, epoch: int) -> list[np.ndarray]:
-        """Epoch ``epoch``'s batches (row indices) in training order; the same epoch always gives the same order."""
+    def order(self, epoch: int, min_length: int = 0) -> list[np.ndarray]:
+        """Epoch ``epoch``'s batches (row indices) in training order; the same epoch always gives the same order.
+
+        ``min_length``: only the rows of at least that many word pieces (calibration on sentence-length rows).
+        """
         rng = np.random.default_rng(self.seed + epoch)
         idx = rng.permutation(len(self.lengths))
+        idx = idx[self.lengths[idx] >= min_length]
         chunk = self.batch_size * 50
         batches = []
         for c in range(0, len(idx), chunk):  # sort within chunks: little padding, still random

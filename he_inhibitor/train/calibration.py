@@ -21,17 +21,18 @@ from he_inhibitor.train.batches import Batches
 
 
 @torch.no_grad()
-def _observe(student: Student, batches: Batches, n_batches: int, longest: bool) -> None:
-    """Forward ``n_batches`` fixed training batches (random, or the longest rows) with every max_ratio reset first."""
+def _observe(student: Student, batches: Batches, n_batches: int, longest: bool, min_length: int = 0) -> None:
+    """Forward ``n_batches`` fixed training batches (random rows of at least ``min_length`` word pieces, or the
+    longest rows) with every max_ratio reset first."""
     for _, m in student.nonlinearities():
         m.max_ratio.zero_()
-    for rows in batches.longest(n_batches) if longest else batches.order(epoch=10_000)[:n_batches]:
+    for rows in batches.longest(n_batches) if longest else batches.order(10_000, min_length)[:n_batches]:
         b = batches.collate(rows)
         student(b["ids"], b["mask"])
 
 
 @torch.no_grad()
-def _call_order(student: Student, batches: Batches, n_batches: int, longest: bool) -> list:
+def _call_order(student: Student, batches: Batches, n_batches: int, longest: bool, min_length: int = 0) -> list:
     """The non-linearities in the order they first see inputs, observed (``_observe``) in the current form.
 
     Watched at ``Nonlinearity.observe``, not at forward: dot-product
@@ -54,7 +55,7 @@ def _call_order(student: Student, batches: Batches, n_batches: int, longest: boo
     for m in modules:
         watch(m)
     try:
-        _observe(student, batches, n_batches, longest)
+        _observe(student, batches, n_batches, longest, min_length)
     finally:
         for m in modules:
             del m.observe
@@ -62,7 +63,8 @@ def _call_order(student: Student, batches: Batches, n_batches: int, longest: boo
 
 
 @torch.no_grad()
-def refit_weighted(student: Student, batches: Batches, n_batches: int, longest: bool = False) -> int:
+def refit_weighted(student: Student, batches: Batches, n_batches: int, longest: bool = False,
+                   min_length: int = 0) -> int:
     """Refit every weighted non-linearity at its current bound, in call order, in poly form; returns how many.
 
     Each sees its inputs with the polynomials before it already refitted, as
@@ -70,11 +72,11 @@ def refit_weighted(student: Student, batches: Batches, n_batches: int, longest: 
     """
     student.eval()
     student.set_form("exact")
-    order = _call_order(student, batches, 1, longest)
+    order = _call_order(student, batches, 1, longest, min_length)
     try:
         for m in tqdm(order, desc="refit weighted fits", unit="non-linearity", leave=False):  # those before m in poly form, m and those after it still exact
             if m.spec.weighted:
-                _fit_densities(student, batches, n_batches, longest, [m])
+                _fit_densities(student, batches, n_batches, longest, [m], min_length)
             m.set_form("poly")
     finally:
         student.set_form("exact")
@@ -82,14 +84,15 @@ def refit_weighted(student: Student, batches: Batches, n_batches: int, longest: 
 
 
 @torch.no_grad()
-def _fit_densities(student: Student, batches: Batches, n_batches: int, longest: bool, modules: list) -> None:
+def _fit_densities(student: Student, batches: Batches, n_batches: int, longest: bool, modules: list,
+                   min_length: int = 0) -> None:
     """Refit each weighted non-linearity in ``modules`` to the histogram of its inputs over ``n_batches``."""
     if not modules:
         return
     for m in modules:
         m.collect_density(True)
     try:
-        _observe(student, batches, n_batches, longest)
+        _observe(student, batches, n_batches, longest, min_length)
         for m in modules:
             m.fit_to_density()
     finally:
@@ -99,11 +102,16 @@ def _fit_densities(student: Student, batches: Batches, n_batches: int, longest: 
 
 @torch.no_grad()
 def calibrate(student: Student, batches: Batches, n_batches: int, margin: float, poly_batches: int = 0,
-              longest: bool = False) -> dict[str, float]:
+              longest: bool = False, min_length: int = 0) -> dict[str, float]:
     """Set each bound B to (1 + margin) x the largest input seen on training data; returns the bounds.
 
     ``longest``: observe the longest training rows instead of random batches
     (the inhibitor sums over keys, so ranges grow with sentence length).
+    ``min_length``: random batches of the rows of at least that many word
+    pieces. Training rows are phrases (median 10 pieces) while the circuit
+    serves sentences (dev: median 25), and a weighted fit spends its degree
+    where its calibration inputs fall, so sentence-length rows put it where
+    the sentences' inputs are (docs/log.md, 2026-12-05, conversion).
 
     Weighted fits (``PolySpec.method == "weighted"``) are made here too, from
     the histogram of each one's inputs at its final bound.
@@ -121,7 +129,7 @@ def calibrate(student: Student, batches: Batches, n_batches: int, margin: float,
     student.eval()
     student.set_form("exact")
     names = {m: n for n, m in student.nonlinearities()}
-    nl = [(names[m], m) for m in _call_order(student, batches, n_batches, longest)]
+    nl = [(names[m], m) for m in _call_order(student, batches, n_batches, longest, min_length)]
 
     def widen(name: str, m, floor: float) -> None:
         new = max(floor, float(m.max_ratio * m.bound) * (1 + margin))
@@ -133,16 +141,16 @@ def calibrate(student: Student, batches: Batches, n_batches: int, margin: float,
         widen(name, m, 0.0)
     # weighted fits, first from exact-form inputs (so that poly form can run), then refitted
     # in the sweep below to the inputs the polynomials before them actually feed them
-    _fit_densities(student, batches, n_batches, longest, [m for _, m in nl if m.spec.weighted])
+    _fit_densities(student, batches, n_batches, longest, [m for _, m in nl if m.spec.weighted], min_length)
     if poly_batches > 0:
         student.set_form("poly")
         for _ in range(2 * student.cfg.n_layers if student.cfg.recursive else 1):
             before = [float(m.bound) for _, m in nl]
             for name, m in tqdm(nl, desc="calibrate in poly form", unit="non-linearity", leave=False):
-                _observe(student, batches, poly_batches, longest)
+                _observe(student, batches, poly_batches, longest, min_length)
                 widen(name, m, float(m.bound))
                 if m.spec.weighted:
-                    _fit_densities(student, batches, poly_batches, longest, [m])
+                    _fit_densities(student, batches, poly_batches, longest, [m], min_length)
             if before == [float(m.bound) for _, m in nl]:
                 break
         student.set_form("exact")

@@ -123,6 +123,9 @@ class DistillConfig:
     # then per non-linearity, in evaluation order, its bound widened to cover what the
     # poly form (earlier polynomials already in place) feeds it; 0 turns this off
     poly_calibration_batches: int = 25
+    # calibrate and fit on random training rows of at least this many word pieces (0: every row); the
+    # rows are mostly short phrases, the circuit's inputs sentences (train.calibration.calibrate)
+    calibration_min_length: int = 0
     limit: int | None = None
     seed: int = 1
     threads: int = 1
@@ -136,6 +139,9 @@ class DistillConfig:
     checkpoint_every: int = 300
 
     def __post_init__(self) -> None:
+        if not 0 <= self.calibration_min_length <= self.student.max_len:
+            raise ValueError(f"calibration_min_length is a number of word pieces from 0 to the student's max_len "
+                             f"{self.student.max_len}, not {self.calibration_min_length}")
         if self.kd_loss not in ("kl", "mse"):
             raise ValueError(f"kd_loss must be 'kl' or 'mse', not {self.kd_loss!r}")
         if self.vocabulary not in ("train", "teacher"):

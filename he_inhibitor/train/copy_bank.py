@@ -16,8 +16,8 @@ copies (docs/log.md).
 
 The logit teacher sees each copy as text (``teacher_logits.decode_rows``: its
 own tokenizer, its own mask token) and its logits are cached per text
-(``LogitCache``, resumable, bfloat16 autocast: the copies outnumber the
-phrases). Hidden states stay with the first teacher, run on the copy's ids
+(``LogitCache``, resumable, in the recipe's bfloat16 autocast as the phrases).
+Hidden states stay with the first teacher, run on the copy's ids
 in the loop, since they are compared token by token in its WordPiece ids.
 
 Layout: ``<logit cache root>/copies-<key>.npz`` with ``ids`` [N, K, T] uint16
@@ -43,13 +43,12 @@ from tqdm.auto import tqdm
 from he_inhibitor.teacher import SST2_MAX_LENGTH
 from he_inhibitor.teacher import load_tokenizer as load_hf_tokenizer
 from he_inhibitor.teacher_cache import TeacherCache
-from he_inhibitor.teacher_logits import LogitCache, decode_rows, teacher_key
+from he_inhibitor.teacher_logits import PRECISION, LogitCache, decode_rows, teacher_key
 from he_inhibitor.train.augment import TeacherLabeller
 from he_inhibitor.train.config import DistillConfig
 
 FORMAT = 1
 BANK_SEED = 0  # one bank for every distillation seed: the teacher runs once
-PRECISION = "bfloat16"
 
 
 class CopyBankError(ValueError):

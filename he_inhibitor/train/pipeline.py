@@ -22,7 +22,7 @@ from he_inhibitor.model.predict import accuracy
 from he_inhibitor.model.student import load_student, save_student
 from he_inhibitor.teacher import load_teacher
 from he_inhibitor.teacher_cache import build_cache
-from he_inhibitor.teacher_logits import LogitCache
+from he_inhibitor.teacher_logits import PRECISION, LogitCache
 from he_inhibitor.train.augment import AugmentConfig, TeacherLabeller
 from he_inhibitor.train.batches import Batches
 from he_inhibitor.train.calibration import calibrate
@@ -112,7 +112,7 @@ def distill(cfg: DistillConfig, teacher_dir: Path, data_dir: Path, out: Path, ca
                       labeller_for(cfg.augment))
             student.fuse(False)  # calibration observes every input
             state["bounds"] = calibrate(student, batches, cfg.calibration_batches, cfg.calibration_margin,
-                                        cfg.poly_calibration_batches)
+                                        cfg.poly_calibration_batches, min_length=cfg.calibration_min_length)
         student.freeze_norms()
         student.set_form("poly")
         state["dev_poly_before_finetune"] = dev_accuracy()
@@ -174,7 +174,7 @@ class LogitTeacherError(ValueError):
 def _cached_logits(teacher: str, root: Path, sentences: list[str]) -> np.ndarray:
     """[rows, labels] the logit teacher's cached logits of the training phrases, in row order."""
     try:
-        return LogitCache(root, teacher).get(sentences).numpy()
+        return LogitCache(root, teacher, precision=PRECISION).get(sentences).numpy()
     except FileNotFoundError as err:
         raise LogitTeacherError(f"logit_teacher {teacher}: {err}") from None
     except KeyError as err:
