@@ -82,8 +82,8 @@ class TeacherConfig:
     sort_chunk: int = 1  # batches per length-sorted chunk (dynamic padding); 1: plain shuffled batches
     fused_adam: bool = False  # torch's fused AdamW kernel: same update rule, different rounding, ~10x faster step
     # forward and backward under CPU bfloat16 autocast (weights, gradients and AdamW stay float32):
-    # about 1.8x faster a step on CPUs with bfloat16 instructions; bfloat16 keeps float32's exponent,
-    # so no loss scaling is needed
+    # faster on CPUs with bfloat16 instructions (scripts/teacher_step_time.py times both); bfloat16
+    # keeps float32's exponent, so no loss scaling is needed
     bf16: bool = False
 
 
@@ -93,8 +93,8 @@ BASE_RECIPES: dict[str, dict[str, object]] = {
 """Per-base changes to the defaults: a base-size encoder fine-tunes at a lower rate (2e-5, as MPNet and
 BERT-base are usually fine-tuned), and sorts by length and uses the fused AdamW step because its epoch
 costs hours (the plain AdamW step over 110M parameters took 0.6-1.2 s of a 3-4 s short step, fused 0.1 s),
-and trains under bfloat16 autocast, which halves the rest of a step (an epoch is then under an hour on
-two cores, so a fresh machine rebuilds it within a session; docs/teacher.md).
+and trains under bfloat16 autocast (its epoch then took 41.5 min on two idle cores, so a fresh machine
+rebuilds it within a session; docs/teacher.md).
 ``minilm`` keeps the shared teacher's recipe (random batches), so its defaults still reproduce it."""
 
 
@@ -496,8 +496,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--fused-adam", action=argparse.BooleanOptionalAction, default=None,
                    help="fused AdamW kernel (default off; mpnet on): faster, rounds differently")
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
-                   help="forward and backward under bfloat16 autocast (default off; mpnet on): ~1.8x faster "
-                   "a step where the CPU has bfloat16 instructions; weights and optimizer stay float32")
+                   help="forward and backward under bfloat16 autocast (default off; mpnet on): faster where the "
+                   "CPU has bfloat16 instructions; weights and optimizer stay float32")
     p.add_argument(
         "--threads",
         type=positive_int,

@@ -221,6 +221,7 @@ def degree_sweep(root: Path, rel: str = "docs/distillation/degree_sweep.json") -
 
 
 TEACHER_MPNET = "docs/distillation/teacher_mpnet.json"  # runs/teacher-mpnet/model/metrics.json (docs/teacher.md)
+TEACHER_MPNET_BF16 = "docs/distillation/teacher_mpnet_bf16.json"  # the same, rebuilt with --bf16 (the recipe since)
 SWEEP_MPNET = "docs/distillation/degree_sweep_mpnet6_seed{seed}.json"  # scripts/degree_sweep.py --run runs/mpnet6-seedK
 # one recipe's three seeds, 1 / 0 / 2: (label, where each seed's poly-form dev accuracy is, runs, command).
 # "results": the rows of results.json named runs[k]; "sweep": SWEEP_MPNET's first setting (14w fits on
@@ -239,6 +240,10 @@ SEED_GROUPS = [
      ("ema-seed1", "ema-seed0", "ema-seed2"), None),
     ("the shipped recipe with two epochs in the exact phase, ending on an average of its weights (ema 0.995)",
      "results", ("ema2-seed1", "ema2-seed0", "ema2-seed2"), None),
+    ("the same, from the MPNet teacher rebuilt in bfloat16", "results", ("ema2bf-seed1", "ema2bf-seed0", "ema2bf-seed2"),
+     None),
+    ("the same, calibrated on training rows of at least 20 word pieces", "results",
+     ("ema2bf-len20-seed1", "ema2bf-len20-seed0", "ema2bf-len20-seed2"), None),
     ("MiniLM logits, fits of degree 14 (weighted), no poly phase (shipped before 2026-12-05)", "results",
      ("h16_dir_seed1", "h16_dir", "h16_dir_seed2"),
      f"`{DISTILL} --out runs/h16_dir_seedK --config configs/minilm14.json --set seed=K`"),
@@ -269,8 +274,10 @@ def teachers_and_seeds(root: Path) -> str:
     mini, mpnet = _load(root, TEACHER_BY_LENGTH), _load(root, TEACHER_MPNET)
     rows = [["teacher: MiniLM-L6 fine-tuned (`../shared/models/minilm-l6-sst2`)", "-", f"{mini['accuracy']:.4f}", "-",
              f"`{TEACHER_BY_LENGTH}`"],
-            ["teacher: MPNet-base fine-tuned (`he-inhibitor teacher --base mpnet`)", "-", f"{mpnet['accuracy']:.4f}", "-",
-             f"`{TEACHER_MPNET}`"]]
+            ["teacher: MPNet-base fine-tuned (`he-inhibitor teacher --base mpnet`), float32: the shipped student's",
+             "-", f"{mpnet['accuracy']:.4f}", "-", f"`{TEACHER_MPNET}`"],
+            ["teacher: MPNet-base fine-tuned in bfloat16 autocast (the same command since `--bf16`): the ema2bf "
+             "students'", "-", f"{_load(root, TEACHER_MPNET_BF16)['accuracy']:.4f}", "-", f"`{TEACHER_MPNET_BF16}`"]]
     for group in SEED_GROUPS:
         acc, source = _seed_accuracies(root, group)
         rows.append([f"student: {group[0]}", " / ".join(f"{a:.4f}" for a in acc), f"**{acc.mean():.4f}**",
@@ -319,6 +326,47 @@ def weight_averaging(root: Path) -> str:
                    "command (seed 1)"], rows)
 
 
+# The two-epoch average distilled from the MPNet teacher rebuilt under bfloat16 autocast, by the training rows its
+# bounds and weighted fits were calibrated on: (label, run name pattern over the seed). The len20 runs resumed
+# the same exact phase (their checkpoint-exact.pt copied in), so their exact form is the same weights.
+CALIBRATION_ROWS = [("random training rows (the recipe)", "ema2bf-seed{seed}"),
+                    ("random rows of at least 20 word pieces (`calibration_min_length`)", "ema2bf-len20-seed{seed}")]
+CONVERSION = "docs/distillation/conversion_ema2bf_seed{seed}.json"  # scripts/conversion_loss.py --model runs/ema2bf-seedK
+
+
+def calibration_rows(root: Path) -> str:
+    """Exact and poly form of each seed by calibration rows; refuses rows whose exact form differs."""
+    runs = {r["run"]: r for r in _load(root, "docs/distillation/results.json")}
+    rows, exact_of = [], None
+    for label, pattern in CALIBRATION_ROWS:
+        names = [pattern.format(seed=k) for k in (1, 0, 2)]
+        exact, poly = [runs[n]["dev_exact"] for n in names], [runs[n]["dev_poly"] for n in names]
+        if exact_of is not None and exact != exact_of:
+            raise ValueError(f"{names} are not the same exact-phase weights: exact dev {exact} against {exact_of}")
+        exact_of = exact
+        rows.append([label, " / ".join(f"{x:.4f}" for x in exact), f"{np.mean(exact):.4f}",
+                     " / ".join(f"{x:.4f}" for x in poly), f"**{np.mean(poly):.4f}**", f"{max(poly) - min(poly):.4f}",
+                     f"`{runs[names[0]]['command']}`"])
+    return _table(["calibrated on", "dev, exact form, seeds 1 / 0 / 2", "mean", "dev, poly form (the circuit)",
+                   "mean", "spread", "command (seed 1)"], rows)
+
+
+def conversion(root: Path) -> str:
+    """Per non-linearity, over the seeds: what its polynomial alone costs, what making it alone exact wins back."""
+    runs = [_load(root, CONVERSION.format(seed=k)) for k in (1, 0, 2)]
+    rows = [["all (the circuit)", " / ".join(f"{r['dev_exact']:.4f} → {r['dev_poly']:.4f}" for r in runs),
+             f"{np.mean([r['mean_abs_margin_change'] for r in runs]):.3f}", "-", "-"]]
+    for name in runs[0]["alone_poly"]:
+        rows.append([f"`{name}`",
+                     " / ".join(f"{r['alone_poly'][name]['dev']:.4f}" for r in runs),
+                     f"{np.mean([r['alone_poly'][name]['mean_abs_margin_change'] for r in runs]):.3f}",
+                     " / ".join(f"{r['alone_exact'][name]['dev']:.4f}" for r in runs),
+                     f"{max(r['max_dev_input_ratio_poly'][name] for r in runs):.3f}"])
+    return _table(["polynomial", "dev with it alone in poly form, seeds 1 / 0 / 2 (first row: exact → poly)",
+                   "mean \\|margin change\\| it alone causes", "dev with every other in poly form",
+                   "largest dev \\|x\\| / B"], rows)
+
+
 # (file, model as recorded) -> label, where the recorded path no longer says which student it was
 WORD_ORDER = ("word_order.json", "word_order_h16_rel.json", "word_order_h16_dir.json")
 _WORD_ORDER_LABELS = {("word_order.json", "../shared/models/minilm-l6-sst2"): "teacher",
@@ -343,7 +391,7 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "degree-sweep": degree_sweep,
     "degree-sweep-shipped": lambda root: degree_sweep(root, "docs/distillation/degree_sweep_shipped.json"),
     "word-order": word_order, "shipped-fits": shipped_fits, "teachers-and-seeds": teachers_and_seeds,
-    "weight-averaging": weight_averaging,
+    "weight-averaging": weight_averaging, "calibration-rows": calibration_rows, "conversion": conversion,
 }
 
 
