@@ -111,7 +111,7 @@ def calibrate(student: Student, batches: Batches, n_batches: int, margin: float,
     pieces. Training rows are phrases (median 10 pieces) while the circuit
     serves sentences (dev: median 25), and a weighted fit spends its degree
     where its calibration inputs fall, so sentence-length rows put it where
-    the sentences' inputs are (docs/log.md, 2026-12-05, conversion).
+    the sentences' inputs are (docs/log.md, "a fresh machine").
 
     Weighted fits (``PolySpec.method == "weighted"``) are made here too, from
     the histogram of each one's inputs at its final bound.
