@@ -76,12 +76,13 @@ def main() -> None:
     lengths = np.concatenate([m.sum(1) for m in masks])
     y = y[order]
     names = [name for name, _ in student.nonlinearities()]
+    exact = margins(with_forms(student, set()), ids, masks)
 
     def row(poly: set[str]) -> tuple[dict, np.ndarray]:
+        """Dev accuracy and mean |margin change| against ``exact`` with ``poly`` in poly form; the margins."""
         d = margins(with_forms(student, poly), ids, masks)
         return {"dev": float(((d > 0) == (y == 1)).mean()), "mean_abs_margin_change": float(np.abs(d - exact).mean())}, d
 
-    exact = margins(with_forms(student, set()), ids, masks)
     full, poly = row(set(names))
     out = {"model": str(args.model), "dev_exact": float(((exact > 0) == (y == 1)).mean()), "dev_poly": full["dev"],
            "mean_abs_margin_change": full["mean_abs_margin_change"],
