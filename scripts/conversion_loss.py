@@ -66,7 +66,10 @@ def main() -> None:
     torch.set_num_threads(1)
     sentences, labels = load_sst2(Path(data_dir), "dev")
     y = np.asarray(labels)
-    student, tokenizer = load_student(args.model), load_tokenizer(args.model)
+    try:
+        student, tokenizer = load_student(args.model), load_tokenizer(args.model)
+    except (FileNotFoundError, ValueError) as err:
+        raise SystemExit(f"error: --model {args.model}: {err}")
     order = np.argsort([len(s) for s in sentences], kind="stable")
     ids, masks = [], []
     for b in range(0, len(order), 128):

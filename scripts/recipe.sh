@@ -17,6 +17,10 @@ PREFIX=${2:-recipe}
 DATA=${HE_INHIBITOR_DATA:-../shared/data/sst2}
 MINILM=../shared/models/minilm-l6-sst2
 LOG=runs/recipe-log
+if [ -n "$CONFIG" ] && [ ! -f "$CONFIG" ]; then
+  echo "error: config $CONFIG not found (an experiment is a JSON of overrides, configs/README.md)" >&2
+  exit 2
+fi
 mkdir -p "$LOG" runs/teacher-mpnet
 stage() { echo "$(date -u +%FT%TZ) $*" | tee -a "$LOG/stages.txt"; }
 
