@@ -13,6 +13,7 @@ rerunning this script; tests/test_readme_tables.py fails while they disagree.
 from __future__ import annotations
 
 import argparse
+from functools import partial
 import json
 import re
 import sys
@@ -244,6 +245,9 @@ SEED_GROUPS = [
      None),
     ("the same, calibrated on training rows of at least 20 word pieces", "results",
      ("ema2bf-len20-seed1", "ema2bf-len20-seed0", "ema2bf-len20-seed2"), None),
+    ("the ema2bf students recalibrated: bounds from random rows, weighted fits from rows of at least 20 pieces",
+     "results",
+     ("ema2bf-fit20-seed1", "ema2bf-fit20-seed0", "ema2bf-fit20-seed2"), None),
     ("MiniLM logits, fits of degree 14 (weighted), no poly phase (shipped before 2026-12-05)", "results",
      ("h16_dir_seed1", "h16_dir", "h16_dir_seed2"),
      f"`{DISTILL} --out runs/h16_dir_seedK --config configs/minilm14.json --set seed=K`"),
@@ -329,26 +333,38 @@ def weight_averaging(root: Path) -> str:
 # The two-epoch average distilled from the MPNet teacher rebuilt under bfloat16 autocast, by the training rows its
 # bounds and weighted fits were calibrated on: (label, run name pattern over the seed). The len20 runs resumed
 # the same exact phase (their checkpoint-exact.pt copied in), so their exact form is the same weights.
+# (label, run pattern) rows of the calibration tables: the first's rows share their exact-phase weights
 CALIBRATION_ROWS = [("random training rows (the recipe)", "ema2bf-seed{seed}"),
                     ("random rows of at least 20 word pieces (`calibration_min_length`)", "ema2bf-len20-seed{seed}")]
+FIT_ROWS = [("2 epochs; bounds and fits from random rows", "ema2bf-seed{seed}"),
+            ("2 epochs; bounds from random rows, weighted fits from rows of at least 20 pieces "
+             "(`calibration_fit_min_length`)", "ema2bf-fit20-seed{seed}")]
+# he-inhibitor eval --model runs/RUN --data ../shared/data/sst2/dev.tsv --form poly --ranges --json
+RANGES = "docs/distillation/ranges_{run}.json"
 CONVERSION = "docs/distillation/conversion_ema2bf_seed{seed}.json"  # scripts/conversion_loss.py --model runs/ema2bf-seedK
 
 
-def calibration_rows(root: Path) -> str:
-    """Exact and poly form of each seed by calibration rows; refuses rows whose exact form differs."""
+def calibration_rows(root: Path, groups: list[tuple[str, str]] = CALIBRATION_ROWS, same_exact: bool = True,
+                     head: str = "calibrated on") -> str:
+    """Exact and poly form of each seed by calibration rows, with the dev inputs beyond a bound; with
+    ``same_exact``, refuses rows whose exact form differs (the table then claims one set of weights)."""
     runs = {r["run"]: r for r in _load(root, "docs/distillation/results.json")}
     rows, exact_of = [], None
-    for label, pattern in CALIBRATION_ROWS:
+    for label, pattern in groups:
         names = [pattern.format(seed=k) for k in (1, 0, 2)]
         exact, poly = [runs[n]["dev_exact"] for n in names], [runs[n]["dev_poly"] for n in names]
-        if exact_of is not None and exact != exact_of:
+        if same_exact and exact_of is not None and exact != exact_of:
             raise ValueError(f"{names} are not the same exact-phase weights: exact dev {exact} against {exact_of}")
         exact_of = exact
+        ranges = [_load(root, RANGES.format(run=n)) for n in names]
+        if [r["accuracy"] for r in ranges] != poly:
+            raise ValueError(f"{RANGES.format(run=names[0])}: not the poly form of {names}")
         rows.append([label, " / ".join(f"{x:.4f}" for x in exact), f"{np.mean(exact):.4f}",
                      " / ".join(f"{x:.4f}" for x in poly), f"**{np.mean(poly):.4f}**", f"{max(poly) - min(poly):.4f}",
+                     " / ".join(f"{r['beyond_bound']} ({r['max_input_ratio']:.3f})" for r in ranges),
                      f"`{runs[names[0]]['command']}`"])
-    return _table(["calibrated on", "dev, exact form, seeds 1 / 0 / 2", "mean", "dev, poly form (the circuit)",
-                   "mean", "spread", "command (seed 1)"], rows)
+    return _table([head, "dev, exact form, seeds 1 / 0 / 2", "mean", "dev, poly form (the circuit)",
+                   "mean", "spread", "dev sentences beyond a bound (largest \\|x\\| / B)", "command (seed 1)"], rows)
 
 
 def conversion(root: Path) -> str:
@@ -392,6 +408,8 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "degree-sweep-shipped": lambda root: degree_sweep(root, "docs/distillation/degree_sweep_shipped.json"),
     "word-order": word_order, "shipped-fits": shipped_fits, "teachers-and-seeds": teachers_and_seeds,
     "weight-averaging": weight_averaging, "calibration-rows": calibration_rows, "conversion": conversion,
+    "fit-rows": partial(calibration_rows, groups=FIT_ROWS, same_exact=False,
+                                  head="exact phase (average of the weights); calibration"),
 }
 
 

@@ -382,6 +382,40 @@ def test_calibration_on_sentence_length_rows_sees_only_them(tiny_setup, cached_s
 
 
 @needs_teacher
+def test_fits_from_long_rows_bounds_from_every_row(tiny_setup, cached_student_config) -> None:
+    """With ``fit_min_length``, the forwards that collect the weighted fits' histograms see only rows of
+    at least that many pieces, the others (the bounds') rows of every length, and the bounds cover every
+    row in poly form."""
+    cache, teacher_tok, tok, _ = tiny_setup
+    batches = Batches(cache, teacher_to_student_ids(teacher_tok, tok), 8, 0, need_attn=False)
+    cut = int(np.median(batches.lengths)) + 1
+    torch.manual_seed(0)
+    student = Student(cached_student_config(vocab_size=tok.get_vocab_size(), abs_poly=PolySpec(6),
+                                            relu_poly=PolySpec(6, "weighted")))
+    weighted = [m for _, m in student.nonlinearities() if m.spec.weighted]
+    fitting: list[int] = []
+    bounding: list[int] = []
+
+    def record(_, args) -> None:
+        lengths = args[1].sum(1).tolist()
+        (fitting if any(m.density is not None for m in weighted) else bounding).extend(lengths)
+
+    hook = student.register_forward_pre_hook(record)
+    n = len(batches.order(10_000, cut))
+    calibrate(student, batches, n, 0.1, poly_batches=n, fit_min_length=cut)
+    hook.remove()
+    assert fitting and min(fitting) >= cut
+    assert bounding and min(bounding) < cut
+    student.set_form("poly").eval()
+    for part in batches.order(10_000)[:n]:
+        b = batches.collate(part)
+        student(b["ids"], b["mask"])
+    assert max(float(m.max_ratio) for _, m in student.nonlinearities()) <= (1 + 1e-3) / 1.1
+    with pytest.raises(ValueError, match="calibration_fit_min_length"):
+        DistillConfig.from_dict({"calibration_fit_min_length": -1})
+
+
+@needs_teacher
 def test_distill_then_finetune_a_trained_student(tmp_path, pre_recipe_config) -> None:
     """`distill` end to end on a tiny config; `init` then runs only the poly phase and keeps vocabulary and bounds."""
     common = {"limit": 64, "batch_size": 32, "threads": 1}

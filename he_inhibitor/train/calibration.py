@@ -102,7 +102,7 @@ def _fit_densities(student: Student, batches: Batches, n_batches: int, longest: 
 
 @torch.no_grad()
 def calibrate(student: Student, batches: Batches, n_batches: int, margin: float, poly_batches: int = 0,
-              longest: bool = False, min_length: int = 0) -> dict[str, float]:
+              longest: bool = False, min_length: int = 0, fit_min_length: int | None = None) -> dict[str, float]:
     """Set each bound B to (1 + margin) x the largest input seen on training data; returns the bounds.
 
     ``longest``: observe the longest training rows instead of random batches
@@ -114,7 +114,13 @@ def calibrate(student: Student, batches: Batches, n_batches: int, margin: float,
     the sentences' inputs are (docs/log.md, "a fresh machine").
 
     Weighted fits (``PolySpec.method == "weighted"``) are made here too, from
-    the histogram of each one's inputs at its final bound.
+    the histogram of each one's inputs at its final bound, over random rows
+    of at least ``fit_min_length`` pieces (None: ``min_length``'s rows).
+    Decoupled because the two ask different things of the rows: a bound must
+    cover every input, so it wants every kind of row, while a fit should spend
+    its degree where the sentences' inputs are; bounds from long rows alone
+    came out tighter than some dev sentences (docs/log.md, "bounds from every
+    row").
 
     First in exact form. Then, with ``poly_batches``, in poly form one
     non-linearity at a time in evaluation order: the polynomials before it
@@ -126,6 +132,7 @@ def calibrate(student: Student, batches: Batches, n_batches: int, margin: float,
     bound moves (at most twice per application; the last sweep's widening is
     then a small fraction of the margin).
     """
+    fit_min_length = min_length if fit_min_length is None else fit_min_length
     student.eval()
     student.set_form("exact")
     names = {m: n for n, m in student.nonlinearities()}
@@ -141,7 +148,7 @@ def calibrate(student: Student, batches: Batches, n_batches: int, margin: float,
         widen(name, m, 0.0)
     # weighted fits, first from exact-form inputs (so that poly form can run), then refitted
     # in the sweep below to the inputs the polynomials before them actually feed them
-    _fit_densities(student, batches, n_batches, longest, [m for _, m in nl if m.spec.weighted], min_length)
+    _fit_densities(student, batches, n_batches, longest, [m for _, m in nl if m.spec.weighted], fit_min_length)
     if poly_batches > 0:
         student.set_form("poly")
         for _ in range(2 * student.cfg.n_layers if student.cfg.recursive else 1):
@@ -150,7 +157,7 @@ def calibrate(student: Student, batches: Batches, n_batches: int, margin: float,
                 _observe(student, batches, poly_batches, longest, min_length)
                 widen(name, m, float(m.bound))
                 if m.spec.weighted:
-                    _fit_densities(student, batches, poly_batches, longest, [m], min_length)
+                    _fit_densities(student, batches, poly_batches, longest, [m], fit_min_length)
             if before == [float(m.bound) for _, m in nl]:
                 break
         student.set_form("exact")

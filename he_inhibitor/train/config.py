@@ -126,6 +126,9 @@ class DistillConfig:
     # calibrate and fit on random training rows of at least this many word pieces (0: every row); the
     # rows are mostly short phrases, the circuit's inputs sentences (train.calibration.calibrate)
     calibration_min_length: int = 0
+    # the weighted fits alone on random rows of at least this many pieces (None: calibration_min_length's
+    # rows): bounds then cover every kind of row while the fits sit where sentences' inputs are
+    calibration_fit_min_length: int | None = None
     limit: int | None = None
     seed: int = 1
     threads: int = 1
@@ -139,9 +142,11 @@ class DistillConfig:
     checkpoint_every: int = 300
 
     def __post_init__(self) -> None:
-        if not 0 <= self.calibration_min_length <= self.student.max_len:
-            raise ValueError(f"calibration_min_length is a number of word pieces from 0 to the student's max_len "
-                             f"{self.student.max_len}, not {self.calibration_min_length}")
+        for name in ("calibration_min_length", "calibration_fit_min_length"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, int) and 0 <= value <= self.student.max_len):
+                raise ValueError(f"{name} is a number of word pieces from 0 to the student's max_len "
+                                 f"{self.student.max_len}, not {value!r}")
         if self.kd_loss not in ("kl", "mse"):
             raise ValueError(f"kd_loss must be 'kl' or 'mse', not {self.kd_loss!r}")
         if self.vocabulary not in ("train", "teacher"):

@@ -112,7 +112,8 @@ def distill(cfg: DistillConfig, teacher_dir: Path, data_dir: Path, out: Path, ca
                       labeller_for(cfg.augment))
             student.fuse(False)  # calibration observes every input
             state["bounds"] = calibrate(student, batches, cfg.calibration_batches, cfg.calibration_margin,
-                                        cfg.poly_calibration_batches, min_length=cfg.calibration_min_length)
+                                        cfg.poly_calibration_batches, min_length=cfg.calibration_min_length,
+                                        fit_min_length=cfg.calibration_fit_min_length)
         student.freeze_norms()
         student.set_form("poly")
         state["dev_poly_before_finetune"] = dev_accuracy()
