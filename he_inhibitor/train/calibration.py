@@ -119,8 +119,8 @@ def calibrate(student: Student, batches: Batches, n_batches: int, margin: float,
     Decoupled because the two ask different things of the rows: a bound must
     cover every input, so it wants every kind of row, while a fit should spend
     its degree where the sentences' inputs are; bounds from long rows alone
-    came out tighter than some dev sentences (docs/log.md, "bounds from every
-    row").
+    came out tighter than some dev sentences (design §5; docs/log.md,
+    "bounds from every row").
 
     First in exact form. Then, with ``poly_batches``, in poly form one
     non-linearity at a time in evaluation order: the polynomials before it
