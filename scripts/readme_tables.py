@@ -248,6 +248,8 @@ SEED_GROUPS = [
     ("the ema2bf students recalibrated: bounds from random rows, weighted fits from rows of at least 20 pieces",
      "results",
      ("ema2bf-fit20-seed1", "ema2bf-fit20-seed0", "ema2bf-fit20-seed2"), None),
+    ("the same calibration after three epochs in the exact phase (ema 0.995)", "results",
+     ("ema3bf-seed1", "ema3bf-seed0", "ema3bf-seed2"), None),
     ("MiniLM logits, fits of degree 14 (weighted), no poly phase (shipped before 2026-12-05)", "results",
      ("h16_dir_seed1", "h16_dir", "h16_dir_seed2"),
      f"`{DISTILL} --out runs/h16_dir_seedK --config configs/minilm14.json --set seed=K`"),
@@ -338,7 +340,8 @@ CALIBRATION_ROWS = [("random training rows (the recipe)", "ema2bf-seed{seed}"),
                     ("random rows of at least 20 word pieces (`calibration_min_length`)", "ema2bf-len20-seed{seed}")]
 FIT_ROWS = [("2 epochs; bounds and fits from random rows", "ema2bf-seed{seed}"),
             ("2 epochs; bounds from random rows, weighted fits from rows of at least 20 pieces "
-             "(`calibration_fit_min_length`)", "ema2bf-fit20-seed{seed}")]
+             "(`calibration_fit_min_length`)", "ema2bf-fit20-seed{seed}"),
+            ("3 epochs (`configs/ema_3ep.json`); the same calibration", "ema3bf-seed{seed}")]
 # he-inhibitor eval --model runs/RUN --data ../shared/data/sst2/dev.tsv --form poly --ranges --json
 RANGES = "docs/distillation/ranges_{run}.json"
 CONVERSION = "docs/distillation/conversion_ema2bf_seed{seed}.json"  # scripts/conversion_loss.py --model runs/ema2bf-seedK
