@@ -413,6 +413,8 @@ def test_fits_from_long_rows_bounds_from_every_row(tiny_setup, cached_student_co
     assert max(float(m.max_ratio) for _, m in student.nonlinearities()) <= (1 + 1e-3) / 1.1
     with pytest.raises(ValueError, match="calibration_fit_min_length"):
         DistillConfig.from_dict({"calibration_fit_min_length": -1})
+    with pytest.raises(ValueError, match="calibration_min_length"):
+        DistillConfig.from_dict({"calibration_min_length": None})
 
 
 @needs_teacher

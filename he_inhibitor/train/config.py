@@ -142,9 +142,11 @@ class DistillConfig:
     checkpoint_every: int = 300
 
     def __post_init__(self) -> None:
-        for name in ("calibration_min_length", "calibration_fit_min_length"):
-            value = getattr(self, name)
-            if value is not None and not (isinstance(value, int) and 0 <= value <= self.student.max_len):
+        lengths = {"calibration_min_length": self.calibration_min_length}
+        if self.calibration_fit_min_length is not None:  # None: the fits see calibration_min_length's rows
+            lengths["calibration_fit_min_length"] = self.calibration_fit_min_length
+        for name, value in lengths.items():
+            if not (isinstance(value, int) and 0 <= value <= self.student.max_len):
                 raise ValueError(f"{name} is a number of word pieces from 0 to the student's max_len "
                                  f"{self.student.max_len}, not {value!r}")
         if self.kd_loss not in ("kl", "mse"):
