@@ -34,7 +34,7 @@ BENCH = "docs/bench/shipped.json"
 PREVIOUS = "docs/bench/previous_circuit.json"  # the circuit the latency issue started from (0403a8d), same window
 PREVIOUS_RUNS = "docs/bench/previous_circuit_runs.jsonl"  # its per-sentence run log (bench --log)
 TEACHER_BY_LENGTH = "docs/distillation/by_length_teacher.json"
-BEFORE_LEVELING = "docs/bench/before_leveling.json"  # the previous shipped bundle on the code of 04096f9, same sentences
+COMPARED = "the student shipped before (one exact epoch, no average: `runs/abs6-seed1`)"  # BENCH's --compare
 
 
 def _load(root: Path, rel: str) -> dict | list:
@@ -66,14 +66,14 @@ def _ratio(b: dict, other: dict) -> float:
 def headline(root: Path) -> str:
     """The README's one results table: accuracy from eval and bench, then the encrypted run's costs."""
     teacher, m, b = _load(root, TEACHER_BY_LENGTH), _load(root, SHIPPED_METRICS), _load(root, BENCH)
-    p, c, o = _load(root, PREVIOUS), b["compare"], _load(root, BEFORE_LEVELING)
+    p, c = _load(root, PREVIOUS), b["compare"]
     p_runs = {"runs": [json.loads(line) for line in (root / PREVIOUS_RUNS).read_text().splitlines()]}
     enc, b32, b64 = b["encrypted_sentences"], b["buckets"]["32"], b["buckets"]["64"]
     seeds, _ = _seed_accuracies(root, SEED_GROUPS[0])
     rows = [
-        ["SST-2 dev accuracy, teachers: MiniLM-L6 (hidden states) / MPNet-base (logits), fine-tuned",
-         f"{teacher['accuracy']:.4f} / {_load(root, TEACHER_MPNET)['accuracy']:.4f}",
-         f"`{TEACHER_BY_LENGTH}`, `{TEACHER_MPNET}`"],
+        ["SST-2 dev accuracy, teachers: MiniLM-L6 (hidden states) / MPNet-base (logits; fine-tuned in bfloat16 autocast)",
+         f"{teacher['accuracy']:.4f} / {_load(root, TEACHER_MPNET_BF16)['accuracy']:.4f}",
+         f"`{TEACHER_BY_LENGTH}`, `{TEACHER_MPNET_BF16}`"],
         ["SST-2 dev accuracy, student, exact \\|x\\| and ReLU", f"{m['dev_exact']:.4f}", f"`{SHIPPED_METRICS}`"],
         ["SST-2 dev accuracy, student as the circuit computes it (polynomials)", f"**{m['dev_poly']:.4f}**",
          f"`{SHIPPED_METRICS}`"],
@@ -91,12 +91,10 @@ def headline(root: Path) -> str:
          f"{b32['median_seconds']:.1f} s / {b64['median_seconds']:.1f} s", f"`{BENCH}`"],
         [f"median / p95 with {b['rtt_ms']:.0f} ms per round trip ({b['round_trips_per_query']} round trips)",
          f"{b['median_seconds_with_rtt']:.1f} s / {b['p95_seconds_with_rtt']:.1f} s", f"`{BENCH}`"],
-        ["the student shipped before (MiniLM logits, \\|x\\| at degree 14), same code, median / p95, same run",
+        [f"{COMPARED}, same code and sentences, median / p95 (its runs resumed from the same bench half an hour "
+         "before, on the same idle machine)",
          f"{c['median_seconds']:.1f} s / {c['p95_seconds']:.1f} s (this circuit / it per sentence: "
-         f"{_ratio(b, c):.2f})", f"`{BENCH}`"],
-        ["that student's circuit on the code before plans levelled their operands (04096f9), median / p95, "
-         "the same sentences, run right after", f"{o['median_seconds']:.1f} s / {o['p95_seconds']:.1f} s (this "
-         f"circuit / it per sentence: {_ratio(b, o):.2f})", f"`{BEFORE_LEVELING}`"],
+         f"{_ratio(b, c):.2f}); plain accuracy {c['accuracy']:.4f}", f"`{BENCH}`"],
         [f"the circuit the latency work started from (0403a8d: all T shifts, 8 levels, {p['workers']} processes), "
          f"median on the first {p['encrypted_sentences']} of the same sentences, an earlier session's run",
          f"{p['median_seconds']:.1f} s (this circuit on those: {_median_of(b, p):.1f} s; per sentence: "
@@ -230,26 +228,31 @@ SWEEP_MPNET = "docs/distillation/degree_sweep_mpnet6_seed{seed}.json"  # scripts
 # group is the shipped recipe (the README's mean over seeds).
 DISTILL = "he-inhibitor distill --teacher ../shared/models/minilm-l6-sst2 --data-dir ../shared/data/sst2"
 SEED_GROUPS = [
-    ("MPNet logits, \\|x\\| of degree 6 and ReLUs of degree 14 (weighted), no poly phase (the shipped recipe "
-     "since 2026-12-05)", "results", ("abs6-seed1", "abs6-seed0", "abs6-seed2"),
-     f"`{DISTILL} --out runs/abs6-seedK --set seed=K` (the defaults; each resumed the exact phase of "
+    ("the shipped recipe (since 2026-12-06): two exact epochs ending on the weights' average, bounds from random "
+     "rows and weighted fits from rows of at least 20 pieces, no poly phase", "results",
+     ("ema2bf-fit20-seed1", "ema2bf-fit20-seed0", "ema2bf-fit20-seed2"),
+     f"`{DISTILL} --out runs/ema2bf-fit20-seedK --set seed=K` (the defaults; run as `--config configs/ema_2ep.json "
+     "--set calibration_fit_min_length=20`, the same settings, each resuming the exact phase of `runs/ema2bf-seedK`)"),
+    ("MPNet logits, \\|x\\| of degree 6 and ReLUs of degree 14 (weighted), one exact epoch, no poly phase "
+     "(shipped 2026-12-05 to -06)", "results", ("abs6-seed1", "abs6-seed0", "abs6-seed2"),
+     f"`{DISTILL} --out runs/abs6-seedK --config configs/abs6.json --set seed=K` (each resumed the exact phase of "
      "`runs/mpnet6-seedK`, the same settings)"),
-    ("the shipped recipe with its augmented copies from a bank of two per training row labelled once by MPNet "
+    ("that recipe with its augmented copies from a bank of two per training row labelled once by MPNet "
      "(cached, `he-inhibitor teacher-copies`), instead of live by MiniLM", "results",
      ("bank2-seed1", "bank2-seed0", "bank2-seed2"), None),
-    ("the shipped recipe ending on an average of its weights (ema 0.995)", "results",
+    ("that recipe ending on an average of its weights (ema 0.995)", "results",
      ("ema-seed1", "ema-seed0", "ema-seed2"), None),
-    ("the shipped recipe with two epochs in the exact phase, ending on an average of its weights (ema 0.995)",
+    ("that recipe with two epochs in the exact phase, ending on an average of its weights (ema 0.995)",
      "results", ("ema2-seed1", "ema2-seed0", "ema2-seed2"), None),
     ("the same, from the MPNet teacher rebuilt in bfloat16", "results", ("ema2bf-seed1", "ema2bf-seed0", "ema2bf-seed2"),
      None),
     ("the same, calibrated on training rows of at least 20 word pieces", "results",
      ("ema2bf-len20-seed1", "ema2bf-len20-seed0", "ema2bf-len20-seed2"), None),
-    ("the ema2bf students recalibrated: bounds from random rows, weighted fits from rows of at least 20 pieces",
-     "results",
-     ("ema2bf-fit20-seed1", "ema2bf-fit20-seed0", "ema2bf-fit20-seed2"), None),
+    ("the shipped recipe with a quarter epoch in poly form", "results", ("ema2p-seed1", "ema2p-seed0", "ema2p-seed2"),
+     None),
     ("the same calibration after three epochs in the exact phase (ema 0.995)", "results",
      ("ema3bf-seed1", "ema3bf-seed0", "ema3bf-seed2"), None),
+    ("the same with a quarter epoch in poly form", "results", ("ema3p-seed1", "ema3p-seed0", "ema3p-seed2"), None),
     ("MiniLM logits, fits of degree 14 (weighted), no poly phase (shipped before 2026-12-05)", "results",
      ("h16_dir_seed1", "h16_dir", "h16_dir_seed2"),
      f"`{DISTILL} --out runs/h16_dir_seedK --config configs/minilm14.json --set seed=K`"),
@@ -280,10 +283,10 @@ def teachers_and_seeds(root: Path) -> str:
     mini, mpnet = _load(root, TEACHER_BY_LENGTH), _load(root, TEACHER_MPNET)
     rows = [["teacher: MiniLM-L6 fine-tuned (`../shared/models/minilm-l6-sst2`)", "-", f"{mini['accuracy']:.4f}", "-",
              f"`{TEACHER_BY_LENGTH}`"],
-            ["teacher: MPNet-base fine-tuned (`he-inhibitor teacher --base mpnet`), float32: the shipped student's",
+            ["teacher: MPNet-base fine-tuned (`he-inhibitor teacher --base mpnet`), float32: the abs6 to ema2 students'",
              "-", f"{mpnet['accuracy']:.4f}", "-", f"`{TEACHER_MPNET}`"],
-            ["teacher: MPNet-base fine-tuned in bfloat16 autocast (the same command since `--bf16`): the ema2bf "
-             "students'", "-", f"{_load(root, TEACHER_MPNET_BF16)['accuracy']:.4f}", "-", f"`{TEACHER_MPNET_BF16}`"]]
+            ["teacher: MPNet-base fine-tuned in bfloat16 autocast (the same command since `--bf16`): the shipped "
+             "student's, and those of every run named ema2bf, ema2p, ema3bf or ema3p", "-", f"{_load(root, TEACHER_MPNET_BF16)['accuracy']:.4f}", "-", f"`{TEACHER_MPNET_BF16}`"]]
     for group in SEED_GROUPS:
         acc, source = _seed_accuracies(root, group)
         rows.append([f"student: {group[0]}", " / ".join(f"{a:.4f}" for a in acc), f"**{acc.mean():.4f}**",
@@ -370,6 +373,39 @@ def calibration_rows(root: Path, groups: list[tuple[str, str]] = CALIBRATION_ROW
                    "mean", "spread", "dev sentences beyond a bound (largest \\|x\\| / B)", "command (seed 1)"], rows)
 
 
+# (label, run pattern, command or None: the one the seed-1 run recorded) rows of the poly-phase table: each
+# poly-phase run resumed the exact phase of the row above (its checkpoint-exact.pt copied in)
+POLY_ROWS = [("2 epochs; no poly phase (the recipe since)", "ema2bf-fit20-seed{seed}",
+              f"`{DISTILL} --out runs/ema2bf-fit20-seed1 --set seed=1` (the defaults; run as `--config "
+              "configs/ema_2ep.json --set calibration_fit_min_length=20`)"),
+             ("2 epochs; a quarter epoch in poly form (`configs/ema_2ep_poly.json`)", "ema2p-seed{seed}", None),
+             ("3 epochs; no poly phase", "ema3bf-seed{seed}", None),
+             ("3 epochs; a quarter epoch in poly form (`configs/ema_3ep_poly.json`)", "ema3p-seed{seed}", None)]
+
+
+def poly_phase(root: Path) -> str:
+    """Each seed's dev accuracy after the exact phase, in poly form once calibrated, after the poly phase, and the
+    final weights in exact form; with the dev inputs beyond a bound of the final student."""
+    runs = {r["run"]: r for r in _load(root, "docs/distillation/results.json")}
+    rows = []
+    for label, pattern, command in POLY_ROWS:
+        names = [pattern.format(seed=k) for k in (1, 0, 2)]
+        ranges = [_load(root, RANGES.format(run=n)) for n in names]
+        if [r["accuracy"] for r in ranges] != [runs[n]["dev_poly"] for n in names]:
+            raise ValueError(f"{RANGES.format(run=names[0])}: not the poly form of {names}")
+        cells = []
+        for key in ("exact_phase", "poly_start", "dev_poly", "dev_exact"):
+            acc = [runs[n][key] for n in names]
+            mean = f"{np.mean(acc):.4f}"
+            cells.append(f"{' / '.join(f'{x:.4f}' for x in acc)} ({f'**{mean}**' if key == 'dev_poly' else mean})")
+        rows.append([label, *cells, " / ".join(f"{r['beyond_bound']} ({r['max_input_ratio']:.3f})" for r in ranges),
+                     command or f"`{runs[names[0]]['command']}`"])
+    return _table(["exact phase (average of the weights); then", "dev after the exact phase, seeds 1 / 0 / 2 (mean)",
+                   "poly form, as calibrated (mean)", "poly form, the final student: the circuit (mean)",
+                   "the final weights in exact form (mean)", "dev sentences beyond a bound (largest \\|x\\| / B)",
+                   "command (seed 1)"], rows)
+
+
 def conversion(root: Path) -> str:
     """Per non-linearity, over the seeds: what its polynomial alone costs, what making it alone exact wins back."""
     runs = [_load(root, CONVERSION.format(seed=k)) for k in (1, 0, 2)]
@@ -413,6 +449,7 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "weight-averaging": weight_averaging, "calibration-rows": calibration_rows, "conversion": conversion,
     "fit-rows": partial(calibration_rows, groups=FIT_ROWS, same_exact=False,
                                   head="exact phase (average of the weights); calibration"),
+    "poly-phase": poly_phase,
 }
 
 

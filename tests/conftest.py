@@ -85,7 +85,8 @@ PRE_RECIPE = {
                 "abs_poly": {"degree": 14, "method": "remez"}, "relu_poly": {"method": "remez"}},
     "logit_teacher": None,
     "augment": {"copies": 0, "p_mask": 0.1, "p_replace": 0.1, "concat": 0.0},
-    "embedding_init": "table", "epochs_exact": 4, "epochs_poly": 1.0, "seed": 0, "threads": 2,
+    "embedding_init": "table", "epochs_exact": 4, "epochs_poly": 1.0, "ema": 0.0, "calibration_fit_min_length": None,
+    "seed": 0, "threads": 2,
     "fused_attention": False, "rel_bias_lr": 1.0,
 }
 """DistillConfig overrides that undo the shipped recipe (the defaults) back to the plain settings

@@ -68,11 +68,16 @@ def test_config_rejects_unknown_keys() -> None:
 
 
 def test_defaults_are_the_shipped_recipe() -> None:
-    """`he-inhibitor distill` without --config trains the shipped student's recipe: its architecture is the
-    shipped config.json (the vocabulary size comes from the training text)."""
+    """`he-inhibitor distill` without --config trains the shipped student's recipe: the defaults with the
+    shipped seed are the whole config its run wrote (distill_config.json, shipped beside it), and its
+    architecture is the shipped config.json (the vocabulary size comes from the training text)."""
+    run = json.loads((SHIPPED_STUDENT / "distill_config.json").read_text())
+    recipe = json.loads(json.dumps(asdict(DistillConfig(seed=run["seed"]))))
     shipped = json.loads((SHIPPED_STUDENT / "config.json").read_text())
-    recipe = json.loads(json.dumps(asdict(DistillConfig().student)))
-    assert {k: v for k, v in recipe.items() if k != "vocab_size"} == {k: v for k, v in shipped.items() if k != "vocab_size"}
+    for cfg in (run["student"], recipe["student"], shipped):
+        cfg.pop("vocab_size")
+    assert recipe == run
+    assert recipe["student"] == shipped
 
 
 def test_overrides_merge_key_by_key_and_extend(tmp_path) -> None:
