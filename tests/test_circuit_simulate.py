@@ -9,6 +9,7 @@ import torch
 from he_inhibitor.circuit import plain
 from he_inhibitor.circuit.arrange import one_region
 from he_inhibitor.circuit.compile import compile_student
+from he_inhibitor.circuit.interpret import answered, interpret
 from he_inhibitor.circuit.ir import OpKind, RangeError, check, depth
 from he_inhibitor.circuit.noise import NoiseModel
 from he_inhibitor.circuit.params import Precision, chain_prices, plan_student
@@ -49,6 +50,30 @@ def test_simulate_matches_plain_and_counts(student):
         model.set_form("poly")
     assert all(x.ratio < 1 for x in r.ranges)
 
+
+
+def test_on_refresh_sees_every_round_trip_with_its_values_and_errors(student):
+    """The hook scripts/noise_by_refresh.py checks SEAL against: one call per round trip, in order, before it
+    is answered, each value the plain circuit's at that point and carrying a positive predicted bound."""
+    model, sw = student
+    comp = compile_student(sw, T, 256, shifts=one_region(T, 5))
+    _, x0, m = sentence(model, 5)
+    seen, plain_points = [], []
+    noise = NoiseModel(512, 30)
+    r = simulate(comp, noise, x0, m, on_refresh=seen.append)
+    public = comp.public_plaintexts(m)
+
+    def record(point):
+        plain_points.append(point.values)
+        return plain.refreshed(point, public)
+
+    answered(interpret(comp.circuit, plain.PlainBackend(public), comp.pack_input(x0, m)), record)
+    assert len(seen) == r.round_trips == len(plain_points)
+    for point, want in zip(seen, plain_points):
+        assert len(point.values) == len(want)
+        for got, value in zip(point.values, want):
+            np.testing.assert_array_equal(got.v, value)
+            assert (got.e.bound(noise.k) > 0).all()
 
 def _exact_logits(model, x0, m):
     x = torch.as_tensor(x0)[None]

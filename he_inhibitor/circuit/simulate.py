@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -301,17 +302,27 @@ def simulate(
     costs: CostTable | None = None,
     chain: int | None = None,
     strict: bool = True,
+    on_refresh: Callable[[RefreshPoint], None] | None = None,
 ) -> SimResult:
     """Run one sentence (x0 [T, d], mask m [T]) through the circuit with full tracking.
 
     chain: levels in the modulus chain (for the cost table: primes remaining
     = chain + 1 - level); strict: raise RangeError when a polynomial input
-    leaves its interval in any slot.
+    leaves its interval in any slot; on_refresh: called with each round trip's
+    point before it is answered (its values carry value ``v`` and error ``e``),
+    so that the model can be checked where a client decrypts anyway
+    (scripts/noise_by_refresh.py).
     """
     circuit = compiled.circuit
     sim = _SimBackend(compiled, noise, m, costs, chain, strict)
     inputs = {k: sim.encrypted(v) for k, v in compiled.pack_input(x0, m).items()}
-    final = answered(interpret(circuit, sim, inputs), sim.refresh)["logits"]
+
+    def refresh(point: RefreshPoint) -> Answer:
+        if on_refresh is not None:
+            on_refresh(point)
+        return sim.refresh(point)
+
+    final = answered(interpret(circuit, sim, inputs), refresh)["logits"]
     e_out, wc_out, awc_out = (compiled.read_logits(v) for v in (final.e.bound(noise.k), final.e.wc, final.a.wc))
     logits = compiled.read_logits(final.v)
     exact = plain.run(circuit, compiled.pack_input(x0, m), sim.public, substitute=exact_form)

@@ -1,0 +1,114 @@
+"""Where SEAL's error outgrows the simulator's noise model: one sentence at a time, checked at every refresh.
+
+A refresh round trip is where the client decrypts anyway, so it is where the
+encrypted values can be compared with the plain circuit's without changing
+the circuit. Each sentence runs three times through the same traversal: plain
+(float64), simulated (the noise model's per-slot variance, design §9) and
+encrypted with SEAL in one process. At every round trip, per refreshed
+ciphertext, the measured |decrypted - plain| is set against the predicted
+k-sigma bound slot by slot; the first round trip whose error passes its bound
+says which stage the model underestimates. The logits are checked last, as
+the bench checks them.
+
+    python scripts/noise_by_refresh.py --circuit runs/ema2p-bundle --sentences 395 788 \\
+        --json docs/bench/noise_by_refresh_ema2p.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from he_inhibitor.circuit.bundle import SHIPPED_BUNDLE, load_bundle
+from he_inhibitor.circuit.client_bundle import ClientBundle
+from he_inhibitor.circuit.executors import Mode, make_executor
+from he_inhibitor.circuit.interpret import RefreshPoint, answered, interpret
+from he_inhibitor.circuit.noise import NoiseModel
+from he_inhibitor.circuit.plain import PlainBackend, refreshed
+from he_inhibitor.circuit.simulate import simulate
+from he_inhibitor.data import default_data_dir, load_sst2
+
+
+def points(bundle: Path, text: str, seed: int) -> dict:
+    """Per round trip: its stage, and over its ciphertexts the largest error, bound and error / bound."""
+    client = ClientBundle.load(bundle)
+    prep = client.prepare(text)
+    plan = load_bundle(bundle, prep.T, prep.n_tokens)
+    comp, params = plan.compiled, plan.params
+    public = comp.public_plaintexts(prep.m)
+    inputs = comp.pack_input(prep.x0, prep.m)
+
+    plain_values: list[list[np.ndarray]] = []
+    stages: list[str] = []
+    plain_backend = PlainBackend(public)
+
+    def plain_refresh(point: RefreshPoint):
+        plain_values.append([np.asarray(v) for v in point.values])
+        stages.append(" ".join(sorted({comp.circuit.nodes[i].stage for i in point.nodes})))
+        return refreshed(point, public)
+
+    plain_out = answered(interpret(comp.circuit, plain_backend, inputs), plain_refresh)
+
+    noise = NoiseModel.of(params)
+    bounds: list[list[np.ndarray]] = []
+    sim = simulate(comp, noise, prep.x0, prep.m, chain=params.depth, strict=False,
+                   on_refresh=lambda p: bounds.append([v.e.bound(noise.k) for v in p.values]))
+
+    ex = make_executor(Mode.ENCRYPTED, comp, params, seed=seed)
+    decrypted: list[list[np.ndarray]] = []
+
+    def encrypted_refresh(point: RefreshPoint):
+        decrypted.append([np.asarray(ex.keys.decrypt(ct)) for ct in point.values])
+        return ex.refresh(point, public)[0]
+
+    enc_inputs = {k: ex.keys.encrypt(v, params.depth) for k, v in inputs.items()}
+    enc_out = answered(ex.evaluation(enc_inputs, public), encrypted_refresh)
+
+    rows = []
+    for trip, (point_plain, point_bound, point_dec) in enumerate(zip(plain_values, bounds, decrypted)):
+        err = [np.abs(d[: len(p)] - p) for d, p in zip(point_dec, point_plain)]
+        ratio = max(float((e / np.maximum(b, 1e-30)).max()) for e, b in zip(err, point_bound))
+        rows.append({"round_trip": trip + 1, "after": stages[trip], "ciphertexts": len(err),
+                     "max_error": max(float(e.max()) for e in err),
+                     "max_bound": max(float(b.max()) for b in point_bound),
+                     "max_error_over_slot_bound": ratio})
+    logits_plain = comp.read_logits(np.asarray(plain_out["logits"]))
+    logits_enc = comp.read_logits(np.asarray(ex.keys.decrypt(enc_out["logits"])))
+    error = float(np.abs(logits_enc - logits_plain).max())
+    return {"tokens": prep.n_tokens, "T": prep.T, "round_trips": rows, "logit_error": error,
+            "logit_bound": sim.noise_bound, "logit_error_over_bound": error / sim.noise_bound}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--circuit", type=Path, default=SHIPPED_BUNDLE, help="circuit bundle (default: the shipped one)")
+    ap.add_argument("--sentences", type=int, nargs="+", required=True, help="SST-2 dev indices (bench's `index`)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the in-process refresh masks")
+    ap.add_argument("--json", type=Path, help="write the rows here")
+    args = ap.parse_args()
+    data = default_data_dir()
+    if data is None:
+        ap.error("SST-2 not found (../shared/data/sst2 or $HE_INHIBITOR_DATA)")
+    texts, _ = load_sst2(data, "dev")
+    bad = [i for i in args.sentences if not 0 <= i < len(texts)]
+    if bad:
+        ap.error(f"dev has sentences 0 to {len(texts) - 1}, not {bad}")
+    out = {"circuit": str(args.circuit), "sentences": {}}
+    for i in args.sentences:
+        r = points(args.circuit, texts[i], args.seed)
+        out["sentences"][str(i)] = r
+        print(f"sentence {i} ({r['tokens']} tokens, T = {r['T']}): logits {r['logit_error']:.2e} against a bound "
+              f"of {r['logit_bound']:.2e} ({r['logit_error_over_bound']:.2f})")
+        for row in r["round_trips"]:
+            print(f"  round trip {row['round_trip']:2d} ({row['after']}): {row['ciphertexts']:2d} ciphertexts, largest error "
+                  f"{row['max_error']:.2e}, largest bound {row['max_bound']:.2e}, largest error / its slot's bound "
+                  f"{row['max_error_over_slot_bound']:.2f}")
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
