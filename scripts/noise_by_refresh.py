@@ -8,10 +8,14 @@ encrypted with SEAL in one process. At every round trip, per refreshed
 ciphertext, the measured |decrypted - plain| is set against the predicted
 k-sigma bound slot by slot; the first round trip whose error passes its bound
 says which stage the model underestimates. The logits are checked last, as
-the bench checks them.
+the bench checks them. With ``--between R1 R2`` the same check runs node by
+node from round trip R1 to R2 (the secret key decrypts every ciphertext on
+the way: a diagnosis, not the protocol), printing each node where the miss
+grows.
 
     python scripts/noise_by_refresh.py --circuit runs/ema2p-bundle --sentences 395 788 \\
         --json docs/bench/noise_by_refresh_ema2p.json
+    python scripts/noise_by_refresh.py --sentences 395 --between 5 6
 """
 
 from __future__ import annotations
@@ -24,16 +28,19 @@ import numpy as np
 
 from he_inhibitor.circuit.bundle import SHIPPED_BUNDLE, load_bundle
 from he_inhibitor.circuit.client_bundle import ClientBundle
+from he_inhibitor.circuit.encrypted import SealBackend
 from he_inhibitor.circuit.executors import Mode, make_executor
 from he_inhibitor.circuit.interpret import RefreshPoint, answered, interpret
+from he_inhibitor.circuit.ir import OpKind, refresh_groups
 from he_inhibitor.circuit.noise import NoiseModel
 from he_inhibitor.circuit.plain import PlainBackend, refreshed
 from he_inhibitor.circuit.simulate import simulate
 from he_inhibitor.data import default_data_dir, load_sst2
 
 
-def points(bundle: Path, text: str, seed: int) -> dict:
-    """Per round trip: its stage, and over its ciphertexts the largest error, bound and error / bound."""
+def points(bundle: Path, text: str, seed: int, between: tuple[int, int] | None = None) -> dict:
+    """Per round trip: its stage, and over its ciphertexts the largest error, bound and error / bound;
+    with ``between``, also per node from that round trip to the other."""
     client = ClientBundle.load(bundle)
     prep = client.prepare(text)
     plan = load_bundle(bundle, prep.T, prep.n_tokens)
@@ -41,9 +48,28 @@ def points(bundle: Path, text: str, seed: int) -> dict:
     public = comp.public_plaintexts(prep.m)
     inputs = comp.pack_input(prep.x0, prep.m)
 
+    lo, hi = -1, -1
+    if between is not None:
+        starts = sorted(min(nodes) for nodes in refresh_groups(comp.circuit).values())
+        if not 1 <= between[0] < between[1] <= len(starts):
+            raise SystemExit(f"--between takes two round trips from 1 to {len(starts)}, not {between}")
+        lo, hi = starts[between[0] - 1], starts[between[1] - 1]
+    node_plain: dict[int, np.ndarray] = {}
+    node_bound: dict[int, np.ndarray] = {}
+    node_dec: dict[int, np.ndarray] = {}
+
+    class PlainWatch(PlainBackend):
+        def leave(self, i, node, value) -> None:
+            if lo <= i <= hi:
+                node_plain[i] = np.array(value, dtype=np.float64)
+
+    def sim_node(i, node, value) -> None:
+        if lo <= i <= hi and hasattr(value, "e"):
+            node_bound[i] = value.e.bound(noise.k)
+
     plain_values: list[list[np.ndarray]] = []
     stages: list[str] = []
-    plain_backend = PlainBackend(public)
+    plain_backend = PlainWatch(public)
 
     def plain_refresh(point: RefreshPoint):
         plain_values.append([np.asarray(v) for v in point.values])
@@ -55,17 +81,23 @@ def points(bundle: Path, text: str, seed: int) -> dict:
     noise = NoiseModel.of(params)
     bounds: list[list[np.ndarray]] = []
     sim = simulate(comp, noise, prep.x0, prep.m, chain=params.depth, strict=False,
-                   on_refresh=lambda p: bounds.append([v.e.bound(noise.k) for v in p.values]))
+                   on_refresh=lambda p: bounds.append([v.e.bound(noise.k) for v in p.values]), on_node=sim_node)
 
     ex = make_executor(Mode.ENCRYPTED, comp, params, seed=seed)
     decrypted: list[list[np.ndarray]] = []
+
+    class SealWatch(SealBackend):
+        def leave(self, i, node, value) -> None:
+            super().leave(i, node, value)
+            if i in node_bound:
+                node_dec[i] = np.asarray(ex.keys.decrypt(value))
 
     def encrypted_refresh(point: RefreshPoint):
         decrypted.append([np.asarray(ex.keys.decrypt(ct)) for ct in point.values])
         return ex.refresh(point, public)[0]
 
     enc_inputs = {k: ex.keys.encrypt(v, params.depth) for k, v in inputs.items()}
-    enc_out = answered(ex.evaluation(enc_inputs, public), encrypted_refresh)
+    enc_out = answered(interpret(comp.circuit, SealWatch(ex, public), enc_inputs), encrypted_refresh)
 
     rows = []
     for trip, (point_plain, point_bound, point_dec) in enumerate(zip(plain_values, bounds, decrypted)):
@@ -78,8 +110,26 @@ def points(bundle: Path, text: str, seed: int) -> dict:
     logits_plain = comp.read_logits(np.asarray(plain_out["logits"]))
     logits_enc = comp.read_logits(np.asarray(ex.keys.decrypt(enc_out["logits"])))
     error = float(np.abs(logits_enc - logits_plain).max())
+    nodes = []
+    for i in sorted(node_dec):
+        node = comp.circuit.nodes[i]
+        err = np.abs(node_dec[i][: len(node_plain[i])] - node_plain[i])
+        nodes.append({"node": i, "stage": node.stage, "op": node.op.value,
+                      "fn": node.fn.name if node.op is OpKind.POLY else "",
+                      "max_error": float(err.max()), "max_bound": float(node_bound[i].max()),
+                      "max_error_over_slot_bound": float((err / np.maximum(node_bound[i], 1e-30)).max())})
     return {"tokens": prep.n_tokens, "T": prep.T, "round_trips": rows, "logit_error": error,
-            "logit_bound": sim.noise_bound, "logit_error_over_bound": error / sim.noise_bound}
+            "logit_bound": sim.noise_bound, "logit_error_over_bound": error / sim.noise_bound, "nodes": nodes}
+
+
+def by_op(nodes: list[dict]) -> list[dict]:
+    """Per (stage, op), in circuit order, the spread of the nodes' largest error / slot bound: whether single
+    products (mul_plain) or the sums over them (add) are where the model's variance falls short."""
+    groups: dict[tuple[str, str], list[float]] = {}
+    for row in nodes:
+        groups.setdefault((row["stage"], row["op"]), []).append(row["max_error_over_slot_bound"])
+    return [{"stage": stage, "op": op, "nodes": len(v), "median": float(np.median(v)),
+             "p90": float(np.quantile(v, 0.9)), "max": float(np.max(v))} for (stage, op), v in groups.items()]
 
 
 def main() -> None:
@@ -87,6 +137,8 @@ def main() -> None:
     ap.add_argument("--circuit", type=Path, default=SHIPPED_BUNDLE, help="circuit bundle (default: the shipped one)")
     ap.add_argument("--sentences", type=int, nargs="+", required=True, help="SST-2 dev indices (bench's `index`)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the in-process refresh masks")
+    ap.add_argument("--between", type=int, nargs=2, metavar=("R1", "R2"),
+                    help="also check every node from round trip R1 to R2 (1-based)")
     ap.add_argument("--json", type=Path, help="write the rows here")
     args = ap.parse_args()
     data = default_data_dir()
@@ -98,7 +150,8 @@ def main() -> None:
         ap.error(f"dev has sentences 0 to {len(texts) - 1}, not {bad}")
     out = {"circuit": str(args.circuit), "sentences": {}}
     for i in args.sentences:
-        r = points(args.circuit, texts[i], args.seed)
+        r = points(args.circuit, texts[i], args.seed, args.between)
+        r["nodes_by_op"] = by_op(r.pop("nodes"))
         out["sentences"][str(i)] = r
         print(f"sentence {i} ({r['tokens']} tokens, T = {r['T']}): logits {r['logit_error']:.2e} against a bound "
               f"of {r['logit_bound']:.2e} ({r['logit_error_over_bound']:.2f})")
@@ -106,6 +159,9 @@ def main() -> None:
             print(f"  round trip {row['round_trip']:2d} ({row['after']}): {row['ciphertexts']:2d} ciphertexts, largest error "
                   f"{row['max_error']:.2e}, largest bound {row['max_bound']:.2e}, largest error / its slot's bound "
                   f"{row['max_error_over_slot_bound']:.2f}")
+        for row in r["nodes_by_op"]:
+            print(f"  {row['stage']} {row['op']}: {row['nodes']} nodes, error / slot bound median "
+                  f"{row['median']:.2f}, p90 {row['p90']:.2f}, max {row['max']:.2f}")
     if args.json:
         args.json.write_text(json.dumps(out, indent=2) + "\n")
 

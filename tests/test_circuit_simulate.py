@@ -52,15 +52,21 @@ def test_simulate_matches_plain_and_counts(student):
 
 
 
-def test_on_refresh_sees_every_round_trip_with_its_values_and_errors(student):
-    """The hook scripts/noise_by_refresh.py checks SEAL against: one call per round trip, in order, before it
-    is answered, each value the plain circuit's at that point and carrying a positive predicted bound."""
+def test_on_refresh_and_on_node_see_what_the_walk_makes(student):
+    """The hooks scripts/noise_by_refresh.py checks SEAL against: on_node once per node made, in circuit order;
+    on_refresh once per round trip, in order, before it is answered, each value the plain circuit's at that
+    point and carrying a positive predicted bound."""
     model, sw = student
     comp = compile_student(sw, T, 256, shifts=one_region(T, 5))
     _, x0, m = sentence(model, 5)
-    seen, plain_points = [], []
+    seen, plain_points, made = [], [], []
     noise = NoiseModel(512, 30)
-    r = simulate(comp, noise, x0, m, on_refresh=seen.append)
+    r = simulate(comp, noise, x0, m, on_refresh=seen.append, on_node=lambda i, node, v: made.append((i, node, v)))
+    order = [i for i, _, _ in made]
+    assert order == sorted(set(order))  # each node once, in circuit order
+    for kind in (OpKind.POLY, OpKind.REFRESH, OpKind.MUL_PLAIN):
+        assert set(comp.circuit.of_kind(kind)) <= set(order)
+    assert all(comp.circuit.nodes[i] is node for i, node, _ in made)
     public = comp.public_plaintexts(m)
 
     def record(point):

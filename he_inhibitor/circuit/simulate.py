@@ -167,6 +167,7 @@ class _SimBackend(Backend):
                  chain: int | None, strict: bool) -> None:
         circuit = compiled.circuit
         self.noise, self.costs, self.strict = noise, costs, strict
+        self.on_node: Callable[[int, Node, _Noisy], None] | None = None
         self.public = compiled.public_plaintexts(m)
         self.levels, self.degrees = levels_and_degrees(circuit)
         self.chain = int(self.levels.max()) if chain is None else chain
@@ -220,6 +221,8 @@ class _SimBackend(Backend):
     def leave(self, i: int, node: Node, value: _Noisy) -> None:
         if node.op is OpKind.REFRESH:
             self.counts[node.stage]["refresh"] += 1
+        if self.on_node is not None:
+            self.on_node(i, node, value)
 
     def op(self, i: int, node: Node, args: list) -> _Noisy:
         op, noise = node.op, self.noise
@@ -303,6 +306,7 @@ def simulate(
     chain: int | None = None,
     strict: bool = True,
     on_refresh: Callable[[RefreshPoint], None] | None = None,
+    on_node: Callable[[int, Node, object], None] | None = None,
 ) -> SimResult:
     """Run one sentence (x0 [T, d], mask m [T]) through the circuit with full tracking.
 
@@ -310,11 +314,13 @@ def simulate(
     = chain + 1 - level); strict: raise RangeError when a polynomial input
     leaves its interval in any slot; on_refresh: called with each round trip's
     point before it is answered (its values carry value ``v`` and error ``e``),
-    so that the model can be checked where a client decrypts anyway
-    (scripts/noise_by_refresh.py).
+    so that the model can be checked where a client decrypts anyway; on_node:
+    called with every node's index, node and value once it is made (the same
+    check node by node; scripts/noise_by_refresh.py).
     """
     circuit = compiled.circuit
     sim = _SimBackend(compiled, noise, m, costs, chain, strict)
+    sim.on_node = on_node
     inputs = {k: sim.encrypted(v) for k, v in compiled.pack_input(x0, m).items()}
 
     def refresh(point: RefreshPoint) -> Answer:
