@@ -2,20 +2,20 @@
 
 A refresh round trip is where the client decrypts anyway, so it is where the
 encrypted values can be compared with the plain circuit's without changing
-the circuit. Each sentence runs three times through the same traversal: plain
-(float64), simulated (the noise model's per-slot variance, design §9) and
-encrypted with SEAL in one process. At every round trip, per refreshed
-ciphertext, the measured |decrypted - plain| is set against the predicted
-k-sigma bound slot by slot; the first round trip whose error passes its bound
-says which stage the model underestimates. The logits are checked last, as
-the bench checks them. With ``--between R1 R2`` the same check runs node by
-node from round trip R1 to R2 (the secret key decrypts every ciphertext on
-the way: a diagnosis, not the protocol), printing each node where the miss
-grows.
+the circuit. Each sentence runs twice through the same traversal: simulated
+(the plain circuit's float64 values with the noise model's per-slot
+variance, design §9) and encrypted with SEAL in one process. At every round
+trip, per refreshed ciphertext, the measured |decrypted - plain| is set
+against the predicted k-sigma bound slot by slot; the first round trip whose
+error passes its bound says which stage the model underestimates. The logits
+are checked last, as the bench checks them. With ``--between R1 R2`` the same
+check runs node by node from round trip R1 to R2 (the secret key decrypts
+every ciphertext on the way: a diagnosis, not the protocol), summarised per
+stage and op.
 
     python scripts/noise_by_refresh.py --circuit runs/ema2p-bundle --sentences 395 788 \\
         --json docs/bench/noise_by_refresh_ema2p.json
-    python scripts/noise_by_refresh.py --sentences 395 --between 5 6
+    python scripts/noise_by_refresh.py --sentences 788 --between 5 6
 """
 
 from __future__ import annotations
@@ -25,99 +25,77 @@ import json
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from he_inhibitor.circuit.bundle import SHIPPED_BUNDLE, load_bundle
 from he_inhibitor.circuit.client_bundle import ClientBundle
 from he_inhibitor.circuit.encrypted import SealBackend
 from he_inhibitor.circuit.executors import Mode, make_executor
 from he_inhibitor.circuit.interpret import RefreshPoint, answered, interpret
-from he_inhibitor.circuit.ir import OpKind, refresh_groups
+from he_inhibitor.circuit.ir import refresh_groups
 from he_inhibitor.circuit.noise import NoiseModel
-from he_inhibitor.circuit.plain import PlainBackend, refreshed
 from he_inhibitor.circuit.simulate import simulate
 from he_inhibitor.data import default_data_dir, load_sst2
+
+
+def _miss(decrypted: list[np.ndarray], sim: list, k: float) -> dict:
+    """Over ciphertexts (SEAL's slots, the simulator's values): the largest |decrypted - plain|, the largest
+    predicted k-sigma bound (the one the bench checks), and the largest ratio of the two slot by slot."""
+    err = [np.abs(d[: len(v.v)] - v.v) for d, v in zip(decrypted, sim)]
+    bound = [v.e.bound(k) for v in sim]
+    return {"max_error": max(float(e.max()) for e in err), "max_bound": max(float(b.max()) for b in bound),
+            "max_error_over_slot_bound": max(float((e / np.maximum(b, 1e-30)).max()) for e, b in zip(err, bound))}
 
 
 def points(bundle: Path, text: str, seed: int, between: tuple[int, int] | None = None) -> dict:
     """Per round trip: its stage, and over its ciphertexts the largest error, bound and error / bound;
     with ``between``, also per node from that round trip to the other."""
-    client = ClientBundle.load(bundle)
-    prep = client.prepare(text)
+    prep = ClientBundle.load(bundle).prepare(text)
     plan = load_bundle(bundle, prep.T, prep.n_tokens)
     comp, params = plan.compiled, plan.params
-    public = comp.public_plaintexts(prep.m)
-    inputs = comp.pack_input(prep.x0, prep.m)
-
+    circuit, public = comp.circuit, comp.public_plaintexts(prep.m)
     lo, hi = -1, -1
     if between is not None:
-        starts = sorted(min(nodes) for nodes in refresh_groups(comp.circuit).values())
+        starts = sorted(min(nodes) for nodes in refresh_groups(circuit).values())
         if not 1 <= between[0] < between[1] <= len(starts):
-            raise SystemExit(f"--between takes two round trips from 1 to {len(starts)}, not {between}")
+            raise ValueError(f"--between takes two round trips from 1 to {len(starts)}, not {list(between)}")
         lo, hi = starts[between[0] - 1], starts[between[1] - 1]
-    node_plain: dict[int, np.ndarray] = {}
-    node_bound: dict[int, np.ndarray] = {}
-    node_dec: dict[int, np.ndarray] = {}
 
-    class PlainWatch(PlainBackend):
-        def leave(self, i, node, value) -> None:
-            if lo <= i <= hi:
-                node_plain[i] = np.array(value, dtype=np.float64)
+    sim_points: list[list] = []
+    sim_nodes: dict[int, object] = {}
 
-    def sim_node(i, node, value) -> None:
-        if lo <= i <= hi and hasattr(value, "e"):
-            node_bound[i] = value.e.bound(noise.k)
-
-    plain_values: list[list[np.ndarray]] = []
-    stages: list[str] = []
-    plain_backend = PlainWatch(public)
-
-    def plain_refresh(point: RefreshPoint):
-        plain_values.append([np.asarray(v) for v in point.values])
-        stages.append(" ".join(sorted({comp.circuit.nodes[i].stage for i in point.nodes})))
-        return refreshed(point, public)
-
-    plain_out = answered(interpret(comp.circuit, plain_backend, inputs), plain_refresh)
+    def sim_node(i: int, node, value) -> None:
+        if lo <= i <= hi and hasattr(value, "e"):  # ciphertexts only, not the constants
+            sim_nodes[i] = value
 
     noise = NoiseModel.of(params)
-    bounds: list[list[np.ndarray]] = []
     sim = simulate(comp, noise, prep.x0, prep.m, chain=params.depth, strict=False,
-                   on_refresh=lambda p: bounds.append([v.e.bound(noise.k) for v in p.values]), on_node=sim_node)
+                   on_refresh=lambda p: sim_points.append(list(p.values)), on_node=sim_node)
 
     ex = make_executor(Mode.ENCRYPTED, comp, params, seed=seed)
-    decrypted: list[list[np.ndarray]] = []
+    dec_points: list[list[np.ndarray]] = []
+    dec_nodes: dict[int, np.ndarray] = {}
+    stages: list[str] = []
 
-    class SealWatch(SealBackend):
-        def leave(self, i, node, value) -> None:
+    class Watched(SealBackend):
+        def leave(self, i: int, node, value) -> None:
             super().leave(i, node, value)
-            if i in node_bound:
-                node_dec[i] = np.asarray(ex.keys.decrypt(value))
+            if i in sim_nodes:
+                dec_nodes[i] = np.asarray(ex.keys.decrypt(value))
 
-    def encrypted_refresh(point: RefreshPoint):
-        decrypted.append([np.asarray(ex.keys.decrypt(ct)) for ct in point.values])
+    def refresh(point: RefreshPoint):
+        dec_points.append([np.asarray(ex.keys.decrypt(ct)) for ct in point.values])
+        stages.append(" ".join(sorted({circuit.nodes[i].stage for i in point.nodes})))
         return ex.refresh(point, public)[0]
 
-    enc_inputs = {k: ex.keys.encrypt(v, params.depth) for k, v in inputs.items()}
-    enc_out = answered(interpret(comp.circuit, SealWatch(ex, public), enc_inputs), encrypted_refresh)
-
-    rows = []
-    for trip, (point_plain, point_bound, point_dec) in enumerate(zip(plain_values, bounds, decrypted)):
-        err = [np.abs(d[: len(p)] - p) for d, p in zip(point_dec, point_plain)]
-        ratio = max(float((e / np.maximum(b, 1e-30)).max()) for e, b in zip(err, point_bound))
-        rows.append({"round_trip": trip + 1, "after": stages[trip], "ciphertexts": len(err),
-                     "max_error": max(float(e.max()) for e in err),
-                     "max_bound": max(float(b.max()) for b in point_bound),
-                     "max_error_over_slot_bound": ratio})
-    logits_plain = comp.read_logits(np.asarray(plain_out["logits"]))
-    logits_enc = comp.read_logits(np.asarray(ex.keys.decrypt(enc_out["logits"])))
-    error = float(np.abs(logits_enc - logits_plain).max())
-    nodes = []
-    for i in sorted(node_dec):
-        node = comp.circuit.nodes[i]
-        err = np.abs(node_dec[i][: len(node_plain[i])] - node_plain[i])
-        nodes.append({"node": i, "stage": node.stage, "op": node.op.value,
-                      "fn": node.fn.name if node.op is OpKind.POLY else "",
-                      "max_error": float(err.max()), "max_bound": float(node_bound[i].max()),
-                      "max_error_over_slot_bound": float((err / np.maximum(node_bound[i], 1e-30)).max())})
+    inputs = {k: ex.keys.encrypt(v, params.depth) for k, v in comp.pack_input(prep.x0, prep.m).items()}
+    out = answered(interpret(circuit, Watched(ex, public), inputs), refresh)
+    logits = comp.read_logits(np.asarray(ex.keys.decrypt(out["logits"])))
+    error = float(np.abs(logits - sim.logits).max())
+    rows = [{"round_trip": k + 1, "after": stages[k], "ciphertexts": len(dec), **_miss(dec, sv, noise.k)}
+            for k, (dec, sv) in enumerate(zip(dec_points, sim_points))]
+    nodes = [{"node": i, "stage": circuit.nodes[i].stage, "op": circuit.nodes[i].op.value,
+              **_miss([dec_nodes[i]], [sim_nodes[i]], noise.k)} for i in sorted(dec_nodes)]
     return {"tokens": prep.n_tokens, "T": prep.T, "round_trips": rows, "logit_error": error,
             "logit_bound": sim.noise_bound, "logit_error_over_bound": error / sim.noise_bound, "nodes": nodes}
 
@@ -141,6 +119,8 @@ def main() -> None:
                     help="also check every node from round trip R1 to R2 (1-based)")
     ap.add_argument("--json", type=Path, help="write the rows here")
     args = ap.parse_args()
+    if not (args.circuit / "client").is_dir():
+        ap.error(f"{args.circuit} is not a circuit bundle (he-inhibitor compile --out DIR writes one)")
     data = default_data_dir()
     if data is None:
         ap.error("SST-2 not found (../shared/data/sst2 or $HE_INHIBITOR_DATA)")
@@ -149,19 +129,21 @@ def main() -> None:
     if bad:
         ap.error(f"dev has sentences 0 to {len(texts) - 1}, not {bad}")
     out = {"circuit": str(args.circuit), "sentences": {}}
-    for i in args.sentences:
-        r = points(args.circuit, texts[i], args.seed, args.between)
+    for i in tqdm(args.sentences, desc="sentences", unit="sentence"):
+        try:
+            r = points(args.circuit, texts[i], args.seed, args.between)
+        except ValueError as err:
+            ap.error(str(err))
         r["nodes_by_op"] = by_op(r.pop("nodes"))
         out["sentences"][str(i)] = r
-        print(f"sentence {i} ({r['tokens']} tokens, T = {r['T']}): logits {r['logit_error']:.2e} against a bound "
-              f"of {r['logit_bound']:.2e} ({r['logit_error_over_bound']:.2f})")
-        for row in r["round_trips"]:
-            print(f"  round trip {row['round_trip']:2d} ({row['after']}): {row['ciphertexts']:2d} ciphertexts, largest error "
-                  f"{row['max_error']:.2e}, largest bound {row['max_bound']:.2e}, largest error / its slot's bound "
-                  f"{row['max_error_over_slot_bound']:.2f}")
-        for row in r["nodes_by_op"]:
-            print(f"  {row['stage']} {row['op']}: {row['nodes']} nodes, error / slot bound median "
-                  f"{row['median']:.2f}, p90 {row['p90']:.2f}, max {row['max']:.2f}")
+        lines = [f"sentence {i} ({r['tokens']} tokens, T = {r['T']}): logits {r['logit_error']:.2e} against a "
+                 f"bound of {r['logit_bound']:.2e} ({r['logit_error_over_bound']:.2f})"]
+        lines += [f"  round trip {row['round_trip']:2d} ({row['after']}): {row['ciphertexts']:2d} ciphertexts, "
+                  f"largest error {row['max_error']:.2e}, largest bound {row['max_bound']:.2e}, largest error / "
+                  f"its slot's bound {row['max_error_over_slot_bound']:.2f}" for row in r["round_trips"]]
+        lines += [f"  {row['stage']} {row['op']}: {row['nodes']} nodes, error / slot bound median "
+                  f"{row['median']:.2f}, p90 {row['p90']:.2f}, max {row['max']:.2f}" for row in r["nodes_by_op"]]
+        tqdm.write("\n".join(lines))
     if args.json:
         args.json.write_text(json.dumps(out, indent=2) + "\n")
 

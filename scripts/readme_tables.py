@@ -286,7 +286,8 @@ def teachers_and_seeds(root: Path) -> str:
             ["teacher: MPNet-base fine-tuned (`he-inhibitor teacher --base mpnet`), float32: the abs6 to ema2 students'",
              "-", f"{mpnet['accuracy']:.4f}", "-", f"`{TEACHER_MPNET}`"],
             ["teacher: MPNet-base fine-tuned in bfloat16 autocast (the same command since `--bf16`): the shipped "
-             "student's, and those of every run named ema2bf, ema2p, ema3bf or ema3p", "-", f"{_load(root, TEACHER_MPNET_BF16)['accuracy']:.4f}", "-", f"`{TEACHER_MPNET_BF16}`"]]
+             "student's, and those of every run named ema2bf, ema2p, ema3bf or ema3p", "-",
+             f"{_load(root, TEACHER_MPNET_BF16)['accuracy']:.4f}", "-", f"`{TEACHER_MPNET_BF16}`"]]
     for group in SEED_GROUPS:
         acc, source = _seed_accuracies(root, group)
         rows.append([f"student: {group[0]}", " / ".join(f"{a:.4f}" for a in acc), f"**{acc.mean():.4f}**",
@@ -350,6 +351,15 @@ RANGES = "docs/distillation/ranges_{run}.json"
 CONVERSION = "docs/distillation/conversion_ema2bf_seed{seed}.json"  # scripts/conversion_loss.py --model runs/ema2bf-seedK
 
 
+def _beyond_bounds(root: Path, names: list[str], poly: list[float]) -> str:
+    """Each run's dev sentences beyond a bound (largest |x| / B), from its ranges file; refuses a file whose
+    accuracy is not the run's poly accuracy (it would be another student's)."""
+    ranges = [_load(root, RANGES.format(run=n)) for n in names]
+    if [r["accuracy"] for r in ranges] != poly:
+        raise ValueError(f"{RANGES.format(run=names[0])}: not the poly form of {names}")
+    return " / ".join(f"{r['beyond_bound']} ({r['max_input_ratio']:.3f})" for r in ranges)
+
+
 def calibration_rows(root: Path, groups: list[tuple[str, str]] = CALIBRATION_ROWS, same_exact: bool = True,
                      head: str = "calibrated on") -> str:
     """Exact and poly form of each seed by calibration rows, with the dev inputs beyond a bound; with
@@ -362,13 +372,9 @@ def calibration_rows(root: Path, groups: list[tuple[str, str]] = CALIBRATION_ROW
         if same_exact and exact_of is not None and exact != exact_of:
             raise ValueError(f"{names} are not the same exact-phase weights: exact dev {exact} against {exact_of}")
         exact_of = exact
-        ranges = [_load(root, RANGES.format(run=n)) for n in names]
-        if [r["accuracy"] for r in ranges] != poly:
-            raise ValueError(f"{RANGES.format(run=names[0])}: not the poly form of {names}")
         rows.append([label, " / ".join(f"{x:.4f}" for x in exact), f"{np.mean(exact):.4f}",
                      " / ".join(f"{x:.4f}" for x in poly), f"**{np.mean(poly):.4f}**", f"{max(poly) - min(poly):.4f}",
-                     " / ".join(f"{r['beyond_bound']} ({r['max_input_ratio']:.3f})" for r in ranges),
-                     f"`{runs[names[0]]['command']}`"])
+                     _beyond_bounds(root, names, poly), f"`{runs[names[0]]['command']}`"])
     return _table([head, "dev, exact form, seeds 1 / 0 / 2", "mean", "dev, poly form (the circuit)",
                    "mean", "spread", "dev sentences beyond a bound (largest \\|x\\| / B)", "command (seed 1)"], rows)
 
@@ -390,15 +396,12 @@ def poly_phase(root: Path) -> str:
     rows = []
     for label, pattern, command in POLY_ROWS:
         names = [pattern.format(seed=k) for k in (1, 0, 2)]
-        ranges = [_load(root, RANGES.format(run=n)) for n in names]
-        if [r["accuracy"] for r in ranges] != [runs[n]["dev_poly"] for n in names]:
-            raise ValueError(f"{RANGES.format(run=names[0])}: not the poly form of {names}")
         cells = []
         for key in ("exact_phase", "poly_start", "dev_poly", "dev_exact"):
             acc = [runs[n][key] for n in names]
             mean = f"{np.mean(acc):.4f}"
             cells.append(f"{' / '.join(f'{x:.4f}' for x in acc)} ({f'**{mean}**' if key == 'dev_poly' else mean})")
-        rows.append([label, *cells, " / ".join(f"{r['beyond_bound']} ({r['max_input_ratio']:.3f})" for r in ranges),
+        rows.append([label, *cells, _beyond_bounds(root, names, [runs[n]["dev_poly"] for n in names]),
                      command or f"`{runs[names[0]]['command']}`"])
     return _table(["exact phase (average of the weights); then", "dev after the exact phase, seeds 1 / 0 / 2 (mean)",
                    "poly form, as calibrated (mean)", "poly form, the final student: the circuit (mean)",

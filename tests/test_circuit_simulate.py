@@ -51,7 +51,6 @@ def test_simulate_matches_plain_and_counts(student):
     assert all(x.ratio < 1 for x in r.ranges)
 
 
-
 def test_on_refresh_and_on_node_see_what_the_walk_makes(student):
     """The hooks scripts/noise_by_refresh.py checks SEAL against: on_node once per node made, in circuit order;
     on_refresh once per round trip, in order, before it is answered, each value the plain circuit's at that
@@ -80,6 +79,7 @@ def test_on_refresh_and_on_node_see_what_the_walk_makes(student):
         for got, value in zip(point.values, want):
             np.testing.assert_array_equal(got.v, value)
             assert (got.e.bound(noise.k) > 0).all()
+
 
 def _exact_logits(model, x0, m):
     x = torch.as_tensor(x0)[None]

@@ -164,10 +164,9 @@ class _SimBackend(Backend):
     approximation error propagated, its primitives counted (and costed) per stage."""
 
     def __init__(self, compiled: Compiled, noise: NoiseModel, m: np.ndarray, costs: CostTable | None,
-                 chain: int | None, strict: bool) -> None:
+                 chain: int | None, strict: bool, on_node: Callable[[int, Node, _Noisy], None] | None = None) -> None:
         circuit = compiled.circuit
-        self.noise, self.costs, self.strict = noise, costs, strict
-        self.on_node: Callable[[int, Node, _Noisy], None] | None = None
+        self.noise, self.costs, self.strict, self.on_node = noise, costs, strict, on_node
         self.public = compiled.public_plaintexts(m)
         self.levels, self.degrees = levels_and_degrees(circuit)
         self.chain = int(self.levels.max()) if chain is None else chain
@@ -306,7 +305,7 @@ def simulate(
     chain: int | None = None,
     strict: bool = True,
     on_refresh: Callable[[RefreshPoint], None] | None = None,
-    on_node: Callable[[int, Node, object], None] | None = None,
+    on_node: Callable[[int, Node, _Noisy], None] | None = None,
 ) -> SimResult:
     """Run one sentence (x0 [T, d], mask m [T]) through the circuit with full tracking.
 
@@ -319,8 +318,7 @@ def simulate(
     check node by node; scripts/noise_by_refresh.py).
     """
     circuit = compiled.circuit
-    sim = _SimBackend(compiled, noise, m, costs, chain, strict)
-    sim.on_node = on_node
+    sim = _SimBackend(compiled, noise, m, costs, chain, strict, on_node)
     inputs = {k: sim.encrypted(v) for k, v in compiled.pack_input(x0, m).items()}
 
     def refresh(point: RefreshPoint) -> Answer:
