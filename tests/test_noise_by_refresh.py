@@ -27,7 +27,7 @@ def test_every_round_trip_and_the_nodes_between_two_are_checked():
     """One row per round trip of the sentence's circuit; node rows exactly from the first round trip's nodes
     to the second's; the logits inside their bound, as the bench requires of the shipped student."""
     script = _script()
-    r = script.points(SHIPPED_BUNDLE, TEXT, seed=0, between=(1, 2))
+    r = script.points(SHIPPED_BUNDLE, TEXT, seed=0, between=(1, 2), draws=32)
     prep = ClientBundle.load(SHIPPED_BUNDLE).prepare(TEXT)
     circuit = load_bundle(SHIPPED_BUNDLE, prep.T, prep.n_tokens).compiled.circuit
     assert [row["round_trip"] for row in r["round_trips"]] == list(range(1, refresh_round_trips(circuit) + 1))

@@ -183,6 +183,7 @@ def _encrypted_runs(target: Target, keys: dict[int, ClientKeys], corpus: Corpus,
     """Run every sample sentence not yet in the log, grouped by circuit (one set-up each, one alive at a
     time: a prepared executor holds its encoded weights); returns the set-up seconds per circuit."""
     todo = [int(i) for i in sample if int(i) not in log.records]
+    _predict_again(target, corpus, [log.records[int(i)] for i in sample if int(i) in log.records], costs)
     setup: dict[tuple[int, object], float] = {}
     pool = None
     with ExitStack() as stack, tqdm(total=len(todo), desc=f"{target.name}: encrypted", unit="sentence",
@@ -217,6 +218,24 @@ def _encrypted_runs(target: Target, keys: dict[int, ClientKeys], corpus: Corpus,
             del run
             target.release(T, shifts)
     return setup
+
+
+def _predict_again(target: Target, corpus: Corpus, records: list[dict], costs: CostTable) -> None:
+    """Give records resumed from a log the current simulator's error bound.
+
+    A log keeps what SEAL measured, for the circuit its hash names; the bound
+    is a prediction, and a log may predate a change to the noise model
+    (design §9), so it is made again rather than read back.
+    """
+    by_index = {int(rec["index"]): rec for rec in records}
+    with tqdm(total=len(records), desc=f"{target.name}: bounds of logged runs", unit="sentence",
+              dynamic_ncols=True, disable=not records) as bar:
+        for (T, shifts), rows in _by_circuit(target, corpus, list(by_index)).items():
+            plan = target.plan_for(T, corpus.n(rows[0]))
+            for i in rows:
+                by_index[i]["predicted_error_bound"] = float(_simulate(plan, corpus.x0[i], corpus.m[i], costs).noise_bound)
+                bar.update()
+            target.release(T, shifts)
 
 
 def _bucket_result(plan: Plan, sim, runs: list[dict], traffic: dict, routed: int, setup: list[float],
@@ -326,7 +345,7 @@ def bench_target(target: Target, corpus: Corpus, costs: CostTable, k: int | None
         "levels_as_predicted": all(r["levels_used"] == r["depth"] for r in runs),
         # the largest |input| / B of any polynomial, over every sentence run encrypted
         "max_poly_input_ratio": max(r["max_poly_input_ratio"] for r in runs),
-        "runs": [{k: r[k] for k in ("index", "T", "n_tokens", "plan", "seconds", "round_trips", "floor_seconds")}
-                 for r in runs],
+        "runs": [{k: r[k] for k in ("index", "T", "n_tokens", "plan", "seconds", "round_trips", "floor_seconds",
+                                    "max_abs_error", "predicted_error_bound")} for r in runs],
         "buckets": {str(T): b for T, b in buckets.items()},
     }

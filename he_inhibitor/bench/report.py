@@ -110,7 +110,37 @@ def plot_stages(results: list[dict], out_dir: str | Path) -> Path:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     _plot_by_length(results, out / "latency_by_length.png")
+    _plot_error_by_bound(results, out / "error_by_bound.png")
     return path
+
+
+def _plot_error_by_bound(results: list[dict], path: Path) -> None:
+    """Every sentence's measured logit error against its predicted bound, log-log, with the line error = bound:
+    a calibrated 6-sigma bound leaves every point well under it, not orders of magnitude under."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    pts = [(x["predicted_error_bound"], x["max_abs_error"]) for r in results for x in r.get("runs", [])
+           if "predicted_error_bound" in x]
+    if not pts:
+        plt.close(fig)
+        return
+    for r in results:
+        runs = [x for x in r.get("runs", []) if "predicted_error_bound" in x]
+        ax.scatter([x["predicted_error_bound"] for x in runs], [x["max_abs_error"] for x in runs], s=12,
+                   label=r["name"])
+    lo, hi = min(min(p) for p in pts) / 2, max(max(p) for p in pts) * 2
+    ax.plot([lo, hi], [lo, hi], "k-", lw=1, label="error = bound")
+    ax.plot([lo, hi], [lo / 6, hi / 6], "k:", lw=1, label="one standard deviation")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("predicted bound (6 sigma), per sentence")
+    ax.set_ylabel("measured max |encrypted - plain| logit")
+    ax.set_title("encrypted error against the simulator's bound")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def _plot_by_length(results: list[dict], path: Path) -> None:
