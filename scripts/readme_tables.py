@@ -34,7 +34,7 @@ BENCH = "docs/bench/shipped.json"
 PREVIOUS = "docs/bench/previous_circuit.json"  # the circuit the latency issue started from (0403a8d), same window
 PREVIOUS_RUNS = "docs/bench/previous_circuit_runs.jsonl"  # its per-sentence run log (bench --log)
 TEACHER_BY_LENGTH = "docs/distillation/by_length_teacher.json"
-COMPARED = "the student shipped before (one exact epoch, no average: `runs/abs6-seed1`)"  # BENCH's --compare
+COMPARED = "the student shipped before (no poly phase: `runs/ema2bf-fit20-seed1`)"  # BENCH's --compare
 
 
 def _load(root: Path, rel: str) -> dict | list:
@@ -91,8 +91,8 @@ def headline(root: Path) -> str:
          f"{b32['median_seconds']:.1f} s / {b64['median_seconds']:.1f} s", f"`{BENCH}`"],
         [f"median / p95 with {b['rtt_ms']:.0f} ms per round trip ({b['round_trips_per_query']} round trips)",
          f"{b['median_seconds_with_rtt']:.1f} s / {b['p95_seconds_with_rtt']:.1f} s", f"`{BENCH}`"],
-        [f"{COMPARED}, same code and sentences, median / p95 (its runs resumed from the same bench half an hour "
-         "before, on the same idle machine)",
+        [f"{COMPARED}, same code and sentences, median / p95 (its SEAL runs resumed from its own bench's log, "
+         "made two hours before on the same idle machine; its bounds predicted again)",
          f"{c['median_seconds']:.1f} s / {c['p95_seconds']:.1f} s (this circuit / it per sentence: "
          f"{_ratio(b, c):.2f}); plain accuracy {c['accuracy']:.4f}", f"`{BENCH}`"],
         [f"the circuit the latency work started from (0403a8d: all T shifts, 8 levels, {p['workers']} processes), "
@@ -229,10 +229,14 @@ SWEEP_MPNET = "docs/distillation/degree_sweep_mpnet6_seed{seed}.json"  # scripts
 DISTILL = "he-inhibitor distill --teacher ../shared/models/minilm-l6-sst2 --data-dir ../shared/data/sst2"
 SEED_GROUPS = [
     ("the shipped recipe (since 2026-12-06): two exact epochs ending on the weights' average, bounds from random "
-     "rows and weighted fits from rows of at least 20 pieces, no poly phase", "results",
+     "rows and weighted fits from rows of at least 20 pieces, then half an epoch in poly form", "results",
+     ("ema2ph-seed1", "ema2ph-seed0", "ema2ph-seed2"),
+     f"`{DISTILL} --out runs/ema2ph-seedK --set seed=K` (the defaults; run as `--config "
+     "configs/ema_2ep_poly_half.json`, the same settings, each resuming the exact phase of `runs/ema2p-seedK`)"),
+    ("the same without the poly phase (shipped 2026-12-06)", "results",
      ("ema2bf-fit20-seed1", "ema2bf-fit20-seed0", "ema2bf-fit20-seed2"),
-     f"`{DISTILL} --out runs/ema2bf-fit20-seedK --set seed=K` (the defaults; run as `--config configs/ema_2ep.json "
-     "--set calibration_fit_min_length=20`, the same settings, each resuming the exact phase of `runs/ema2bf-seedK`)"),
+     f"`{DISTILL} --out runs/ema2bf-fit20-seedK --config configs/ema_2ep.json --set calibration_fit_min_length=20 "
+     "--set seed=K` (each resuming the exact phase of `runs/ema2bf-seedK`)"),
     ("MPNet logits, \\|x\\| of degree 6 and ReLUs of degree 14 (weighted), one exact epoch, no poly phase "
      "(shipped 2026-12-05 to -06)", "results", ("abs6-seed1", "abs6-seed0", "abs6-seed2"),
      f"`{DISTILL} --out runs/abs6-seedK --config configs/abs6.json --set seed=K` (each resumed the exact phase of "
@@ -381,20 +385,27 @@ def calibration_rows(root: Path, groups: list[tuple[str, str]] = CALIBRATION_ROW
 
 # (label, run pattern, command or None: the one the seed-1 run recorded) rows of the poly-phase table: each
 # poly-phase run resumed the exact phase of the row above (its checkpoint-exact.pt copied in)
-POLY_ROWS = [("2 epochs; no poly phase (the recipe since)", "ema2bf-fit20-seed{seed}",
-              f"`{DISTILL} --out runs/ema2bf-fit20-seed1 --set seed=1` (the defaults; run as `--config "
-              "configs/ema_2ep.json --set calibration_fit_min_length=20`)"),
+POLY_ROWS = [("2 epochs; no poly phase (shipped that day)", "ema2bf-fit20-seed{seed}",
+              f"`{DISTILL} --out runs/ema2bf-fit20-seed1 --config configs/ema_2ep.json --set "
+              "calibration_fit_min_length=20 --set seed=1`"),
              ("2 epochs; a quarter epoch in poly form (`configs/ema_2ep_poly.json`)", "ema2p-seed{seed}", None),
              ("3 epochs; no poly phase", "ema3bf-seed{seed}", None),
              ("3 epochs; a quarter epoch in poly form (`configs/ema_3ep_poly.json`)", "ema3p-seed{seed}", None)]
 
 
-def poly_phase(root: Path) -> str:
+# the two-epoch rows again, and half an epoch in poly form (the recipe since)
+POLY_HALF_ROWS = POLY_ROWS[:2] + [("2 epochs; half an epoch in poly form (the recipe since; "
+                                   "`configs/ema_2ep_poly_half.json`)", "ema2ph-seed{seed}",
+                                   f"`{DISTILL} --out runs/ema2ph-seed1 --set seed=1` (the defaults; run as "
+                                   "`--config configs/ema_2ep_poly_half.json`)")]
+
+
+def poly_phase(root: Path, groups: list[tuple[str, str, str | None]] = POLY_ROWS) -> str:
     """Each seed's dev accuracy after the exact phase, in poly form once calibrated, after the poly phase, and the
     final weights in exact form; with the dev inputs beyond a bound of the final student."""
     runs = {r["run"]: r for r in _load(root, "docs/distillation/results.json")}
     rows = []
-    for label, pattern, command in POLY_ROWS:
+    for label, pattern, command in groups:
         names = [pattern.format(seed=k) for k in (1, 0, 2)]
         cells = []
         for key in ("exact_phase", "poly_start", "dev_poly", "dev_exact"):
@@ -452,7 +463,7 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "weight-averaging": weight_averaging, "calibration-rows": calibration_rows, "conversion": conversion,
     "fit-rows": partial(calibration_rows, groups=FIT_ROWS, same_exact=False,
                                   head="exact phase (average of the weights); calibration"),
-    "poly-phase": poly_phase,
+    "poly-phase": poly_phase, "poly-half": partial(poly_phase, groups=POLY_HALF_ROWS),
 }
 
 

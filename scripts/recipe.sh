@@ -9,7 +9,8 @@
 # under runs/recipe-log/. Every stage resumes: the teacher from its checkpoint, the logits from their
 # shards, each distillation from its phase checkpoints, so after an interrupt the same command goes on.
 # Measured on the 2-core machine (docs/teacher.md, docs/log.md): teacher 42 min, cache and logits
-# 13 min; the three seeds of the recipe side by side (two exact epochs and calibration) ~69 min.
+# 13 min; the three seeds of the recipe side by side: two exact epochs and calibration ~69 min, then
+# half an epoch in poly form ~42 min.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CONFIG=${1:-}
