@@ -30,12 +30,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from he_inhibitor.approx.plan import Plan
 from he_inhibitor.circuit import plain
 from he_inhibitor.circuit.compile import Compiled
 from he_inhibitor.circuit.costs import CostTable
 from he_inhibitor.circuit.interpret import Answer, Backend, RefreshPoint, answered, interpret
 from he_inhibitor.circuit.ir import Node, OpKind, RangeError, depth, levels_and_degrees, refresh_round_trips
-from he_inhibitor.circuit.masked import masked_plan_of
+from he_inhibitor.circuit.masked import MaskedPlan, masked_plan_of
 from he_inhibitor.circuit.noise import Err, NoiseModel, Sampler
 from he_inhibitor.circuit.poly import PolyFn, exact_form, plan_of
 
@@ -89,7 +90,7 @@ class _PlanTracker:
     than once have their error drawn joint as they are made (noise.Sampler).
     """
 
-    def __init__(self, noise: NoiseModel, log: list[tuple[str, int]], sampler: Sampler, plan) -> None:
+    def __init__(self, noise: NoiseModel, log: list[tuple[str, int]], sampler: Sampler, plan: Plan | MaskedPlan) -> None:
         self.noise, self.log, self.sampler = noise, log, sampler
         reads = Counter(a for ins in plan.instrs for a in ins.args)
         self.shared = iter([reads[ins.dst] > 1 for ins in plan.instrs])  # per instruction, in run order
