@@ -91,8 +91,7 @@ def headline(root: Path) -> str:
          f"{b32['median_seconds']:.1f} s / {b64['median_seconds']:.1f} s", f"`{BENCH}`"],
         [f"median / p95 with {b['rtt_ms']:.0f} ms per round trip ({b['round_trips_per_query']} round trips)",
          f"{b['median_seconds_with_rtt']:.1f} s / {b['p95_seconds_with_rtt']:.1f} s", f"`{BENCH}`"],
-        [f"{COMPARED}, same code and sentences, median / p95 (its SEAL runs resumed from its own bench's log, "
-         "made two hours before on the same idle machine; its bounds predicted again)",
+        [f"{COMPARED}, same code, sentences and run, median / p95",
          f"{c['median_seconds']:.1f} s / {c['p95_seconds']:.1f} s (this circuit / it per sentence: "
          f"{_ratio(b, c):.2f}); plain accuracy {c['accuracy']:.4f}", f"`{BENCH}`"],
         [f"the circuit the latency work started from (0403a8d: all T shifts, 8 levels, {p['workers']} processes), "
