@@ -48,6 +48,15 @@ def test_bench_compares_inhibitor_and_dot(tmp_path, capsys):
     assert json.loads(out.read_text())["encrypted_sentences"] == 4
     assert (tmp_path / "runs" / "inh.jsonl").read_text().splitlines()[:3] == logged
     assert len((tmp_path / "runs" / "inh.jsonl").read_text().splitlines()) == 4
+    assert (tmp_path / "plots" / "error_by_bound.png").stat().st_size > 0
+
+    # a resumed run's bound is the current simulator's, not the one its log recorded
+    bounds = {r["index"]: r["predicted_error_bound"] for r in json.loads(out.read_text())["runs"]}
+    log = tmp_path / "runs" / "inh.jsonl"
+    stale = [{**json.loads(line), "predicted_error_bound": 1e9} for line in log.read_text().splitlines()]
+    log.write_text("".join(json.dumps(r) + "\n" for r in stale))
+    assert main(args + ["--encrypted-sentences", "4"]) == 0
+    assert {r["index"]: r["predicted_error_bound"] for r in json.loads(out.read_text())["runs"]} == bounds
 
 
 def test_bench_refuses_a_log_of_another_circuit(tmp_path):

@@ -183,7 +183,6 @@ def _encrypted_runs(target: Target, keys: dict[int, ClientKeys], corpus: Corpus,
     """Run every sample sentence not yet in the log, grouped by circuit (one set-up each, one alive at a
     time: a prepared executor holds its encoded weights); returns the set-up seconds per circuit."""
     todo = [int(i) for i in sample if int(i) not in log.records]
-    _predict_again(target, corpus, [log.records[int(i)] for i in sample if int(i) in log.records], costs)
     setup: dict[tuple[int, object], float] = {}
     pool = None
     with ExitStack() as stack, tqdm(total=len(todo), desc=f"{target.name}: encrypted", unit="sentence",
@@ -292,6 +291,7 @@ def bench_target(target: Target, corpus: Corpus, costs: CostTable, k: int | None
     fits = ~corpus.truncated
     sample = np.random.default_rng(seed).permutation(len(corpus))[: k or len(corpus)]
     keys, key_bytes, keygen_seconds = shared_keys(target)
+    _predict_again(target, corpus, [run_log.records[int(i)] for i in sample if int(i) in run_log.records], costs)
     setup = _encrypted_runs(target, keys, corpus, sample, logits, costs, seed, lanes, run_log, ray)
     runs = [run_log.records[int(i)] for i in sample]
     buckets = {}

@@ -119,17 +119,14 @@ def _plot_error_by_bound(results: list[dict], path: Path) -> None:
     a calibrated 6-sigma bound leaves every point well under it, not orders of magnitude under."""
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5.5, 5))
-    pts = [(x["predicted_error_bound"], x["max_abs_error"]) for r in results for x in r.get("runs", [])
-           if "predicted_error_bound" in x]
-    if not pts:
-        plt.close(fig)
+    runs = {r["name"]: [x for x in r.get("runs", []) if "predicted_error_bound" in x] for r in results}
+    values = [v for rs in runs.values() for x in rs for v in (x["predicted_error_bound"], x["max_abs_error"])]
+    if not values:
         return
-    for r in results:
-        runs = [x for x in r.get("runs", []) if "predicted_error_bound" in x]
-        ax.scatter([x["predicted_error_bound"] for x in runs], [x["max_abs_error"] for x in runs], s=12,
-                   label=r["name"])
-    lo, hi = min(min(p) for p in pts) / 2, max(max(p) for p in pts) * 2
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    for name, rs in runs.items():
+        ax.scatter([x["predicted_error_bound"] for x in rs], [x["max_abs_error"] for x in rs], s=12, label=name)
+    lo, hi = min(values) / 2, max(values) * 2
     ax.plot([lo, hi], [lo, hi], "k-", lw=1, label="error = bound")
     ax.plot([lo, hi], [lo / 6, hi / 6], "k:", lw=1, label="one standard deviation")
     ax.set_xscale("log")
