@@ -228,10 +228,15 @@ SWEEP_MPNET = "docs/distillation/degree_sweep_mpnet6_seed{seed}.json"  # scripts
 DISTILL = "he-inhibitor distill --teacher ../shared/models/minilm-l6-sst2 --data-dir ../shared/data/sst2"
 SEED_GROUPS = [
     ("the shipped recipe (since 2026-12-06): two exact epochs ending on the weights' average, bounds from random "
-     "rows and weighted fits from rows of at least 20 pieces, then half an epoch in poly form", "results",
+     "rows and weighted fits from rows of at least 20 pieces, then half an epoch in poly form with a range penalty "
+     "on each sentence's largest input", "results",
+     ("ema2phr-seed1", "ema2phr-seed0", "ema2phr-seed2"),
+     f"`{DISTILL} --out runs/ema2phr-seedK --set seed=K` (the defaults; run as `--config "
+     "configs/ema_2ep_poly_half_rowmax.json`, the same settings, each resuming the exact phase of `runs/ema2p-seedK`)"),
+    ("the same without the penalty on each sentence's largest input", "results",
      ("ema2ph-seed1", "ema2ph-seed0", "ema2ph-seed2"),
-     f"`{DISTILL} --out runs/ema2ph-seedK --set seed=K` (the defaults; run as `--config "
-     "configs/ema_2ep_poly_half.json`, the same settings, each resuming the exact phase of `runs/ema2p-seedK`)"),
+     f"`{DISTILL} --out runs/ema2ph-seedK --config configs/ema_2ep_poly_half.json --set seed=K` (each resuming the "
+     "exact phase of `runs/ema2p-seedK`)"),
     ("the same without the poly phase (shipped 2026-12-06)", "results",
      ("ema2bf-fit20-seed1", "ema2bf-fit20-seed0", "ema2bf-fit20-seed2"),
      f"`{DISTILL} --out runs/ema2bf-fit20-seedK --config configs/ema_2ep.json --set calibration_fit_min_length=20 "
@@ -393,10 +398,15 @@ POLY_ROWS = [("2 epochs; no poly phase (shipped that day)", "ema2bf-fit20-seed{s
 
 
 # the two-epoch rows again, and half an epoch in poly form (the recipe since)
-POLY_HALF_ROWS = POLY_ROWS[:2] + [("2 epochs; half an epoch in poly form (the recipe since; "
-                                   "`configs/ema_2ep_poly_half.json`)", "ema2ph-seed{seed}",
-                                   f"`{DISTILL} --out runs/ema2ph-seed1 --set seed=1` (the defaults; run as "
-                                   "`--config configs/ema_2ep_poly_half.json`)")]
+POLY_HALF_ROWS = POLY_ROWS[:2] + [("2 epochs; half an epoch in poly form (`configs/ema_2ep_poly_half.json`)",
+                                   "ema2ph-seed{seed}", None)]
+# the penalty on each sentence's largest input (docs/log.md, "each sentence's largest input")
+ROW_MAX_ROWS = POLY_HALF_ROWS[2:] + [
+    ("2 epochs; half an epoch in poly form, with `range_max` 10 (the recipe since; "
+     "`configs/ema_2ep_poly_half_rowmax.json`)", "ema2phr-seed{seed}",
+     f"`{DISTILL} --out runs/ema2phr-seed1 --set seed=1` (the defaults; run as "
+     "`--config configs/ema_2ep_poly_half_rowmax.json`)"),
+]
 
 
 def poly_phase(root: Path, groups: list[tuple[str, str, str | None]] = POLY_ROWS) -> str:
@@ -463,6 +473,7 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "fit-rows": partial(calibration_rows, groups=FIT_ROWS, same_exact=False,
                                   head="exact phase (average of the weights); calibration"),
     "poly-phase": poly_phase, "poly-half": partial(poly_phase, groups=POLY_HALF_ROWS),
+    "row-max": partial(poly_phase, groups=ROW_MAX_ROWS),
 }
 
 

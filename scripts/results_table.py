@@ -42,7 +42,7 @@ def summarize(run: Path) -> dict:
         "layers": s["n_layers"],
         "heads": s["n_heads"],
         "d_ff": s["d_ff"],
-        "losses": "+".join(k for k in ("kd", "ce", "hidden", "emb", "attn", "range") if loss[k] > 0),
+        "losses": "+".join(k for k in ("kd", "ce", "hidden", "emb", "attn", "range", "range_max") if loss.get(k, 0) > 0),
         # whose logits the kd and ce losses see: on the training phrases, and on the augmented copies, which
         # keep the MiniLM teacher's live labels unless they come from a bank (cached_copies)
         "logits": ("MPNet" if cfg.get("logit_teacher") else "MiniLM")

@@ -108,7 +108,7 @@ def test_poly_form_holds_stray_inputs_at_the_edge_only_while_training(kind: str,
     nl.train()
     held = nl(x)
     torch.testing.assert_close(held, 2.0 * torch.from_numpy(nl.fit(np.array([1.0, -1.0]))))
-    assert nl.penalty.item() > 0
+    assert nl.penalties.mean.item() > 0 and nl.penalties.row_max.item() > 0
     nl.eval()
     torch.testing.assert_close(nl(x), 2.0 * torch.from_numpy(nl.fit(np.array([ratio, -ratio]))))
 
@@ -116,10 +116,64 @@ def test_poly_form_holds_stray_inputs_at_the_edge_only_while_training(kind: str,
 def test_range_penalty_only_outside_margin() -> None:
     nl = Nonlinearity("relu", 2.0, PolySpec(8), margin=0.05).train()
     nl(torch.tensor([0.5, -1.8]))
-    assert nl.penalty.item() == 0.0
+    assert nl.penalties.mean.item() == 0.0 and nl.penalties.row_max.item() == 0.0
     nl(torch.tensor([3.0]))
-    assert nl.penalty.item() == pytest.approx((1.5 - 0.95) ** 2)
+    assert nl.penalties.mean.item() == pytest.approx((1.5 - 0.95) ** 2)
+    assert nl.penalties.row_max.item() == pytest.approx((1.5 - 0.95) ** 2)
     assert nl.max_ratio.item() == pytest.approx(1.5)
+
+
+@settings(max_examples=40, deadline=None)
+@given(lengths=st.lists(st.integers(1, 6), min_size=1, max_size=4), seed=st.integers(0, 2**16), edge=st.floats(0.5, 0.95))
+def test_row_penalty_is_each_sentences_largest_real_input(lengths: list[int], seed: int, edge: float) -> None:
+    """range_stats's row penalty: per sentence, relu(max |t| over its real tokens - edge)^2, averaged over
+    sentences; padding (filled with garbage far beyond B) changes nothing, and only each sentence's largest
+    input gets a gradient."""
+    from he_inhibitor.model.nonlinear import range_stats
+
+    g = torch.Generator().manual_seed(seed)
+    b, t = len(lengths), max(lengths)
+    valid = (torch.arange(t)[None, :] < torch.tensor(lengths)[:, None]).double().unsqueeze(-1)  # [B, T, 1]
+    x = (torch.rand(b, t, 3, generator=g, dtype=torch.float64) * 2.4 - 1.2)
+    x = torch.where(valid.bool(), x, torch.full_like(x, 50.0)).requires_grad_()
+    _, pen = range_stats(x, edge, True, valid)
+    worst = [x[i, :n].detach().abs().max() for i, n in enumerate(lengths)]
+    want = sum(max(float(w) - edge, 0.0) ** 2 for w in worst) / b
+    assert pen.row_max.item() == pytest.approx(want, rel=1e-9, abs=1e-12)
+    pen.row_max.backward()
+    for i, n in enumerate(lengths):
+        touched = x.grad[i].nonzero()
+        if worst[i] > edge:
+            assert len(touched) == 1 and x[i][tuple(touched[0])].abs() == worst[i] and touched[0][0] < n
+        else:
+            assert len(touched) == 0
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_layer_row_penalty_ignores_padding(model_student_config, fused: bool) -> None:
+    """Through a layer's attention (the modules, or the fused kernel) and FFN in poly form: with garbage
+    far beyond B at the padding, a padded batch's row penalty is the mean of each sentence's own, run
+    alone without padding."""
+    torch.manual_seed(0)
+    model = Student(model_student_config(dropout=0.0)).set_form("poly").fuse(fused).train()
+    layer = model.layers[0]
+    with torch.no_grad():
+        for _, m in model.nonlinearities():
+            m.bound.fill_(1.0)  # below the real inputs, so that the penalty acts on them too
+    _, mask = batch(b=4, t=9)
+    x = torch.randn(4, 9, model.cfg.d_model)
+    x = torch.where(mask.unsqueeze(-1), x, torch.full_like(x, 30.0))
+
+    def row_penalty(x: torch.Tensor, mask: torch.Tensor) -> float:
+        layer.attn(x, mask)
+        layer.ffn(x, mask)
+        return sum(p.row_max.item() for fn in (layer.attn.abs_fn, layer.attn.relu_fn, layer.ffn.relu_fn)
+                   for p in [fn.penalties])
+
+    together = row_penalty(x, mask)
+    alone = [row_penalty(x[i : i + 1, :n], mask[i : i + 1, :n]) for i, n in enumerate(mask.sum(1).tolist())]
+    assert together > 0
+    assert together == pytest.approx(sum(alone) / len(alone), rel=1e-4)
 
 
 @pytest.mark.parametrize("variant", [{}, {"recursive": True}, {"rel_bias": True}])
@@ -288,11 +342,12 @@ def test_fused_attention_equals_the_modules(model_student_config, rel_bias: bool
             m.max_ratio.zero_()
         logits = model(ids, mask)
         # exact form's kernel records no ranges (training before calibration has no range term)
-        loss = logits.square().sum() + (model.range_penalty() if train and form == "poly" else 0.0)
+        loss = logits.square().sum() + (
+            model.range_penalty("mean") + model.range_penalty("row_max") if train and form == "poly" else 0.0)
         if train:
             loss.backward()
         seen = [float(m.max_ratio) for _, m in model.nonlinearities()] + (
-            [float(m.penalty) for _, m in model.nonlinearities()] if train and form == "poly" else [])
+            [float(p) for _, m in model.nonlinearities() for p in m.penalties] if train and form == "poly" else [])
         return logits, {n: p.grad for n, p in model.named_parameters() if p.grad is not None}, seen
 
     for train in (True, False):

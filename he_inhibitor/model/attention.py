@@ -45,6 +45,11 @@ from torch import nn
 from he_inhibitor.model.nonlinear import Nonlinearity, parity_eval, range_stats
 
 
+def real_pairs(mask: torch.Tensor) -> torch.Tensor:
+    """mask [B, T] -> [B, 1, T_q, T_k], true where query and key are both real tokens."""
+    return (mask[:, :, None] & mask[:, None, :]).unsqueeze(1)
+
+
 def inhibit_exact(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, m: torch.Tensor,
                   scale: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
     """H = sum_j m_j ReLU(V_j - Z_ij), Z = scale * sum_k |Q_ik - K_jk| + offset, exact |x| and ReLU.
@@ -69,10 +74,10 @@ def inhibit_poly(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, m: torch.Ten
     ``abs_fit``, ``relu_fit``: (B, even, odd), the bound and the parity parts
     of ``Nonlinearity``'s fit, so the result is ``B * p(x / B)`` exactly as
     the modules compute it. ``edge`` = 1 - margin; ``training`` holds inputs
-    at [-1, 1] B and computes the range penalties, as the modules do while
-    training. Returns H [B, H, T, d_h] and (max |x| / B, range penalty or
-    None) for |x| and for ReLU, which the caller hands to the modules
-    (``Nonlinearity.record``).
+    at [-1, 1] B and computes the range penalties over the pairs of real
+    tokens, as the modules do while training. Returns H [B, H, T, d_h] and
+    (max |x| / B, range penalties or None) for |x| and for ReLU, which the
+    caller hands to the modules (``Nonlinearity.record``).
 
     Eager PyTorch keeps both [B, H, T, T, d_h] tensors and evaluates each
     polynomial as a dozen passes over them; compiled, each polynomial is one
@@ -80,13 +85,14 @@ def inhibit_poly(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, m: torch.Ten
     """
     a_bound, a_even, a_odd = abs_fit
     r_bound, r_even, r_odd = relu_fit
+    pair = m[:, None, :, None, None] * m[:, None, None, :, None]  # [B, 1, T_q, T_k, 1]
     ta = (q.unsqueeze(3) - k.unsqueeze(2)) / a_bound  # [B, H, T_q, T_k, d_h]
-    abs_stats = range_stats(ta, edge, training)
+    abs_stats = range_stats(ta, edge, training, pair)
     if training:
         ta = ta.clamp(-1.0, 1.0)
     z = scale * (a_bound * parity_eval(a_even, a_odd, ta)).sum(-1) + offset  # [B, H, T_q, T_k]
     tr = (v.unsqueeze(2) - z.unsqueeze(-1)) / r_bound  # [B, H, T_q, T_k, d_h]
-    relu_stats = range_stats(tr, edge, training)
+    relu_stats = range_stats(tr, edge, training, pair)
     if training:
         tr = tr.clamp(-1.0, 1.0)
     h = (m[:, None, None, :, None] * (r_bound * parity_eval(r_even, r_odd, tr))).sum(3)  # [B, H, T, d_h]
@@ -226,12 +232,13 @@ class InhibitorAttention(nn.Module):
 
     def inhibition(self, q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Z [B, H, T_q, T_k] from Manhattan distances; gamma, alpha enter through |.| so Z >= 0."""
-        dist = self.abs_fn(q.unsqueeze(3) - k.unsqueeze(2)).sum(-1)  # [B, H, T, T]
+        pair = real_pairs(mask).to(q.dtype)  # [B, 1, T_q, T_k]
+        dist = self.abs_fn(q.unsqueeze(3) - k.unsqueeze(2), pair.unsqueeze(-1)).sum(-1)  # [B, H, T, T]
         z = self.gamma.abs() / math.sqrt(self.d_head) * dist + self.offset(q.shape[2])
         if self.center:  # optional variant: signed after centering, so it needs one more ReLU
             m = mask[:, None, None, :].to(z.dtype)
             mean = (z * m).sum(-1, keepdim=True) / m.sum(-1, keepdim=True).clamp(min=1.0)
-            z = self.relu_fn(z - mean)
+            z = self.relu_fn(z - mean, pair)
         return z
 
     @property
@@ -269,9 +276,10 @@ class InhibitorAttention(nn.Module):
             m = mask[:, None, None, :, None].to(x.dtype)  # [B, 1, 1, T_k, 1]
             vj = v.unsqueeze(2)  # [B, H, 1, T_k, d_h]
             zij = z.unsqueeze(-1)  # [B, H, T_q, T_k, 1]
-            contrib = self.relu_fn(vj - zij)  # [B, H, T_q, T_k, d_h]
+            pair = real_pairs(mask).to(x.dtype).unsqueeze(-1)  # [B, 1, T_q, T_k, 1]
+            contrib = self.relu_fn(vj - zij, pair)  # [B, H, T_q, T_k, d_h]
             if self.signed:
-                contrib = contrib - self.relu_fn(-vj - zij)
+                contrib = contrib - self.relu_fn(-vj - zij, pair)
             h = (m * contrib).sum(3)  # [B, H, T, d_h]
         if self.key_norm:
             n = mask.sum(-1).to(x.dtype).clamp(min=1.0)  # [B]
@@ -307,10 +315,11 @@ class DotProductAttention(nn.Module):
         q, k, v = self.qkv(x, mask)  # [B, H, T, d_h]
         scores = q @ k.transpose(-1, -2) / math.sqrt(self.d_head)  # [B, H, T, T]
         m = mask[:, None, None, :].to(x.dtype)  # [B, 1, 1, T_k]
+        pair = real_pairs(mask).to(x.dtype)  # [B, 1, T_q, T_k]
         if self.relu_fn.form == "exact":
-            self.relu_fn.observe(scores)  # calibrates the substitute's interval
+            self.relu_fn.observe(scores, pair)  # calibrates the substitute's interval
             attn = torch.softmax(scores.masked_fill(m == 0, float("-inf")), dim=-1)
         else:
-            attn = m * self.relu_fn(scores) / m.sum(-1, keepdim=True).clamp(min=1.0)
+            attn = m * self.relu_fn(scores, pair) / m.sum(-1, keepdim=True).clamp(min=1.0)
         out = self.out(merge_heads(attn @ v))  # [B, T, d]
         return out, (attn.mean(1) if need_weights else None)

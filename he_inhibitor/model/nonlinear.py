@@ -6,8 +6,10 @@ evaluates*: ``B * p(x / B)`` with ``p`` a fit on [-1, 1] from
 encrypted model the trained model rather than an approximation of it.
 
 Each module also watches its inputs: the running maximum of ``|x| / B``
-(for calibrating ``B`` and for the simulator's range report), a range
-penalty that pushes inputs back inside ``[-(1 - margin) B, (1 - margin) B]``,
+(for calibrating ``B`` and for the simulator's range report), two range
+penalties that push inputs back inside ``[-(1 - margin) B, (1 - margin) B]``
+(``range_stats``: a mean over every element, and one over each sentence's
+largest input),
 and, on request, a histogram of ``x / B`` from which a ``weighted`` fit is
 made (``he_inhibitor.approx.weighted_fit``). A weighted fit depends on data,
 not only on its degree, so its coefficients are a buffer saved with the
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -72,7 +75,7 @@ class Nonlinearity(nn.Module):
         # A buffer, so calibration travels with the state dict.
         self.register_buffer("bound", torch.tensor(float(bound)))
         self.register_buffer("max_ratio", torch.zeros(()))
-        self.penalty: torch.Tensor | None = None
+        self.penalties: RangePenalties | None = None  # of the last training forward
         self.density: torch.Tensor | None = None  # histogram of x / B while collecting
         self._fit = None
         self._parts: tuple[list[float], list[float]] | None = None
@@ -166,31 +169,34 @@ class Nonlinearity(nn.Module):
             raise ValueError(f"unknown form {form!r}; expected one of {FORMS}")
         self.form = form
 
-    def observe(self, x: torch.Tensor) -> None:
-        """Record the range of ``x`` (and, while training, its range penalty) without evaluating.
+    def observe(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> None:
+        """Record the range of ``x`` (and, while training, its range penalties) without evaluating.
 
         Called by ``forward``, and directly where the exact form computes
         something else (dot-product attention's softmax), so that calibration
-        still sees the inputs the polynomial will get.
+        still sees the inputs the polynomial will get. ``valid``: 1 where an
+        element belongs to the sentence (not padding), broadcastable to ``x``,
+        whose first axis is the sentence (``range_stats``).
         """
         bound = self.bound.to(x.dtype)
         if self.density is not None:
             t = (x.detach() / bound).clamp(-1.0, 1.0).double()
             self.density += torch.histc(t, DENSITY_BINS, -1.0, 1.0)
-        self.record(*range_stats(x / bound, 1.0 - self.margin, self.training))
+        self.record(*range_stats(x / bound, 1.0 - self.margin, self.training, valid))
 
-    def record(self, ratio: torch.Tensor, penalty: torch.Tensor | None) -> None:
-        """Take max |x| / B and the range penalty of one forward (``range_stats``), computed by the caller.
+    def record(self, ratio: torch.Tensor, penalties: RangePenalties | None) -> None:
+        """Take max |x| / B and the range penalties of one forward (``range_stats``), computed by the caller.
 
         ``observe`` computes them here; the compiled attention kernel
         (``attention.inhibit_poly``) inside its own pass over the inputs.
         """
         self.max_ratio = torch.maximum(self.max_ratio, ratio.to(self.max_ratio.dtype))
         if self.training:
-            self.penalty = penalty
+            self.penalties = penalties
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.observe(x)
+    def forward(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        """x -> |x| or ReLU(x) in this module's form; ``valid`` as in ``observe``."""
+        self.observe(x, valid)
         bound = self.bound.to(x.dtype)
         if self.form == "exact":
             return x.abs() if self.kind == "abs" else torch.relu(x)
@@ -210,16 +216,34 @@ class Nonlinearity(nn.Module):
         )
 
 
-def range_stats(t: torch.Tensor, edge: float, training: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """max |t| (no gradient) and, while training, the range penalty mean(relu(|t| - edge)^2), for t = x / B.
+class RangePenalties(NamedTuple):
+    """The two range penalties of one input t = x / B (``range_stats``); ``LossWeights`` weighs each."""
 
-    The penalty is a pass over the whole input: evaluation does not pay for it.
+    mean: torch.Tensor  # mean(relu(|t| - edge)^2) over every element
+    row_max: torch.Tensor  # mean over sentences of relu(max |t| - edge)^2, the max over the sentence's own elements
+
+
+def range_stats(t: torch.Tensor, edge: float, training: bool,
+                valid: torch.Tensor | None = None) -> tuple[torch.Tensor, RangePenalties | None]:
+    """max |t| (no gradient) and, while training, the range penalties of t = x / B.
+
+    The mean penalty is spread over every element, so one input far outside
+    among a sentence's thousands of pairs barely registers; yet one input
+    beyond B is enough to spoil a sentence (the polynomial runs bare in the
+    circuit). The row penalty sees exactly that: each sentence's largest
+    input (t's first axis is the sentence; ``valid``, broadcastable to t, is
+    0 at padding, whose garbage the circuit zeroes and need not stay in
+    range). Both are passes over the whole input: evaluation does not pay
+    for them.
     """
     ratio = t.detach().abs().amax() if t.numel() else t.new_zeros(())
     if not training:
         return ratio, None
-    excess = torch.relu(t.abs() - edge)
-    return ratio, (excess * excess).mean()
+    a = t.abs()
+    excess = torch.relu(a - edge)
+    rows = (a if valid is None else a * valid).reshape(a.shape[0] if a.dim() else 1, -1)  # [B, everything else]
+    worst = rows.amax(1) if rows.numel() else rows.new_zeros(rows.shape[0])  # [B]
+    return ratio, RangePenalties((excess * excess).mean(), torch.relu(worst - edge).square().mean())
 
 
 def _trimmed(coeffs) -> list[float]:

@@ -133,8 +133,10 @@ class FeedForward(nn.Module):
         self.relu_fn = relu_fn
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.lin2(self.drop(self.relu_fn(self.lin1(x))))  # [B, T, d]
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """x [B, T, d], mask [B, T] -> [B, T, d]; the mask only tells the range penalty the real tokens."""
+        valid = mask.unsqueeze(-1).to(x.dtype)  # [B, T, 1]
+        return self.lin2(self.drop(self.relu_fn(self.lin1(x), valid)))  # [B, T, d]
 
 
 class Adapter(nn.Module):
@@ -217,7 +219,7 @@ class Student(nn.Module):
             if self.cfg.recursive:
                 a = self.adapters[i][0](a)
             x = x + self.drop(a)
-            f = layer.ffn(self.norms2[i](x, mask))  # [B, T, d]
+            f = layer.ffn(self.norms2[i](x, mask), mask)  # [B, T, d]
             if self.cfg.recursive:
                 f = self.adapters[i][1](f)
             x = x + self.drop(f)
@@ -266,8 +268,10 @@ class Student(nn.Module):
             if isinstance(m, FrozenNorm):
                 m.frozen = frozen
 
-    def range_penalty(self) -> torch.Tensor:
-        terms = [m.penalty for _, m in self.nonlinearities() if m.penalty is not None]
+    def range_penalty(self, kind: str = "mean") -> torch.Tensor:
+        """One of ``RangePenalties``'s kinds ("mean", "row_max") of the last training forward, summed over
+        the non-linearities."""
+        terms = [getattr(m.penalties, kind) for _, m in self.nonlinearities() if m.penalties is not None]
         return torch.stack(terms).sum() if terms else torch.zeros(())
 
 

@@ -44,10 +44,10 @@ def _call_order(student: Student, batches: Batches, n_batches: int, longest: boo
     def watch(m: Nonlinearity) -> None:
         observe = m.observe
 
-        def first_seen(x: torch.Tensor) -> None:
+        def first_seen(x: torch.Tensor, valid: torch.Tensor | None = None) -> None:
             if m not in order:
                 order.append(m)
-            observe(x)
+            observe(x, valid)
 
         m.observe = first_seen  # an instance attribute over the method, removed below
 

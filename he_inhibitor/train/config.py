@@ -21,7 +21,11 @@ from he_inhibitor.train.augment import AugmentConfig
 @dataclass
 class LossWeights:
     """The weight of each loss in the total (``train.losses``); 0 leaves a loss out (kd and ce are always
-    computed, for the log). The exact phase runs with ``range`` at 0: there are no bounds yet to respect."""
+    computed, for the log). The exact phase runs with the range terms at 0: there are no bounds yet to respect.
+
+    ``range`` penalises inputs beyond (1 - margin) B averaged over every element; ``range_max`` each
+    sentence's largest input (``model.nonlinear.range_stats``), which is what decides whether the
+    circuit's bare polynomial stays an approximation on that sentence."""
 
     kd: float = 1.0
     ce: float = 0.2
@@ -29,6 +33,9 @@ class LossWeights:
     emb: float = 0.0
     attn: float = 0.0
     range: float = 1.0
+    # one dev sentence beyond a bound spoils it in the circuit; this term keeps two seeds' outliers in
+    # without costing a sentence (docs/log.md, "each sentence's largest input")
+    range_max: float = 10.0
 
 
 def recipe_student() -> StudentConfig:

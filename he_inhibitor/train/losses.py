@@ -3,8 +3,8 @@
 Soft-label KD on logits with temperature (KL * tau^2, or the squared logit
 error), hard-label CE, hidden-state MSE through learned projections with a
 layer mapping, embedding MSE, an attention-level loss (teacher attention
-maps against the student's normalised inhibition), and the range penalty
-that keeps every polynomial input inside its interval; each weighted in
+maps against the student's normalised inhibition), and the range penalties
+that keep every polynomial input inside its interval; each weighted in
 ``DistillConfig.loss``.
 """
 
@@ -74,7 +74,9 @@ class Distiller(nn.Module):
                 for a, t in zip(weights, self.t_layers)
             ) / len(weights)
         if w.range > 0:
-            out["range"] = s.range_penalty()
+            out["range"] = s.range_penalty("mean")
+        if w.range_max > 0:
+            out["range_max"] = s.range_penalty("row_max")
         out["loss"] = sum(getattr(w, k) * v for k, v in out.items())
         out["acc"] = (logits.argmax(-1) == batch["labels"]).float().mean()
         return out

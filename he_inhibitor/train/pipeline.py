@@ -106,7 +106,7 @@ def distill(cfg: DistillConfig, teacher_dir: Path, data_dir: Path, out: Path, ca
 
     with open(out / "log.jsonl", "a") as log:
         if init is None:
-            exact_cfg = replace(cfg, loss=replace(cfg.loss, range=0.0))  # no bounds yet to respect
+            exact_cfg = replace(cfg, loss=replace(cfg.loss, range=0.0, range_max=0.0))  # no bounds yet to respect
             student.fuse(cfg.fused_attention)
             run_phase("exact", dist, batches, exact_cfg, cfg.epochs_exact, cfg.lr, out, log, state, dev_accuracy,
                       labeller_for(cfg.augment))
