@@ -46,8 +46,9 @@ from he_inhibitor.model.nonlinear import Nonlinearity, parity_eval, range_stats
 
 
 def real_pairs(mask: torch.Tensor) -> torch.Tensor:
-    """mask [B, T] -> [B, 1, T_q, T_k], true where query and key are both real tokens."""
-    return (mask[:, :, None] & mask[:, None, :]).unsqueeze(1)
+    """mask [B, T] (bool, or 0/1 of any dtype) -> [B, 1, T_q, T_k], true where query and key are both real tokens."""
+    m = mask.bool()
+    return (m[:, :, None] & m[:, None, :]).unsqueeze(1)
 
 
 def inhibit_exact(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, m: torch.Tensor,
