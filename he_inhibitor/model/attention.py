@@ -86,7 +86,7 @@ def inhibit_poly(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, m: torch.Ten
     """
     a_bound, a_even, a_odd = abs_fit
     r_bound, r_even, r_odd = relu_fit
-    pair = m[:, None, :, None, None] * m[:, None, None, :, None]  # [B, 1, T_q, T_k, 1]
+    pair = real_pairs(m).to(q.dtype).unsqueeze(-1)  # [B, 1, T_q, T_k, 1]
     ta = (q.unsqueeze(3) - k.unsqueeze(2)) / a_bound  # [B, H, T_q, T_k, d_h]
     abs_stats = range_stats(ta, edge, training, pair)
     if training:
