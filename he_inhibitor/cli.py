@@ -34,6 +34,7 @@ COMMANDS: dict[str, str] = {
     "bench": "he_inhibitor.bench.cli",
     "abuse-bench": "he_inhibitor.service.abuse",
     "bench-lanes": "he_inhibitor.bench.lanes",
+    "bench-served": "he_inhibitor.bench.served",
 }
 
 

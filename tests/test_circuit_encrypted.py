@@ -59,4 +59,5 @@ def test_encrypted_matches_simulator_levels_and_bound(rel_bias):
             err = np.abs(res.logits - sim.logits).max()
             assert err <= sim.noise_bound
             assert sim.noise_bound < 100 * err  # a useful bound, not an absurd one
-        assert len(ex._cache) + len(ex._addends) == encoded  # prepare() foresaw every weight encoding the run needed
+        # prepare() foresaw every weight encoding the run needed
+        assert sum(k[0] == "weight" for k in ex.weights.keys()) == encoded

@@ -25,7 +25,7 @@ from he_inhibitor.service.server import create_app
 def served(student, request):  # noqa: F811
     _, plan, _, _ = student
     assert lanes_of(plan.plan_for(T).compiled.circuit) == [0, 1]
-    with (RayLanes(1) if request.param == "lanes" else RaySentences(2, cache_weights=False)) as pool:
+    with (RayLanes(1) if request.param == "lanes" else RaySentences(2, weight_cache=0)) as pool:
         app = create_app(plan, plan.params, lanes=pool)
         app.state.lane_pool = pool
         with LocalServer(app) as server:

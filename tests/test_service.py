@@ -111,6 +111,35 @@ def test_text_round_trip_matches_plain_and_nothing_secret_travels(student, serve
         assert {type(v) for v in vars(public).values()} & {seal.SecretKey} == set()
 
 
+@pytest.mark.parametrize("weight_cache", [3 << 30, 0])
+def test_two_clients_share_the_servers_weight_plaintexts(student, weight_cache):
+    """The weights and key masks a server encodes for one client serve the next client's keys: the
+    second sentence encodes nothing (health shows no new miss), and both agree with plain. With
+    `weight_cache` 0 nothing is kept and the answers are the same."""
+    from he_inhibitor.service.protocol import Limits
+
+    _, plan, embedder, _ = student
+    app = create_app(plan, plan.params, limits=Limits(weight_cache=weight_cache))
+    text = "not fun , dull plot"
+    x0, n = embedder.embed(text, T)
+    plain = PlainExecutor(plan.plan_for(n).compiled).run(x0, (np.arange(T) < n).astype(float)).logits
+    stats = []
+    with LocalServer(app) as server:
+        for _ in range(2):
+            with Client(server.url) as client:
+                client.generate_keys()
+                np.testing.assert_allclose(client.classify(text, embedder).logits, plain, atol=1e-2)
+            stats.append(httpx.get(server.url + "/v1/health").json()["weight_cache"])
+    if not weight_cache:
+        assert stats == [None, None]
+        return
+    first, second = stats
+    assert first["plaintexts"] > 0 and first["bytes"] <= weight_cache
+    assert (second["plaintexts"], second["misses"], second["bytes"]) == (first["plaintexts"], first["misses"],
+                                                                         first["bytes"])
+    assert second["hits"] >= first["plaintexts"]
+
+
 def _holds_secret_key(body: bytes, plan) -> bool:
     """Does any SEAL object inside the body (context parts or frames) load as a secret key?"""
     from he_inhibitor.ckks import make_context

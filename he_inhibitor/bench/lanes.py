@@ -41,6 +41,7 @@ from he_inhibitor.circuit.executors import Mode, make_executor
 from he_inhibitor.circuit.ir import OpKind, levels_and_degrees
 from he_inhibitor.circuit.ray_lanes import RayLaneExecutor, RayLanes, lanes_of, segments_of, start_ray, with_lanes
 from he_inhibitor.circuit.ray_sentences import RaySentenceExecutor, RaySentences
+from he_inhibitor.circuit.weight_store import DEFAULT_MAX_BYTES
 from he_inhibitor.service.artifacts import SHIPPED_CIRCUIT
 
 SENTENCES = (  # 12 tokens each: the shipped T = 32 bucket's circuit for them has 3 shifts, so up to 3 lanes
@@ -253,11 +254,11 @@ def measure(bundle: Path, reps: int, clients: int, address: str | None, log, sav
                 bench("2 lanes on Ray", lanes, False)
                 out["ray_lane_workers"] = pool.stats()
         if "sentences" in configs:
-            ex._cache.clear()  # from here on this process only encrypts, refreshes and decrypts
+            ex.weights.clear()  # from here on this process only encrypts, refreshes and decrypts
             t = time.perf_counter()
-            # by default weights encoded per evaluation, as the service does: actors stay small
+            # by default weights encoded per evaluation: actors stay small
             out["sentence_actor_weight_cache"] = sentence_cache
-            with RaySentences(address=address, cache_weights=sentence_cache) as pool:
+            with RaySentences(address=address, weight_cache=DEFAULT_MAX_BYTES if sentence_cache else 0) as pool:
                 sentences = RaySentenceExecutor(ex, pool)
                 out["setup_seconds"]["ray_sentences"] = time.perf_counter() - t
                 bench(f"sentences on Ray ({len(pool.actors)} actors, 1 lane each"

@@ -17,11 +17,12 @@ encoded at Delta_{c-1} * q_c / Delta_c (CkksEvaluator.plain_scale), so the
 products of a linear layer's diagonals share one scale, are summed (and
 rotated) before their single rescale, and land on Delta_{c-1} exactly.
 Polynomials run their folded fit's evaluation plan on the ckks evaluator.
-Weight plaintexts (factors and biases) are encoded once per (constant, chain
-index) and cached across requests; the key-mask plaintexts inside masked
-polynomials depend only on the sentence length and the shift, so one set
-serves every ciphertext of a shift and later sentences of that length (a
-bounded LRU, `_MaskCached`).
+Weight plaintexts (factors and biases) and the key-mask plaintexts inside
+masked polynomials depend on no key, so they are encoded once and kept in a
+`WeightStore` (weight_store.py: by content, bounded in bytes), which the
+server shares between every key set and plan: a weight is encoded once per
+(values, chain index, scale), and one set of mask plaintexts serves every
+ciphertext of an attention shift and later sentences of that length.
 
 With a `LaneLink` (ray_lanes.py) only lane-0 nodes run here; values of other
 lanes arrive through the link and lane-0 values they need leave through it.
@@ -34,9 +35,8 @@ the map of the mask. Each REFRESH node is counted.
 
 from __future__ import annotations
 
-import hashlib
 import time
-from collections import OrderedDict, defaultdict
+from collections import defaultdict
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
@@ -51,6 +51,7 @@ from he_inhibitor.circuit.masked import MaskedPlan, masked_plan_of
 from he_inhibitor.circuit.plain import resolve
 from he_inhibitor.circuit.poly import plan_of
 from he_inhibitor.circuit.refresh import answer, masked
+from he_inhibitor.circuit.weight_store import WeightStore
 
 
 @dataclass
@@ -117,17 +118,18 @@ class SealBackend(Backend):
 class EncryptedExecutor:
     """Keys for exactly the circuit's rotation steps; run() evaluates one sentence.
 
-    cache keeps every weight plaintext encoded across requests (about 1 MB
-    each at N = 16384: ~2 GB for the two-layer student), in `weights` when
-    given (one dict shared by executors of one circuit); without it they are
-    encoded as they are used and freed. Given `public` (and no keys) the
-    executor is the server's alone: op() works, run() and refreshes do not.
+    cache keeps the plaintexts that depend on no key (weights, key masks)
+    across requests (0.8 GB at T = 32, 1.6 GB at T = 64 for the two-layer
+    student), in `weights` when given (a store shared by every executor of
+    the process: the server's, bounded), else in a store of its own; without
+    it they are encoded as they are used and freed. Given `public` (and no
+    keys) the executor is the server's alone: op() works, run() and refreshes
+    do not.
     """
 
     def __init__(self, compiled: Compiled, params: CkksParams, keys: ClientKeys | None = None,
                  seed: int | None = None, cache: bool = True,
-                 public: PublicContext | None = None, weights: dict[tuple[int, int], Plaintext] | None = None
-                 ) -> None:
+                 public: PublicContext | None = None, weights: WeightStore | None = None) -> None:
         if params.slots != compiled.circuit.n_slots:
             raise CircuitError(f"circuit built for {compiled.circuit.n_slots} slots, parameters give {params.slots}")
         self.compiled, self.params = compiled, params
@@ -140,9 +142,7 @@ class EncryptedExecutor:
         self.levels, self.degrees = levels_and_degrees(compiled.circuit)
         if self.levels.max() > params.depth:
             raise CircuitError(f"circuit reaches level {self.levels.max()} > chain of {params.depth}")
-        self._cache: dict[tuple[int, int], Plaintext] | None = ({} if weights is None else weights) if cache else None
-        self._addends: dict[tuple[int, int], Plaintext] = {}  # weight biases, at the scale of what they are added to
-        self._masks: OrderedDict[tuple[MaskedPlan, bytes], dict[tuple[int, int], Plaintext]] = OrderedDict()
+        self.weights: WeightStore | None = (WeightStore() if weights is None else weights) if cache else None
         self._rng = np.random.default_rng(seed)  # the refresh masks (refresh.masked); seeded: reproducible runs
 
     # -- plaintexts -----------------------------------------------------------------
@@ -153,11 +153,13 @@ class EncryptedExecutor:
         fast as later ones. The level pass says where each is used, and the
         scale invariant (a ciphertext at index c carries Delta_c) gives the
         scale it is encoded at, exactly as _weight would. `nodes`: only
-        the weights these nodes use (a lane worker's). Returns the count.
+        the weights these nodes use (a lane worker's). Returns how many
+        distinct weight plaintexts they are.
         """
-        if self._cache is None:
+        if self.weights is None:
             return 0
         circuit = self.circuit
+        keys = set()
         for kind in (OpKind.MUL_PLAIN, OpKind.ADD_PLAIN):
             for i in circuit.of_kind(kind):
                 x, const = circuit.nodes[i].args
@@ -166,8 +168,13 @@ class EncryptedExecutor:
                 if (nodes is not None and i not in nodes) or isinstance(payload, str) or self.degrees[x] != 1:
                     continue
                 c = self.params.depth - int(self.levels[x])  # a rescaled operand there carries Delta_c
+                keys.add(self._weight_key(kind, payload, c, self.ev.scales[c]))
                 self._weight(kind, arg, payload, c, self.ev.scales[c], {})
-        return len(self._cache) + len(self._addends)
+        return len(keys)
+
+    def _weight_key(self, kind: OpKind, payload: np.ndarray, c: int, ct_scale: float) -> tuple:
+        assert self.weights is not None
+        return "weight", self.weights.digest(payload), kind.value, c, ct_scale
 
     def _weight(self, kind: OpKind, const_id: int, payload: Plain, c: int, ct_scale: float,
                 public: dict[str, np.ndarray]) -> Plaintext:
@@ -176,16 +183,13 @@ class EncryptedExecutor:
 
         A factor is encoded so that the later rescale lands on Delta_{c-1}
         exactly, an addend at the ciphertext's own scale. Weights are encoded
-        once per (constant, chain index) and cached; per-request plaintexts
-        (named payloads) are encoded for each request.
+        once per (values, chain index, scale) and kept in the store;
+        per-request plaintexts (named payloads) are encoded for each request.
         """
         scale = self.ev.plain_scale(c, ct_scale) if kind is OpKind.MUL_PLAIN else ct_scale
-        if isinstance(payload, str) or self._cache is None:
+        if isinstance(payload, str) or self.weights is None:
             return self.ev.encode(resolve(payload, public), c, scale)
-        store = self._cache if kind is OpKind.MUL_PLAIN else self._addends
-        if (const_id, c) not in store:
-            store[(const_id, c)] = self.ev.encode(payload, c, scale)
-        return store[(const_id, c)]
+        return self.weights.get(self._weight_key(kind, payload, c, ct_scale), lambda: self.ev.encode(payload, c, scale))
 
     # -- evaluation -------------------------------------------------------------------
     def run(self, x0: np.ndarray, m: np.ndarray, link: LaneLink | None = None) -> EncryptedResult:
@@ -249,7 +253,7 @@ class EncryptedExecutor:
         if op is OpKind.POLY and len(a) > 1:  # mask folded into the plan
             mask = np.asarray(resolve(a[1][1], public))
             plan = masked_plan_of(node.fn)
-            return plan.run(a[0], mask, ev if self._cache is None else _MaskCached(self, plan, mask))
+            return plan.run(a[0], mask, ev if self.weights is None else _StoredMasks(ev, self.weights, plan, mask))
         if op is OpKind.POLY:
             plan = plan_of(node.fn)
             if plan is None:
@@ -272,38 +276,26 @@ class EncryptedExecutor:
         raise CircuitError("a refresh round trip asked the client twice")
 
 
-MASK_CACHE_ENTRIES = 32  # (plan, mask) pairs: every shift of both layers of a sentence, about 5 MB each
-
-
-class _MaskCached:
-    """A masked plan's backend: the evaluator, with its vector plaintexts (constant * key mask)
-    encoded once per (instruction, chain index) for each (plan, mask) pair.
+class _StoredMasks:
+    """A masked plan's backend: the evaluator, with its vector plaintexts (constant * key mask) kept in
+    the weight store per (plan, mask, instruction, chain index, scale).
 
     Every ciphertext of one attention shift has the same mask (arrange.shift_mask)
     and its layer's fit, so they share one set of plaintexts, and so do later
-    sentences of the same length. Keyed by the mask's own bytes, the cache can
-    never serve another length's plaintexts; the least recently used pairs go
-    first, so it stays within MASK_CACHE_ENTRIES pairs.
+    sentences of the same length, of any key set. Keyed by the mask's own
+    bytes, the store can never serve another length's plaintexts.
     """
 
-    def __init__(self, ex: EncryptedExecutor, plan: MaskedPlan, mask: np.ndarray) -> None:
-        key = (plan, hashlib.blake2b(mask.tobytes(), digest_size=16).digest())
-        if key not in ex._masks:
-            ex._masks[key] = {}
-            while len(ex._masks) > MASK_CACHE_ENTRIES:
-                ex._masks.popitem(last=False)
-        ex._masks.move_to_end(key)
-        self.ev, self.cache, self.n = ex.ev, ex._masks[key], 0
+    def __init__(self, ev: CkksEvaluator, store: WeightStore, plan: MaskedPlan, mask: np.ndarray) -> None:
+        self.ev, self.store, self.n = ev, store, 0
+        self.prefix = ("mask", plan, store.digest(mask))
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.ev, name)
 
     def _plain(self, values: np.ndarray, level: int, scale: float) -> Plaintext:
-        k = (self.n, level)
         self.n += 1
-        if k not in self.cache:
-            self.cache[k] = self.ev.encode(values, level, scale)
-        return self.cache[k]
+        return self.store.get((*self.prefix, self.n, level, scale), lambda: self.ev.encode(values, level, scale))
 
     def lin_plain(self, xs: list[Ciphertext], values: list[np.ndarray], drop: int) -> Ciphertext:
         """As CkksEvaluator.lin, its vector plaintexts from this cache."""

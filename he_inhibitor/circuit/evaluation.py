@@ -29,6 +29,7 @@ from he_inhibitor.circuit.encrypted import EncryptedExecutor
 from he_inhibitor.circuit.executors import Mode, make_executor
 from he_inhibitor.circuit.interpret import Answer, RefreshPoint, relayed
 from he_inhibitor.circuit.refresh import Refresh, masked
+from he_inhibitor.circuit.weight_store import WeightStore
 
 
 Evaluation = Generator[Refresh, list[Ciphertext], dict[str, Ciphertext]]
@@ -38,14 +39,14 @@ class CircuitEvaluator:
     """One client's evaluation keys bound to a bucket's circuits (one per attention plan, made when a
     sentence first needs it).
 
-    Weight plaintexts are encoded per request: a cache per evaluator, i.e.
-    per registered key, would multiply the server's memory by the registry
-    size. Given `weights`, a cache shared by every evaluator of the circuit
-    (the Ray sentence worker keeps one per circuit), they are kept there.
+    The plaintexts that depend on no key (weights, key masks) are kept in
+    `weights`, a store the whole process shares (the HTTP server's, a Ray
+    sentence worker's; weight_store.py), so a key set costs no memory for
+    them; without one they are encoded per request.
     """
 
     def __init__(self, bucket: Bucket | Compiled, params: CkksParams, public: PublicContext, lanes: Any = None,
-                 before: Callable[[], None] | None = None, weights: dict | None = None) -> None:
+                 before: Callable[[], None] | None = None, weights: WeightStore | None = None) -> None:
         self.before, self._weights = before, weights
         self.bucket = Bucket.of(bucket, params) if isinstance(bucket, Compiled) else bucket
         self.params = params

@@ -31,6 +31,7 @@ from he_inhibitor.circuit.encrypted import EncryptedExecutor
 from he_inhibitor.circuit.noise import NoiseModel
 from he_inhibitor.circuit.ray_lanes import RayLaneExecutor, RayLanes, lanes_of
 from he_inhibitor.circuit.simulate import SimResult, simulate
+from he_inhibitor.circuit.weight_store import WeightStore
 
 
 class Mode(str, Enum):
@@ -73,13 +74,13 @@ class SimulateExecutor:
 def make_executor(mode: Mode | str, compiled: Compiled, params: CkksParams | None = None,
                   costs: CostTable | None = None, *, strict: bool = True, keys: ClientKeys | None = None,
                   public: PublicContext | None = None, seed: int | None = None, cache: bool = True,
-                  weights: dict | None = None, prepare: bool = False, pool: RayLanes | None = None) -> Executor:
+                  weights: WeightStore | None = None, prepare: bool = False, pool: RayLanes | None = None) -> Executor:
     """An executor of `compiled` in `mode`; SIMULATE and ENCRYPTED need the CKKS parameters.
 
     SIMULATE: `costs` (a cost table: predicted seconds) and `strict` (a polynomial input out of its
     interval raises). ENCRYPTED: `keys` (default: made for the circuit's rotations) or `public` alone
-    (the server's), `seed` for the in-process refresh masks, `cache` (weight plaintexts kept across
-    requests; in `weights`, a dict shared by executors of one circuit, when given) and `prepare` (encode
+    (the server's), `seed` for the in-process refresh masks, `cache` (plaintexts that depend on no key kept
+    across requests; in `weights`, a store shared by the process's executors, when given) and `prepare` (encode
     them now), `pool` (lanes 1..K-1 on Ray, where the circuit has them).
     """
     mode = Mode(mode)

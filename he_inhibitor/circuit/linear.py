@@ -25,6 +25,9 @@ serve every linear layer of a given T.
 
 from __future__ import annotations
 
+import hashlib
+import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -214,6 +217,12 @@ def _diagonals(w: np.ndarray, src: Layout, dst: Layout) -> dict[tuple[int, int, 
     return out
 
 
+def _frozen(a: np.ndarray) -> np.ndarray:
+    """Read-only: a kept group's arrays are shared by every circuit compiled from it."""
+    a.flags.writeable = False
+    return a
+
+
 def _bias(b: np.ndarray, dst: Layout) -> np.ndarray:
     return dst.pack(np.broadcast_to(np.asarray(b, dtype=np.float64), (dst.tokens, dst.d)))
 
@@ -226,6 +235,13 @@ def best_n1(ks: set[int], n_in_cts: int, n_out_cts: int) -> int:
     return min(range(1, top + 1), key=cost)
 
 
+GROUPS_KEPT = 32  # a two-layer student: 4 groups per layer, two baby-step widths (n1), two buckets
+
+
+_groups: OrderedDict[tuple, LinearGroup] = OrderedDict()
+_groups_lock = threading.Lock()
+
+
 def compile_group(
     weights: list[np.ndarray],
     biases: list[np.ndarray],
@@ -233,7 +249,34 @@ def compile_group(
     dsts: list[Layout],
     n1: int | None = None,
 ) -> LinearGroup:
-    """Compile y_m = x W_m + b_m (W_m of shape [src.d, dst_m.d]) with shared baby steps."""
+    """Compile y_m = x W_m + b_m (W_m of shape [src.d, dst_m.d]) with shared baby steps.
+
+    The diagonals depend on the weights and layouts alone, not on the attention plan, yet they are
+    most of a plan's compile time and memory (~100 MB at N = 16384). So the last GROUPS_KEPT groups
+    are kept, keyed by content, and every plan of a bucket shares one read-only copy: a new plan
+    compiles in a fraction of the time, and a store of encoded weights (weight_store.py) hashes the
+    shared arrays once.
+    """
+    h = hashlib.blake2b(repr((src, tuple(dsts), n1)).encode(), digest_size=16)
+    for a in (*weights, *biases):
+        a = np.ascontiguousarray(a, dtype=np.float64)
+        h.update(repr(a.shape).encode())
+        h.update(a.tobytes())
+    key = h.digest()
+    with _groups_lock:
+        if key in _groups:
+            _groups.move_to_end(key)
+            return _groups[key]
+    group = _compile_group(weights, biases, src, dsts, n1)
+    with _groups_lock:
+        _groups[key] = group
+        while len(_groups) > GROUPS_KEPT:
+            _groups.popitem(last=False)
+    return group
+
+
+def _compile_group(weights: list[np.ndarray], biases: list[np.ndarray], src: Layout, dsts: list[Layout],
+                   n1: int | None) -> LinearGroup:
     for w, dst in zip(weights, dsts, strict=True):
         if w.shape != (src.d, dst.d):
             raise ValueError(f"weight shape {w.shape} != {(src.d, dst.d)}")
@@ -251,10 +294,10 @@ def compile_group(
         terms: dict[tuple[int, int], list[tuple[int, int, np.ndarray]]] = {}
         for (o, c, k), vec in sorted(d.items(), key=lambda kv: kv[0]):
             g, j = divmod(k, n1)
-            terms.setdefault((o, g), []).append((c, j, rot(vec, -g * shift)))
+            terms.setdefault((o, g), []).append((c, j, _frozen(rot(vec, -g * shift))))
         for o in range(dst.n_cts):  # an output ciphertext no weight reaches is its bias alone
             if not any(oo == o for oo, _ in terms):
-                terms[(o, 0)] = [(0, 0, np.zeros(src.n_slots))]
-        mats.append(Matrix(dst, terms, _bias(b, dst)))
+                terms[(o, 0)] = [(0, 0, _frozen(np.zeros(src.n_slots)))]
+        mats.append(Matrix(dst, terms, _frozen(_bias(b, dst))))
     return LinearGroup(src, n1, tuple(mats))
 

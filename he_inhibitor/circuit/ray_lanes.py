@@ -57,6 +57,7 @@ from he_inhibitor.circuit.compile import Compiled, compile_student
 from he_inhibitor.circuit.encrypted import EncryptedExecutor
 from he_inhibitor.circuit.ir import Circuit, CircuitError, OpKind, check, depth, refresh_round_trips
 from he_inhibitor.circuit.params import Plan
+from he_inhibitor.circuit.weight_store import WeightStore
 
 OBJECT_STORE_BYTES = 300 * 2**20  # embedded Ray: segments move a few MB per sentence
 DEFAULT_TIMEOUT_S = 900.0  # one segment's result; a sentence at N = 16384 takes tens of seconds in all
@@ -206,6 +207,7 @@ class LaneWorker:
     """A Ray actor: evaluates segments with cached keys and circuits (LRU, `max_keys` of each)."""
 
     def __init__(self, max_keys: int = 4, max_circuits: int = 4) -> None:
+        self.weights = WeightStore()  # the lane nodes' plaintexts, shared by every key set (weight_store.py)
         self.keys: OrderedDict[str, Any] = OrderedDict()
         self.circuits: OrderedDict[str, tuple[Compiled, list[Segment], Any]] = OrderedDict()
         self.executors: OrderedDict[tuple[str, str], Any] = OrderedDict()
@@ -239,7 +241,7 @@ class LaneWorker:
         compiled, segs, params = self._lru(self.circuits, circuit_id, load_circuit, self.max_circuits)
         public = self._lru(self.keys, key_id, load_keys, self.max_keys)
         ex = self._lru(self.executors, (circuit_id, key_id),
-                       lambda: EncryptedExecutor(compiled, params, public=public), self.max_keys)
+                       lambda: EncryptedExecutor(compiled, params, public=public, weights=self.weights), self.max_keys)
         return ex, segs
 
     def warm(self, circuit_id: str, circuit_box: list, key_id: str, keys_box: list) -> int:

@@ -12,9 +12,10 @@ table unchanged, and `RaySentenceExecutor` drives it with client keys for
 predict and bench.
 
 * Keys and circuits go into the object store once per id and are cached per
-  actor (LRU), as for lanes; weight plaintexts are encoded per evaluation
-  (cache=False, as the service does), so an actor's memory does not grow with
-  the number of key sets.
+  actor (LRU), as for lanes; the plaintexts that depend on no key (weights,
+  key masks) in one store per actor, bounded by `weight_cache` bytes (0:
+  encoded per evaluation), shared by all its key sets and circuits, so an
+  actor's memory does not grow with the number of key sets.
 * Jobs go to the actor with the fewest in flight.
 * Faults: a job lives in one actor's memory. If the actor dies (it restarts,
   `max_restarts`) or has lost the job, the evaluation fails with `LaneError`
@@ -44,6 +45,7 @@ from he_inhibitor.circuit.compile import Compiled
 from he_inhibitor.circuit.encrypted import EncryptedResult
 from he_inhibitor.circuit.evaluation import CircuitEvaluator
 from he_inhibitor.circuit.refresh import Refresh, answer
+from he_inhibitor.circuit.weight_store import DEFAULT_MAX_BYTES, WeightStore
 from he_inhibitor.circuit.ray_lanes import (
     DEFAULT_TIMEOUT_S, LaneError, LaneWorker, PoolExecutor, circuit_id_of, key_id_of, start_ray,
 )
@@ -57,7 +59,7 @@ class SentenceWorker:
     """A Ray actor: whole evaluations (server side), paused at each refresh."""
 
     def __init__(self, max_keys: int = 4, max_circuits: int = 2, max_jobs: int = 64,
-                 cache_weights: bool = True) -> None:
+                 weight_cache: int = DEFAULT_MAX_BYTES) -> None:
         self.keys: OrderedDict[str, Any] = OrderedDict()
         self.circuits: OrderedDict[str, tuple[Compiled, Any]] = OrderedDict()
         self.evaluators: OrderedDict[tuple[str, str], Any] = OrderedDict()
@@ -66,9 +68,7 @@ class SentenceWorker:
         self.key_loads: dict[str, int] = {}
         self.circuit_loads: dict[str, int] = {}
         self.evaluations = 0
-        # weight plaintexts depend on the circuit, not the keys: one cache per circuit, shared by its key sets
-        self.cache_weights = cache_weights
-        self.weights: dict[str, dict] = {}
+        self.weights = WeightStore(weight_cache) if weight_cache else None
 
     def _evaluator(self, circuit_id: str, circuit_box: list, key_id: str, keys_box: list) -> Any:
         import ray
@@ -85,12 +85,8 @@ class SentenceWorker:
         public = LaneWorker._lru(self.keys, key_id, load_keys, self.max_keys)
 
         def make():
-            # the evaluator holds this one circuit: with cache_weights its executors share the circuit's cache
-            return CircuitEvaluator(compiled, params, public,
-                                    weights=self.weights.setdefault(circuit_id, {}) if self.cache_weights else None)
+            return CircuitEvaluator(compiled, params, public, weights=self.weights)
 
-        for cid in [c for c in self.weights if c not in self.circuits]:
-            del self.weights[cid]
         return LaneWorker._lru(self.evaluators, (circuit_id, key_id), make, self.max_keys)
 
     def start(self, job: str, circuit_id: str, circuit_box: list, key_id: str, keys_box: list, n_tokens: int,
@@ -129,14 +125,16 @@ class SentenceWorker:
 
     def stats(self) -> dict:
         return {"pid": os.getpid(), "key_loads": dict(self.key_loads), "circuit_loads": dict(self.circuit_loads),
-                "evaluations": self.evaluations, "jobs": len(self.jobs)}
+                "evaluations": self.evaluations, "jobs": len(self.jobs),
+                "weights": None if self.weights is None else self.weights.stats()}
 
 
 class RaySentences:
     """A pool of SentenceWorker actors (default: one per CPU of the cluster)."""
 
     def __init__(self, workers: int | None = None, address: str | None = None, num_cpus: int = 2,
-                 max_restarts: int = 2, timeout_s: float = DEFAULT_TIMEOUT_S, cache_weights: bool = True) -> None:
+                 max_restarts: int = 2, timeout_s: float = DEFAULT_TIMEOUT_S,
+                 weight_cache: int = DEFAULT_MAX_BYTES) -> None:
         import ray
 
         self.started = start_ray(address, num_cpus)
@@ -146,7 +144,7 @@ class RaySentences:
         cls = ray.remote(SentenceWorker)
         # no task retries: a job's state is in the actor; the caller retries the sentence
         self.actors = [cls.options(num_cpus=per, max_restarts=max_restarts, max_task_retries=0)
-                       .remote(cache_weights=cache_weights) for _ in range(workers)]
+                       .remote(weight_cache=weight_cache) for _ in range(workers)]
         self.in_flight = [0] * workers
         self.timeout_s = timeout_s
         self._circuits: dict[str, Any] = {}

@@ -30,8 +30,6 @@ import multiprocessing
 import multiprocessing.synchronize
 import socket
 import struct
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -47,6 +45,7 @@ from he_inhibitor.circuit.executors import Mode, make_executor
 from he_inhibitor.embed import Embedder
 from he_inhibitor.service.artifacts import SHIPPED_CLIENT
 from he_inhibitor.service.client import Client
+from he_inhibitor.service.process import ServeProcess, status_bytes
 from he_inhibitor.service.protocol import CONTENT_TYPE, H_KEY_ID, H_TOKENS, pack_frames
 from he_inhibitor.service.server import load_buckets
 
@@ -297,20 +296,13 @@ def poll_health(url: str, headers: dict[str, str], timeout_s: float, server_pid:
              "peak_rss": peak_rss})
 
 
-def _status_kb(pid: int, field_name: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field_name + ":"):
-            return int(line.split()[1]) * 1024
-    return 0
-
-
 def _rss(pid: int) -> int:
-    return _status_kb(pid, "VmRSS")
+    return status_bytes(pid, "VmRSS")
 
 
 def _hwm(pid: int) -> int:
     """Peak resident memory of a process since it started."""
-    return _status_kb(pid, "VmHWM")
+    return status_bytes(pid, "VmHWM")
 
 
 # -- the command ---------------------------------------------------------------------------
@@ -348,16 +340,10 @@ def run(args: argparse.Namespace) -> int:
     the clear) of its bucket: the label must agree.
     """
     circuits, _ = load_buckets(args.circuit)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    url = f"http://127.0.0.1:{port}"
-    cmd = [sys.executable, "-m", "he_inhibitor.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
-           "--memory-budget", args.memory_budget, *(["--circuit", str(args.circuit)] if args.circuit else [])]
-    server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    flags = ["--memory-budget", args.memory_budget, *(["--circuit", str(args.circuit)] if args.circuit else [])]
     details: list[dict] = []
-    try:
-        _wait_up(url, server)
+    with ServeProcess(flags) as server:
+        url = server.url
         embedder = Embedder.load(SHIPPED_CLIENT)
         with Client(url, retry_s=600) as attacker_client:
             ammo = prepare(attacker_client, lambda c: c.embed(SENTENCES[0], embedder)[:2], None)
@@ -379,27 +365,9 @@ def run(args: argparse.Namespace) -> int:
             return seconds
 
         report = run_mix(url, honest, args.honest, ammo, args.attackers, server_pid=server.pid)
-    finally:
-        server.terminate()
-        server.wait(timeout=60)
     out = {**report.to_json(), "honest_sentences": details}
     print(json.dumps(out, indent=1))
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(out, indent=1) + "\n")
     return 0 if not report.honest_failures and not report.server_errors else 1
-
-
-def _wait_up(url: str, server: subprocess.Popen, timeout_s: float = 300.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        if server.poll() is not None:
-            raise RuntimeError(f"the server exited: {server.stderr.read().decode()[-2000:]}")
-        try:
-            if httpx.get(url + "/v1/health", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError("the server did not come up")
-        time.sleep(0.5)

@@ -47,6 +47,7 @@ import numpy as np
 from he_inhibitor.ckks import CkksParams
 from he_inhibitor.circuit.arrange import ClientMap, ShiftPlan, StackedMap, maps
 from he_inhibitor.circuit.layout import Layout
+from he_inhibitor.circuit.weight_store import DEFAULT_MAX_BYTES
 
 CONTENT_TYPE = "application/octet-stream"
 H_KEY_ID = "X-Key-Id"
@@ -153,6 +154,10 @@ class Limits:
     quota): each evaluation lets the client see masked activations once, so
     the rate bounds how fast repeated queries can narrow them down.
     max_connections: open connections (uvicorn answers 503 beyond).
+    weight_cache: bytes of encoded weight and key-mask plaintexts the server
+    keeps (circuit/weight_store.py): its own memory, shared by every key set
+    and fixed here, not something a client can grow; 0 encodes them per
+    request (a third of a sentence's server time).
     """
 
     memory_budget: int = 4 << 30
@@ -170,6 +175,7 @@ class Limits:
     evaluations_per_minute: int = 60
     retry_after_s: int = 2
     max_connections: int = 256
+    weight_cache: int = DEFAULT_MAX_BYTES
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,9 @@ request may cost is decided before the cost is paid:
 - key sets and evaluations are charged what they hold in memory
   (registry.py) against `--memory-budget`; evaluations are admitted (job
   counts, per-key and per-token quotas, rates) before their body is read;
+- the plaintexts that depend on no key (weights, key masks) are encoded once
+  into one store for all key sets, bounded by `--weight-cache` bytes
+  (circuit/weight_store.py): the server's own memory, like a loaded model;
 - SEAL work runs in a small pool (`max_concurrent` threads) behind a queue of
   `max_queue`; beyond it the answer is 503 with Retry-After at once. The
   handlers themselves are async and only wait, so /v1/health answers while
@@ -50,6 +53,7 @@ from he_inhibitor.circuit.ir import Circuit, OpKind
 from he_inhibitor.circuit.ray_lanes import ray_buckets
 from he_inhibitor.circuit.ray_sentences import RaySentences
 from he_inhibitor.circuit.interpret import last_uses
+from he_inhibitor.circuit.weight_store import WeightStore
 from he_inhibitor.service.artifacts import SHIPPED_CIRCUIT
 from he_inhibitor.service.auth import Principal, Tokens
 from he_inhibitor.service.body import BodyReader
@@ -244,6 +248,7 @@ def create_app(circuits: Compiled | Bucket | Mapping[int, Compiled | Bucket], pa
     context = make_context(params)  # one SEAL context for every key set and ciphertext
     scales = level_scales(context, params.scale)
     budget = MemoryBudget(limits.memory_budget)
+    weights = WeightStore(limits.weight_cache) if limits.weight_cache else None
     registry = KeyRegistry(budget, limits.max_keys)
     jobs = JobTable(registry, limits.max_jobs, limits.job_ttl_s)
     pool = SealPool(limits.max_concurrent, limits.max_queue, limits.retry_after_s)
@@ -259,7 +264,7 @@ def create_app(circuits: Compiled | Bucket | Mapping[int, Compiled | Bucket], pa
                   docs_url=None if tokens else "/docs", redoc_url=None,
                   openapi_url=None if tokens else "/openapi.json")
     app.state.registry, app.state.jobs, app.state.signature = registry, jobs, sig
-    app.state.limits, app.state.budget, app.state.pool = limits, budget, pool
+    app.state.limits, app.state.budget, app.state.pool, app.state.weights = limits, budget, pool, weights
 
     @app.exception_handler(RequestError)
     async def _client_error(request: Request, err: RequestError) -> JSONResponse:
@@ -364,7 +369,8 @@ def create_app(circuits: Compiled | Bucket | Mapping[int, Compiled | Bucket], pa
         return {"status": "ok", "keys": len(registry), "key_bytes": registry.nbytes, "paused_jobs": len(jobs),
                 "active_jobs": jobs.active, "memory_used": budget.used, "memory_budget": budget.total,
                 "charge_per_key_set": keys_bytes, "charge_per_evaluation": {str(T): b for T, b in job_bytes.items()},
-                "queued_or_running": pool.pending, "uploads": uploads["now"]}
+                "queued_or_running": pool.pending, "uploads": uploads["now"],
+                "weight_cache": None if weights is None else weights.stats()}
 
     @app.get("/v1/signature")
     async def signature(request: Request) -> dict:
@@ -403,7 +409,8 @@ def create_app(circuits: Compiled | Bucket | Mapping[int, Compiled | Bucket], pa
 
     def load_key_set(parts: ContextParts, charge: Reservation, principal: Principal | None) -> KeySet:
         public = load_context(parts, sig, context)
-        evaluators = {T: CircuitEvaluator(c, params, public, lanes, before=checkpoint) for T, c in by_T.items()}
+        evaluators = {T: CircuitEvaluator(c, params, public, lanes, before=checkpoint, weights=weights)
+                      for T, c in by_T.items()}
         return KeySet(parts.key_id, public, evaluators, charge, None if principal is None else principal.name,
                       RateLimit(limits.evaluations_per_minute))
 
@@ -500,7 +507,7 @@ def serve(circuit: Path | None, host: str, port: int, limits: Limits = Limits(),
     if lanes > 1:  # each evaluation's lanes 1..K-1 on Ray actors: circuit/ray_lanes.py
         circuits, pool = ray_buckets(circuit, circuits, params, lanes, address)
     elif ray is not None:  # each whole evaluation on a Ray actor, refreshes relayed: circuit/ray_sentences.py
-        pool = RaySentences(address=address, cache_weights=False)
+        pool = RaySentences(address=address, weight_cache=limits.weight_cache)
     app = create_app(circuits, params, limits=limits, tokens=None if tokens is None else Tokens.load(tokens),
                      lanes=pool)
     try:
@@ -527,6 +534,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--memory-budget", type=_bytes, default=Limits.memory_budget,
                    help="bytes of client-driven state (key sets as held in memory, evaluations, bodies), e.g. 4G")
     p.add_argument("--max-keys", type=int, default=Limits.max_keys, help="key sets held at once")
+    p.add_argument("--weight-cache", type=_bytes, default=Limits.weight_cache,
+                   help="bytes of encoded weight plaintexts kept for every key set (the shipped student's two "
+                        "buckets: 2.4G), e.g. 3G; 0 encodes them per request")
     p.add_argument("--tokens", type=Path, default=None,
                    help="JSON file of bearer tokens with per-token quotas (see he_inhibitor/service/auth.py)")
     p.add_argument("--ray", default=None, metavar="ADDRESS",
@@ -535,5 +545,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="K > 1: split each evaluation's attention shifts K ways, lanes 1..K-1 on Ray actors "
                         "(lane 0 in this process; with --ray on that cluster, else Ray embedded)")
     p.set_defaults(func=lambda a: serve(a.circuit, a.host, a.port, Limits(memory_budget=a.memory_budget,
-                                                                          max_keys=a.max_keys), a.tokens,
+                                                                          max_keys=a.max_keys,
+                                                                          weight_cache=a.weight_cache), a.tokens,
                                         a.ray, a.lanes) or 0)
