@@ -99,11 +99,21 @@ def headline(root: Path) -> str:
          f"median on the first {p['encrypted_sentences']} of the same sentences, an earlier session's run",
          f"{p['median_seconds']:.1f} s (this circuit on those: {_median_of(b, p):.1f} s; per sentence: "
          f"{_ratio(b, p_runs):.2f})", f"`{PREVIOUS}`"],
+        _served_headline(root),
         ["evaluation keys (both buckets), sent once", _mb(b["eval_key_bytes"]), f"`{BENCH}`"],
         ["query / reply / refresh traffic per sentence, T = 32",
          f"{_mb(b32['query_bytes'])} / {_mb(b32['reply_bytes'])} / {_mb(b32['refresh_bytes'])}", f"`{BENCH}`"],
     ]
     return _table(["quantity", "value", "from"], rows)
+
+
+def _served_headline(root: Path) -> list[str]:
+    d, configs = _served_rows(root)
+    (first, base), best = configs[0], configs[-1][1]
+    return [f"over HTTP, text to label (`he-inhibitor serve {best['flags']}`), median / p95, "
+            f"{d['sentences']} dev sentences",
+            f"{best['median_seconds']:.1f} s / {best['p95_seconds']:.1f} s ({first}, the server before: "
+            f"{base['median_seconds']:.1f} s / {base['p95_seconds']:.1f} s, same run)", f"`{SERVED}`"]
 
 
 def bench_buckets(root: Path) -> str:
@@ -146,6 +156,42 @@ def bench_totals(root: Path) -> str:
          f"{b['max_abs_error']:.2e} / {b['predicted_error_bound']:.2e}; ratio {b['max_error_over_bound']:.2f}"],
     ]
     return _table(["quantity", "value"], rows)
+
+
+SERVED = "docs/bench/served.json"  # bench-served: real HTTP servers, its default configurations in their order
+
+
+def _served_rows(root: Path) -> tuple[dict, list[tuple[str, dict]]]:
+    d = _load(root, SERVED)
+    return d, list(d["configs"].items())
+
+
+def served(root: Path) -> str:
+    """Per server configuration of one bench-served run: latency through HTTP and what the server held."""
+    d, configs = _served_rows(root)
+    rows = []
+    for name, c in configs:
+        w = c.get("weight_cache")
+        rows.append([f"{name} (`{c['flags'] or 'the defaults'}`)",
+                     f"{c['median_seconds']:.2f} s / {c['p95_seconds']:.2f} s",
+                     f"{c['median_seconds_t32']:.2f} s / {c['median_seconds_t64']:.2f} s",
+                     f"{c['median_client_seconds']:.2f} / {c['median_network_seconds']:.2f} / "
+                     f"{c['median_server_seconds']:.2f} s",
+                     " / ".join(f"{v:.1f} s" for v in c["warmup_seconds"].values()),
+                     "none" if not w else f"{w['plaintexts']} ({w['bytes'] / 2**30:.1f} GiB)",
+                     f"{c['peak_rss_bytes'] / 2**30:.1f} GiB",
+                     f"{sum(r['agrees'] for r in c['runs'])}/{len(c['runs'])}"])
+    bench = {r["index"]: r for r in _load(root, BENCH)["runs"]}
+    same = [bench[i] for i in d["sentence_indices"] if i in bench]
+    s = np.array([r["seconds"] for r in same])
+    rows.append([f"for comparison: `bench`, in one process, no HTTP ({_load(root, BENCH)['lanes']} lanes; "
+                 f"`{BENCH}`), the same {len(same)} sentences",
+                 f"{np.median(s):.2f} s / {np.percentile(s, 95):.2f} s",
+                 " / ".join(f"{np.median([r['seconds'] for r in same if r['T'] == T]):.2f} s" for T in (32, 64)),
+                 "", "", "", "", ""])
+    return _table([f"server ({d['sentences']} dev sentences, each to every server in turn)", "median / p95",
+                   "median T = 32 / 64", "client / network / server (medians)", "warm-up (T = 32 / 64)",
+                   "plaintexts kept", "server peak RSS", "agree with plain"], rows)
 
 
 # the bench of both attentions rerun with each bundle's own embeddings and this code; the first run
@@ -477,7 +523,7 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "fit-rows": partial(calibration_rows, groups=FIT_ROWS, same_exact=False,
                                   head="exact phase (average of the weights); calibration"),
     "poly-phase": poly_phase, "poly-half": partial(poly_phase, groups=POLY_HALF_ROWS),
-    "row-max": partial(poly_phase, groups=ROW_MAX_ROWS),
+    "row-max": partial(poly_phase, groups=ROW_MAX_ROWS), "served": served,
 }
 
 

@@ -57,7 +57,7 @@ from he_inhibitor.circuit.compile import Compiled, compile_student
 from he_inhibitor.circuit.encrypted import EncryptedExecutor
 from he_inhibitor.circuit.ir import Circuit, CircuitError, OpKind, check, depth, refresh_round_trips
 from he_inhibitor.circuit.params import Plan
-from he_inhibitor.circuit.weight_store import WeightStore
+from he_inhibitor.circuit.weight_store import DEFAULT_MAX_BYTES, WeightStore
 
 OBJECT_STORE_BYTES = 300 * 2**20  # embedded Ray: segments move a few MB per sentence
 DEFAULT_TIMEOUT_S = 900.0  # one segment's result; a sentence at N = 16384 takes tens of seconds in all
@@ -179,9 +179,11 @@ def load_plan(bundle: str | Path, T: int, lanes: int, n: int | None = None) -> A
 
 
 def ray_buckets(bundle: str | Path | None, circuits: dict[int, Any], params: Any, lanes: int,
-                address: str | None) -> tuple[dict[int, Any], RayLanes]:
-    """`serve --ray`: the bundle's buckets (circuit.bundle.Bucket) with `lanes` lanes and a pool."""
-    return {T: replace(b, lanes=lanes) for T, b in circuits.items()}, RayLanes(lanes - 1, address)
+                address: str | None, weight_cache: int = DEFAULT_MAX_BYTES) -> tuple[dict[int, Any], RayLanes]:
+    """`serve --lanes K`: the bundle's buckets (circuit.bundle.Bucket) with `lanes` lanes and a pool whose
+    actors keep at most `weight_cache` bytes of plaintexts each."""
+    return ({T: replace(b, lanes=lanes) for T, b in circuits.items()},
+            RayLanes(lanes - 1, address, weight_cache=weight_cache))
 
 
 # -- Ray ------------------------------------------------------------------------------------
@@ -206,8 +208,9 @@ def start_ray(address: str | None = None, num_cpus: int = 2,
 class LaneWorker:
     """A Ray actor: evaluates segments with cached keys and circuits (LRU, `max_keys` of each)."""
 
-    def __init__(self, max_keys: int = 4, max_circuits: int = 4) -> None:
-        self.weights = WeightStore()  # the lane nodes' plaintexts, shared by every key set (weight_store.py)
+    def __init__(self, max_keys: int = 4, max_circuits: int = 4, weight_cache: int = DEFAULT_MAX_BYTES) -> None:
+        # the lane nodes' plaintexts (key masks, mostly), shared by every key set (weight_store.py)
+        self.weights = WeightStore(weight_cache) if weight_cache else None
         self.keys: OrderedDict[str, Any] = OrderedDict()
         self.circuits: OrderedDict[str, tuple[Compiled, list[Segment], Any]] = OrderedDict()
         self.executors: OrderedDict[tuple[str, str], Any] = OrderedDict()
@@ -241,7 +244,8 @@ class LaneWorker:
         compiled, segs, params = self._lru(self.circuits, circuit_id, load_circuit, self.max_circuits)
         public = self._lru(self.keys, key_id, load_keys, self.max_keys)
         ex = self._lru(self.executors, (circuit_id, key_id),
-                       lambda: EncryptedExecutor(compiled, params, public=public, weights=self.weights), self.max_keys)
+                       lambda: EncryptedExecutor(compiled, params, public=public, cache=self.weights is not None,
+                                                 weights=self.weights), self.max_keys)
         return ex, segs
 
     def warm(self, circuit_id: str, circuit_box: list, key_id: str, keys_box: list) -> int:
@@ -276,7 +280,8 @@ class LaneWorker:
         import ray
 
         return {"pid": os.getpid(), "node": ray.get_runtime_context().get_node_id(), "key_loads": dict(self.key_loads),
-                "circuit_loads": dict(self.circuit_loads), "segments_run": self.segments_run}
+                "circuit_loads": dict(self.circuit_loads), "segments_run": self.segments_run,
+                "weights": None if self.weights is None else self.weights.stats()}
 
 
 @dataclass
@@ -298,7 +303,7 @@ class RayLanes:
     """
 
     def __init__(self, workers: int, address: str | None = None, num_cpus: int = 2, max_restarts: int = 2,
-                 timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+                 timeout_s: float = DEFAULT_TIMEOUT_S, weight_cache: int = DEFAULT_MAX_BYTES) -> None:
         import ray
 
         if workers < 1:
@@ -308,7 +313,7 @@ class RayLanes:
         per = min(1.0, max(0.01, (cpus - (0 if address else 1)) / workers))  # embedded: one core for lane 0
         cls = ray.remote(LaneWorker)
         self.actors = [cls.options(num_cpus=per, max_restarts=max_restarts, max_task_retries=max_restarts)
-                       .remote() for _ in range(workers)]
+                       .remote(weight_cache=weight_cache) for _ in range(workers)]
         self.timeout_s = timeout_s
         self._circuits: dict[str, _Registered] = {}
         self._ids: dict[int, str] = {}  # id(compiled) -> circuit id (the registered entry keeps it alive)

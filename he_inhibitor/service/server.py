@@ -505,7 +505,7 @@ def serve(circuit: Path | None, host: str, port: int, limits: Limits = Limits(),
     pool = None
     address = None if ray == "local" else ray
     if lanes > 1:  # each evaluation's lanes 1..K-1 on Ray actors: circuit/ray_lanes.py
-        circuits, pool = ray_buckets(circuit, circuits, params, lanes, address)
+        circuits, pool = ray_buckets(circuit, circuits, params, lanes, address, limits.weight_cache)
     elif ray is not None:  # each whole evaluation on a Ray actor, refreshes relayed: circuit/ray_sentences.py
         pool = RaySentences(address=address, weight_cache=limits.weight_cache)
     app = create_app(circuits, params, limits=limits, tokens=None if tokens is None else Tokens.load(tokens),
