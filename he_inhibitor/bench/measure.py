@@ -13,7 +13,8 @@
   run every bucket.
 * Encrypted runs: K sentences (default all N) in a seeded random order, each
   timed end to end (encryption to decryption, keys and the one-off encoding
-  of the weight plaintexts excluded; that set-up is reported per bucket), its
+  of the weight plaintexts excluded, as a server encodes them once for every
+  client: circuit/weight_store.py; that set-up is reported per bucket), its
   error held against the simulator's bound for that very sentence. With a
   log file every run is appended as it finishes and a rerun resumes where the
   log stops: an 872-sentence run takes hours.
@@ -48,6 +49,7 @@ from he_inhibitor.circuit.ir import OpKind
 from he_inhibitor.circuit.params import Plan
 from he_inhibitor.circuit.ray_lanes import RayLanes, lanes_of
 from he_inhibitor.circuit.stats import stage_stats
+from he_inhibitor.circuit.weight_store import WeightStore
 
 # report key -> simulator primitive
 COUNTED = {"rotations": "rotate", "relinearizations": "relinearize", "ciphertext_multiplications": "mul",
@@ -181,9 +183,11 @@ def _encrypted_runs(target: Target, keys: dict[int, ClientKeys], corpus: Corpus,
                     plain_out: np.ndarray, costs: CostTable, seed: int, lanes: int, log: RunLog,
                     ray: str | None = None) -> dict[tuple[int, object], float]:
     """Run every sample sentence not yet in the log, grouped by circuit (one set-up each, one alive at a
-    time: a prepared executor holds its encoded weights); returns the set-up seconds per circuit."""
+    time; their encoded weights in one store, as in the server, so a bucket's later circuits find them
+    encoded); returns the set-up seconds per circuit."""
     todo = [int(i) for i in sample if int(i) not in log.records]
     setup: dict[tuple[int, object], float] = {}
+    weights = WeightStore()
     pool = None
     with ExitStack() as stack, tqdm(total=len(todo), desc=f"{target.name}: encrypted", unit="sentence",
                                     dynamic_ncols=True) as bar:
@@ -193,7 +197,7 @@ def _encrypted_runs(target: Target, keys: dict[int, ClientKeys], corpus: Corpus,
             if lanes > 1 and len(lanes_of(plan.compiled.circuit)) > 1 and pool is None:
                 pool = stack.enter_context(RayLanes(lanes - 1, ray))
             run = make_executor(Mode.ENCRYPTED, plan.compiled, plan.params, keys=keys[T], seed=seed, prepare=True,
-                                pool=pool if lanes > 1 else None)
+                                weights=weights, pool=pool if lanes > 1 else None)
             setup[T, shifts] = time.perf_counter() - t
             for i in rows:
                 t = time.perf_counter()
