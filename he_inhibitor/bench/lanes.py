@@ -42,6 +42,7 @@ from he_inhibitor.circuit.ir import OpKind, levels_and_degrees
 from he_inhibitor.circuit.ray_lanes import RayLaneExecutor, RayLanes, lanes_of, segments_of, start_ray, with_lanes
 from he_inhibitor.circuit.ray_sentences import RaySentenceExecutor, RaySentences
 from he_inhibitor.circuit.weight_store import DEFAULT_MAX_BYTES
+from he_inhibitor.bench.report import save_figure
 from he_inhibitor.service.artifacts import SHIPPED_CIRCUIT
 
 SENTENCES = (  # 12 tokens each: the shipped T = 32 bucket's circuit for them has 3 shifts, so up to 3 lanes
@@ -316,11 +317,7 @@ def plot(result: dict, path: Path) -> Path:
         ax.set_xlabel(f"sentences per hour, {tp[names[0]]['clients']} concurrent clients (T = {meas['T']})")
         ax.set_title("Throughput on this 2-core machine (shared, loaded)")
         ax.grid(alpha=0.3, axis="x")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def run(args: argparse.Namespace) -> int:

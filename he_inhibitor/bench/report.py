@@ -84,6 +84,17 @@ def _bucket_cell(r: dict, T: str, key: str | None, fmt: str | None) -> str:
     return "-" if b[key] is None else fmt.format(b[key])
 
 
+def save_figure(fig, path: Path) -> Path:
+    """Lay out, write (120 dpi, making the folder) and close a matplotlib figure; returns the path."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def plot_stages(results: list[dict], out_dir: str | Path) -> Path:
     """Per stage, predicted (floor) against measured seconds, one panel per result; returns the PNG."""
     import matplotlib
@@ -105,10 +116,7 @@ def plot_stages(results: list[dict], out_dir: str | Path) -> Path:
                      f"floor {r['floor_seconds']:.1f} s")
         ax.set_ylabel("seconds per sentence (server)")
         ax.legend()
-    fig.tight_layout()
-    path = out / "latency_per_stage.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    path = save_figure(fig, out / "latency_per_stage.png")
     _plot_by_length(results, out / "latency_by_length.png")
     _plot_error_by_bound(results, out / "error_by_bound.png")
     return path
@@ -135,9 +143,7 @@ def _plot_error_by_bound(results: list[dict], path: Path) -> None:
     ax.set_ylabel("measured max |encrypted - plain| logit")
     ax.set_title("encrypted error against the simulator's bound")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def _plot_by_length(results: list[dict], path: Path) -> None:
@@ -152,6 +158,4 @@ def _plot_by_length(results: list[dict], path: Path) -> None:
     ax.set_ylabel("encryption to decryption, s")
     ax.set_title("latency by sentence length")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)

@@ -35,6 +35,7 @@ import httpx
 import numpy as np
 from tqdm import tqdm
 
+from he_inhibitor.bench.report import save_figure
 from he_inhibitor.circuit.executors import PlainExecutor
 from he_inhibitor.data import default_data_dir, load_sst2, load_sst2_tsv
 from he_inhibitor.embed import Embedder
@@ -147,11 +148,7 @@ def plot(result: dict, path: Path) -> Path:
     ax.set_title(f"served latency, {result['sentences']} SST-2 dev sentences, loopback")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
