@@ -247,3 +247,29 @@ def test_serve_and_query_commands(student, tmp_path):
         want = PlainExecutor(plans[Tb].plan_for(n).compiled).run(x0, (np.arange(Tb) < n).astype(float)).logits
         np.testing.assert_allclose(res["logits"], want, atol=1e-2)
         assert set(res["seconds"]) == {"client", "network", "server", "total"} and res["bytes_up"] > 0
+
+
+def test_bench_served_times_each_server_configuration(student, tmp_path):
+    """`bench-served` through real server processes: every sentence to every configuration, labels as
+    plain, and the store only where the flags keep one (its second pass over a sentence encodes nothing)."""
+    model, _, _, client_dir = student
+    save_bundle(from_torch(model), (T, 2 * T), tmp_path / "bundle", n=8192, precision=Precision(30, 40, 60))
+    data = tmp_path / "dev.tsv"
+    data.write_text("sentence\tlabel\na very good film\t1\nnot fun , dull plot\t0\n"
+                    "a very very good film , not a dull plot at all\t1\n")
+    out = tmp_path / "served.json"
+    cli = [sys.executable, "-m", "he_inhibitor.cli", "bench-served", "--circuit", str(tmp_path / "bundle"),
+           "--client", str(client_dir), "--data", str(data), "--sentences", "3", "--json", str(out),
+           "--config", "per request=--weight-cache 0", "--config", "kept="]
+    done = subprocess.run(cli, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert "| per request (`--weight-cache 0`) |" in done.stdout
+    per_request, kept = result["configs"]["per request"], result["configs"]["kept"]
+    for c in (per_request, kept):
+        assert len(c["runs"]) == 3 and c["agreement"] == 1.0 and c["median_seconds"] > 0
+        assert {r["T"] for r in c["runs"]} == {T, 2 * T} and set(c["warmup_seconds"]) == {str(T), str(2 * T)}
+    assert per_request["weight_cache"] is None
+    w = kept["weight_cache"]
+    assert w["plaintexts"] == w["misses"] > 0 and w["hits"] > 0 and w["bytes"] <= w["max_bytes"]
+

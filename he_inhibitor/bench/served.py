@@ -83,9 +83,10 @@ def summary(runs: list[dict]) -> dict:
             "agreement": float(np.mean([r["agrees"] for r in runs]))}
 
 
-def measure(configs: list[tuple[str, list[str]]], texts: list[str], circuit: Path | None) -> dict:
+def measure(configs: list[tuple[str, list[str]]], texts: list[str], circuit: Path | None,
+            client_dir: Path | None = None) -> dict:
     buckets, _ = load_buckets(circuit)
-    embedder = Embedder.load(SHIPPED_CLIENT if circuit is None else circuit / "client")
+    embedder = Embedder.load(client_dir or (SHIPPED_CLIENT if circuit is None else circuit / "client"))
     extra = [] if circuit is None else ["--circuit", str(circuit)]
     servers = [ServeProcess([*extra, *flags]) for _, flags in configs]
     out: dict = {name: {"flags": shlex.join(flags), "runs": []} for name, flags in configs}
@@ -155,6 +156,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench-served", help="latency through real HTTP servers, one per configuration, in one run",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--circuit", type=Path, default=None, help="compiled bundle (default: the shipped one)")
+    p.add_argument("--client", type=Path, default=None,
+                   help="client bundle (default: the bundle's own client/, else the shipped one)")
     p.add_argument("--data", type=Path, default=None, help="sentence<TAB>label TSV (default: SST-2 dev)")
     p.add_argument("--sentences", type=int, default=30, help="K sentences, each sent to every server")
     p.add_argument("--seed", type=int, default=0, help="the order of the sentences (bench's: the same first K)")
@@ -180,7 +183,7 @@ def run(args: argparse.Namespace) -> int:
     texts = [sentences[int(i)] for i in order]
     result = {"command": shlex.join(["he-inhibitor", *sys.argv[1:]]),
               "sentences": len(texts), "seed": args.seed, "sentence_indices": [int(i) for i in order],
-              "configs": measure(configs, texts, args.circuit)}
+              "configs": measure(configs, texts, args.circuit, args.client)}
     print(table(result))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
