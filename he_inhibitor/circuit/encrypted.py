@@ -86,7 +86,7 @@ def measured_depth(circuit: Circuit, chain_index: dict[int, int]) -> int:
 
 class SealBackend(Backend):
     """The SEAL backend of one request: `EncryptedExecutor.op` with the request's public plaintexts;
-    CONST values are (const id, payload) so weights hit the executor's cache. Records the chain index
+    CONST values are their payloads (weights found in the store by content). Records the chain index
     of every ciphertext and the wall-clock seconds per stage, less `client` seconds spent in a refresh;
     `before` runs ahead of every node (the server's check for a cancelled request)."""
 
@@ -97,9 +97,6 @@ class SealBackend(Backend):
         self.seconds: dict[str, float] = defaultdict(float)
         self.client = 0.0  # client seconds inside the current node (a refresh answered in-process)
         self._t = 0.0
-
-    def const(self, index: int, payload: Plain) -> tuple[int, Plain]:
-        return index, payload
 
     def op(self, i: int, node: Node, args: list) -> Ciphertext:
         return self.ex.op(node, args, self.public)
@@ -119,8 +116,8 @@ class EncryptedExecutor:
     """Keys for exactly the circuit's rotation steps; run() evaluates one sentence.
 
     cache keeps the plaintexts that depend on no key (weights, key masks)
-    across requests (0.8 GB at T = 32, 1.6 GB at T = 64 for the two-layer
-    student), in `weights` when given (a store shared by every executor of
+    across requests (about 3 GB for every plan of both buckets of the
+    two-layer student), in `weights` when given (a store shared by every executor of
     the process: the server's, bounded), else in a store of its own; without
     it they are encoded as they are used and freed. Given `public` (and no
     keys) the executor is the server's alone: op() works, run() and refreshes
@@ -163,20 +160,19 @@ class EncryptedExecutor:
         for kind in (OpKind.MUL_PLAIN, OpKind.ADD_PLAIN):
             for i in circuit.of_kind(kind):
                 x, const = circuit.nodes[i].args
-                arg = circuit.nodes[const].arg
-                payload = circuit.consts[arg]
+                payload = circuit.consts[circuit.nodes[const].arg]
                 if (nodes is not None and i not in nodes) or isinstance(payload, str) or self.degrees[x] != 1:
                     continue
                 c = self.params.depth - int(self.levels[x])  # a rescaled operand there carries Delta_c
                 keys.add(self._weight_key(kind, payload, c, self.ev.scales[c]))
-                self._weight(kind, arg, payload, c, self.ev.scales[c], {})
+                self._weight(kind, payload, c, self.ev.scales[c], {})
         return len(keys)
 
     def _weight_key(self, kind: OpKind, payload: np.ndarray, c: int, ct_scale: float) -> tuple:
         assert self.weights is not None
         return "weight", self.weights.digest(payload), kind.value, c, ct_scale
 
-    def _weight(self, kind: OpKind, const_id: int, payload: Plain, c: int, ct_scale: float,
+    def _weight(self, kind: OpKind, payload: Plain, c: int, ct_scale: float,
                 public: dict[str, np.ndarray]) -> Plaintext:
         """The plaintext a MUL_PLAIN (factor) or ADD_PLAIN (addend) node applies to a ciphertext at chain
         index c with scale ct_scale.
@@ -243,15 +239,15 @@ class EncryptedExecutor:
                 raise CircuitError("mod_switch of a product awaiting its rescale")
             return ev.drop_to(a[0], ev.level(a[0]) - node.arg)
         if op is OpKind.ADD_PLAIN:
-            return ev.add_encoded(a[0], self._weight(op, *a[1], ev.level(a[0]), a[0].scale, public))
+            return ev.add_encoded(a[0], self._weight(op, a[1], ev.level(a[0]), a[0].scale, public))
         if op is OpKind.MUL_PLAIN:
-            return ev.multiply_encoded(a[0], self._weight(op, *a[1], ev.level(a[0]), a[0].scale, public))
+            return ev.multiply_encoded(a[0], self._weight(op, a[1], ev.level(a[0]), a[0].scale, public))
         if op is OpKind.MUL:
             return ev.multiply(a[0], a[1])
         if op is OpKind.RESCALE:
             return ev.rescale(a[0])
         if op is OpKind.POLY and len(a) > 1:  # mask folded into the plan
-            mask = np.asarray(resolve(a[1][1], public))
+            mask = np.asarray(resolve(a[1], public))
             plan = masked_plan_of(node.fn)
             return plan.run(a[0], mask, ev if self.weights is None else _StoredMasks(ev, self.weights, plan, mask))
         if op is OpKind.POLY:

@@ -267,7 +267,7 @@ class LaneWorker:
         vals: dict[int, Any] = {i: serial.ciphertext_from_bytes(b, ex.ctx)
                                 for i, b in zip(s.inputs + s.links, values, strict=True)}
         for c in s.consts:
-            vals[c] = (circuit.nodes[c].arg, circuit.consts[circuit.nodes[c].arg])
+            vals[c] = circuit.consts[circuit.nodes[c].arg]
         chain = {}
         for i in s.nodes:
             vals[i] = ex.op(circuit.nodes[i], [vals[j] for j in circuit.nodes[i].args], public)
