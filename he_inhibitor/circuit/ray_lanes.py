@@ -16,7 +16,8 @@ consumes a segment's output.
   each actor fetches them the first time a task names an id it does not hold,
   then keeps them (a small LRU): keys are never re-sent per sentence, and on a
   cluster Ray moves an object to each node once.
-* Ciphertexts cross as SEAL-serialized bytes through the object store; an input
+* Ciphertexts cross as SEAL-serialized bytes (through anonymous memory files,
+  ckks.sealio, which skips the temporary files of ckks.serial) through the object store; an input
   read by several lanes is put once.
 * Faults: actors restart and their tasks are retried (`max_restarts`,
   `max_task_retries`); a restarted actor reloads keys and circuit from the
@@ -50,7 +51,7 @@ from typing import Any
 
 import numpy as np
 
-from he_inhibitor.ckks import PublicContext, serial
+from he_inhibitor.ckks import PublicContext, sealio
 from he_inhibitor.ckks.context import level_of
 from he_inhibitor.circuit.bundle import circuit_hash, load_bundle, load_weights, node_list
 from he_inhibitor.circuit.compile import Compiled, compile_student
@@ -264,7 +265,7 @@ class LaneWorker:
         s = segs[seg]
         circuit = ex.circuit
         public = ex.compiled.public_plaintexts(m)
-        vals: dict[int, Any] = {i: serial.ciphertext_from_bytes(b, ex.ctx)
+        vals: dict[int, Any] = {i: sealio.ciphertext(b, ex.ctx)
                                 for i, b in zip(s.inputs + s.links, values, strict=True)}
         for c in s.consts:
             vals[c] = circuit.consts[circuit.nodes[c].arg]
@@ -273,7 +274,7 @@ class LaneWorker:
             vals[i] = ex.op(circuit.nodes[i], [vals[j] for j in circuit.nodes[i].args], public)
             chain[i] = level_of(ex.ctx, vals[i])
         self.segments_run += 1
-        outs = [serial.to_bytes(vals[i]) for i in s.outputs]
+        outs = [sealio.to_bytes(vals[i]) for i in s.outputs]
         return (*outs, (chain, time.process_time() - cpu, sum(len(b) for b in outs)))
 
     def stats(self) -> dict:
@@ -465,7 +466,7 @@ class RayLink:
         import ray
 
         t = time.perf_counter()
-        data = serial.to_bytes(ct)
+        data = sealio.to_bytes(ct)
         self._offered[node] = ray.put(data)
         self.transfer_seconds += time.perf_counter() - t
         self.bytes_out += len(data)
@@ -495,7 +496,7 @@ class RayLink:
         data = self.pool._get(self._outs[node], f"lane {s.lane} (nodes {s.nodes[0]}..{s.nodes[-1]})")
         self.bytes_in += len(data)
         t = time.perf_counter()
-        ct = serial.ciphertext_from_bytes(data, self.context)
+        ct = sealio.ciphertext(data, self.context)
         self.transfer_seconds += time.perf_counter() - t
         return ct
 

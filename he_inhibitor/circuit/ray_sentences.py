@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from he_inhibitor.ckks import PublicContext, serial
+from he_inhibitor.ckks import PublicContext, sealio
 from he_inhibitor.circuit.compile import Compiled
 from he_inhibitor.circuit.encrypted import EncryptedResult
 from he_inhibitor.circuit.evaluation import CircuitEvaluator
@@ -92,7 +92,7 @@ class SentenceWorker:
     def start(self, job: str, circuit_id: str, circuit_box: list, key_id: str, keys_box: list, n_tokens: int,
               *inputs: bytes) -> tuple[str, Any]:
         ev = self._evaluator(circuit_id, circuit_box, key_id, keys_box)
-        cts = [serial.ciphertext_from_bytes(b, ev.public.context) for b in inputs]
+        cts = [sealio.ciphertext(b, ev.public.context) for b in inputs]
         while len(self.jobs) >= self.max_jobs:  # the oldest paused job gives way
             self.jobs.popitem(last=False)[1][1].close()
         gen = ev.run(cts, n_tokens)
@@ -104,7 +104,7 @@ class SentenceWorker:
         if job not in self.jobs:
             raise JobLost(f"job {job} is not held by this worker (pid {os.getpid()})")
         ev, _ = self.jobs[job]
-        return self._step(job, [serial.ciphertext_from_bytes(b, ev.public.context) for b in fresh])
+        return self._step(job, [sealio.ciphertext(b, ev.public.context) for b in fresh])
 
     def _step(self, job: str, fresh: Any) -> tuple[str, Any]:
         ev, gen = self.jobs[job]
@@ -116,7 +116,7 @@ class SentenceWorker:
         except BaseException:
             del self.jobs[job]
             raise
-        return "refresh", ([serial.to_bytes(c) for c in masked.cts], masked.maps, masked.outputs)
+        return "refresh", ([sealio.to_bytes(c) for c in masked.cts], masked.maps, masked.outputs)
 
     def drop(self, job: str) -> None:
         entry = self.jobs.pop(job, None)
@@ -232,11 +232,11 @@ class RaySentences:
             status, payload = self._start(actor, job, circuit_id, key_id, blob, n_tokens, inputs)
             while status == "refresh":
                 blobs, maps, outputs = payload
-                fresh = yield Refresh([serial.ciphertext_from_bytes(b, context) for b in blobs], maps, outputs)
-                status, payload = self._get(actor.resume.remote(job, [serial.to_bytes(c) for c in fresh]),
+                fresh = yield Refresh([sealio.ciphertext(b, context) for b in blobs], maps, outputs)
+                status, payload = self._get(actor.resume.remote(job, [sealio.to_bytes(c) for c in fresh]),
                                             "evaluation")
             done = True
-            return {name: serial.ciphertext_from_bytes(b, context) for name, b in payload.items()}
+            return {name: sealio.ciphertext(b, context) for name, b in payload.items()}
         finally:
             with self._lock:
                 self.in_flight[k] -= 1
