@@ -221,3 +221,20 @@ def test_paused_evaluations_are_bounded_and_expire():
         late = _post(server.url, f"/v1/jobs/{first.headers['X-Job']}", pack_frames(client.encrypt(x0)))
         assert (late.status_code, late.json()["error"]) == (404, "unknown_job")
         good_request_succeeds(compiled, client)
+
+
+def test_serve_sizes_are_parsed_and_a_negative_one_is_refused(capsys):
+    """`--memory-budget` and `--weight-cache` take 4G / 512M / bytes; anything else, or below zero,
+    stops the command with a message naming the value."""
+    from he_inhibitor.cli import build_parser
+
+    def parse(*argv):
+        return build_parser(["serve", *argv]).parse_args(["serve", *argv])
+
+    a = parse("--weight-cache", "2G", "--memory-budget", "512M")
+    assert (a.weight_cache, a.memory_budget) == (2 << 30, 512 << 20)
+    assert parse("--weight-cache", "0").weight_cache == 0
+    for bad in ("-1", "-2G", "lots"):
+        with pytest.raises(SystemExit):
+            parse(f"--weight-cache={bad}")
+        assert f"not {bad!r}" in capsys.readouterr().err

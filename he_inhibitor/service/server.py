@@ -521,9 +521,12 @@ def _bytes(text: str) -> int:
     """'4G', '512M', '300000000' -> bytes."""
     units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
     try:
-        return int(float(text[:-1]) * units[text[-1].upper()]) if text[-1:].upper() in units else int(text)
+        n = int(float(text[:-1]) * units[text[-1].upper()]) if text[-1:].upper() in units else int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"a size like 4G, 512M or a byte count, not {text!r}") from None
+        n = -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"a size like 4G, 512M or a byte count >= 0, not {text!r}")
+    return n
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
