@@ -8,7 +8,7 @@ one op means on its values.
 How a walk goes, node by node in circuit order (the IR is topological):
 
 * CONST nodes are bound through `Backend.const` (the payload, or what the
-  backend makes of it: resolved per request, or kept with its id for a cache);
+  backend makes of it: resolved per request, or kept as it is);
   INPUT nodes take the caller's value for their name;
 * a REFRESH group (ir.refresh_groups: the REFRESH nodes over the same
   ciphertexts, one client round trip) suspends the walk at its first node: it
