@@ -458,6 +458,12 @@ ROW_MAX_ROWS = POLY_HALF_ROWS[2:] + [
      "ema3phr-seed{seed}", None),
 ]
 
+# the poly phase a quarter (no row penalty), half and three quarters of an epoch long, from one exact phase
+# (docs/log.md, "three quarters of an epoch")
+POLY_LENGTH_ROWS = [POLY_ROWS[1], ROW_MAX_ROWS[1],
+                    ("2 epochs; three quarters of an epoch in poly form, with `range_max` 10 "
+                     "(`configs/ema_2ep_poly_3q_rowmax.json`)", "ema2p3qr-seed{seed}", None)]
+
 
 def poly_phase(root: Path, groups: list[tuple[str, str, str | None]] = POLY_ROWS) -> str:
     """Each seed's dev accuracy after the exact phase, in poly form once calibrated, after the poly phase, and the
@@ -524,6 +530,7 @@ TABLES: dict[str, Callable[[Path], str]] = {
                                   head="exact phase (average of the weights); calibration"),
     "poly-phase": poly_phase, "poly-half": partial(poly_phase, groups=POLY_HALF_ROWS),
     "row-max": partial(poly_phase, groups=ROW_MAX_ROWS), "served": served,
+    "poly-length": partial(poly_phase, groups=POLY_LENGTH_ROWS),
 }
 
 

@@ -40,7 +40,7 @@ from he_inhibitor.circuit.executors import PlainExecutor
 from he_inhibitor.data import default_data_dir, load_sst2, load_sst2_tsv
 from he_inhibitor.embed import Embedder
 from he_inhibitor.service.artifacts import SHIPPED_CLIENT
-from he_inhibitor.service.client import Client
+from he_inhibitor.service.client import Client, ServerError
 from he_inhibitor.service.process import ServeProcess, status_bytes
 from he_inhibitor.service.server import load_buckets
 
@@ -181,9 +181,13 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit(f"error: {err}")
     order = np.random.default_rng(args.seed).permutation(len(sentences))[: args.sentences]
     texts = [sentences[int(i)] for i in order]
+    try:
+        measured = measure(configs, texts, args.circuit, args.client)
+    except (OSError, RuntimeError, ServerError, httpx.HTTPError) as err:  # a server that would not start or answer
+        raise SystemExit(f"error: {err}")
     result = {"command": shlex.join(["he-inhibitor", *sys.argv[1:]]),
               "sentences": len(texts), "seed": args.seed, "sentence_indices": [int(i) for i in order],
-              "configs": measure(configs, texts, args.circuit, args.client)}
+              "configs": measured}
     print(table(result))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
