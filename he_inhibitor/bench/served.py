@@ -29,6 +29,7 @@ import json
 import shlex
 import sys
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 import httpx
@@ -88,14 +89,14 @@ def measure(configs: list[tuple[str, list[str]]], texts: list[str], circuit: Pat
     buckets, _ = load_buckets(circuit)
     embedder = Embedder.load(client_dir or (SHIPPED_CLIENT if circuit is None else circuit / "client"))
     extra = [] if circuit is None else ["--circuit", str(circuit)]
-    servers = [ServeProcess([*extra, *flags]) for _, flags in configs]
     out: dict = {name: {"flags": shlex.join(flags), "runs": []} for name, flags in configs}
-    clients: list[Client] = []
-    try:
-        for (name, _), server in zip(configs, servers):
-            tqdm.write(f"starting: {name} ({server.cmd[4:]})")
-            server.__enter__()
-            client = Client(server.url, retry_s=600)
+    with ExitStack() as stack:
+        servers, clients = [], []
+        for name, flags in configs:
+            tqdm.write(f"starting: {name} (serve {shlex.join(flags) or 'with its defaults'})")
+            server = stack.enter_context(ServeProcess([*extra, *flags]))
+            client = stack.enter_context(Client(server.url, retry_s=600))
+            servers.append(server)
             clients.append(client)
             client.generate_keys()
             client.register_keys()
@@ -112,11 +113,6 @@ def measure(configs: list[tuple[str, list[str]]], texts: list[str], circuit: Pat
             out[name]["peak_rss_bytes"] = status_bytes(server.pid, "VmHWM")
             out[name]["weight_cache"] = httpx.get(server.url + "/v1/health").json().get("weight_cache")
             out[name].update(summary(out[name]["runs"]))
-    finally:
-        for c in clients:
-            c.close()
-        for server in servers:
-            server.__exit__(None, None, None)
     return out
 
 

@@ -25,7 +25,6 @@ serve every linear layer of a given T.
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -35,6 +34,7 @@ import numpy as np
 
 from he_inhibitor.circuit.layout import Layout, rot
 from he_inhibitor.circuit.ops import Ops, V
+from he_inhibitor.circuit.weight_store import content_digest
 
 
 @dataclass(frozen=True)
@@ -257,12 +257,7 @@ def compile_group(
     compiles in a fraction of the time, and a store of encoded weights (weight_store.py) hashes the
     shared arrays once.
     """
-    h = hashlib.blake2b(repr((src, tuple(dsts), n1)).encode(), digest_size=16)
-    for a in (*weights, *biases):
-        a = np.ascontiguousarray(a, dtype=np.float64)
-        h.update(repr(a.shape).encode())
-        h.update(a.tobytes())
-    key = h.digest()
+    key = content_digest(*weights, *biases, tag=repr((src, tuple(dsts), n1)))
     with _groups_lock:
         if key in _groups:
             _groups.move_to_end(key)

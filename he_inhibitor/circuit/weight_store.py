@@ -38,9 +38,13 @@ def plaintext_bytes(pt: Plaintext) -> int:
     return int(pt.coeff_count()) * 8
 
 
-def _digest(data: np.ndarray) -> bytes:
-    h = hashlib.blake2b(repr(data.shape).encode(), digest_size=16)
-    h.update(data.tobytes())
+def content_digest(*values: np.ndarray | float, tag: str = "") -> bytes:
+    """A digest of `tag` and each value's shape and float64 contents: equal arrays, equal digests."""
+    h = hashlib.blake2b(tag.encode(), digest_size=16)
+    for v in values:
+        data = np.ascontiguousarray(v, dtype=np.float64)
+        h.update(repr(data.shape).encode())
+        h.update(data.tobytes())
     return h.digest()
 
 
@@ -72,15 +76,14 @@ class WeightStore:
     def digest(self, values: np.ndarray | float) -> bytes:
         """A digest of a constant's shape and float64 values; an array's is remembered for as long as
         the array lives (a circuit's constants are hashed once, however many requests use them)."""
-        data = np.ascontiguousarray(values, dtype=np.float64)
         if not isinstance(values, np.ndarray):
-            return _digest(data)
+            return content_digest(values)
         key = id(values)
         with self._lock:
             held = self._digests.get(key)
         if held is not None and held[0]() is values:
             return held[1]
-        d = _digest(data)
+        d = content_digest(values)
 
         def forget(_: weakref.ref, key: int = key) -> None:
             with self._lock:
