@@ -8,7 +8,7 @@ import torch
 from he_inhibitor.circuit import plain
 from he_inhibitor.circuit.arrange import candidates, one_region
 from he_inhibitor.circuit.compile import compile_student
-from he_inhibitor.circuit.ir import CircuitError, OpKind, check, depth
+from he_inhibitor.circuit.ir import CircuitError, OpKind, check, depth, levels_and_degrees, refresh_round_trips
 from he_inhibitor.circuit.layout import Layout
 from he_inhibitor.circuit.weights import from_torch
 from he_inhibitor.model.nonlinear import PolySpec
@@ -57,11 +57,11 @@ def logits(comp, x0, m):
 @pytest.mark.parametrize("n_slots,signed,max_level,n_heads,key_norm", [
     (256, False, None, H, 0.0), (256, True, None, H, 0.0), (128, False, 12, H, 0.0),
     (512, False, None, H, 0.0), (256, False, None, 8, 0.0), (256, False, None, H, 0.5),
-    (128, True, 12, H, 1.0)])
+    (128, True, 12, H, 1.0), (256, False, 4, H, 0.0)])
 def test_plain_executor_equals_torch_student(n_slots, signed, max_level, n_heads, key_norm):
     """For every sentence length n, with n shifts in one region and with every plan a bucket may choose
     for it; also with the sum over keys divided by n^key_norm (the key masks carry it exactly), on
-    several ciphertexts (128 slots) and refreshed."""
+    several ciphertexts (128 slots) and refreshed: also on the shortest chain, four levels."""
     model = random_student(signed, n_heads=n_heads, key_norm=key_norm)
     sw = from_torch(model)
     res = Layout.heads(T, n_slots, sw.d, n_heads)
@@ -133,3 +133,28 @@ def test_depth_and_key_steps():
     # 1 and 2: the shifts on two lanes (lane 1 starts one shift on, each lane strides 2); -T: the pooled label;
     # the linear layers all run in the bucket layout (the client arranges the attention's inputs)
     assert steps == {-T, 1, 2, bs, comp.n1 * bs} | head_sums
+
+
+def test_short_chain_puts_work_before_a_refresh_on_its_last_levels():
+    """On the shortest chain (the ReLUs' depth) the compiler refreshes where the chain runs out and
+    places the work before a refresh on the chain's last levels (compile.qk_room, ffn_rooms): every
+    linear layer rotates at chain index 2 or below, every |x| polynomial starts exactly its depth from the
+    end, and the round trips are the five per layer that chain needs."""
+    model = random_student(False, abs_poly=PolySpec(6))
+    sw = from_torch(model)
+    a, r, f = (sw.layers[0].abs_fn.fn.depth, sw.layers[0].attn_relu.fn.depth, sw.layers[0].ffn_relu.fn.depth)
+    assert a < r == f  # |x| then fits with a level to spare, as in the shipped student
+    L = r
+    comp = compile_student(from_torch(model), T, 256, max_level=L)
+    c = comp.circuit
+    consumed, _ = levels_and_degrees(c)
+    index = L - consumed  # chain index: levels left
+    bs, bpc = 2 * T, 256 // (2 * T)
+    head_sums = {H * bs * 2**i for i in range(int(np.log2(bpc // H)))}
+    linear = {bs, comp.n1 * bs} - head_sums
+    rotations = [i for i in c.of_kind(OpKind.ROTATE) if c.nodes[i].arg in linear]
+    assert rotations and max(index[i] for i in rotations) <= 2
+    abs_polys = [i for i in c.of_kind(OpKind.POLY) if c.nodes[i].fn.depth == a and "attn" in c.nodes[i].stage]
+    assert abs_polys and {int(index[c.nodes[i].args[0]]) for i in abs_polys} == {a}
+    # per layer: the arranging refresh, Z, the fold, the FFN's hidden ciphertexts before and after the ReLU
+    assert refresh_round_trips(c) == 5 * len(sw.layers)

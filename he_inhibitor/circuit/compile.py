@@ -5,8 +5,7 @@ of the attention ReLU, f = depth of the FFN ReLU):
 
     attn: QKV 1 (at the chain's last level), then the client arranges
           Q, K, V (a refresh); |x| a, ReLU r (key mask folded in) -> a + r,
-          then the client folds H back (a refresh), dropped to the level
-          where Wo, the FFN and the next QKV (or the head) end the chain; Wo 1
+          then the client folds H back (a refresh); Wo 1
     ffn:  W1 1, ReLU f, W2 1                             -> 2 + f
     head: pooling weights 1                              -> 1
 
@@ -22,6 +21,12 @@ dot_attention.dot_attention_block instead: 4 + r levels per attention.
 The residual stream x is the only ciphertext that crosses the other stage
 boundaries, so when the chain left is too short for a stage, x is refreshed
 through the client before it (see builder.Builder.headroom).
+
+Work before a refresh runs on the chain's last levels, since a key switch
+costs about in proportion to the primes it carries (docs/design.md §6):
+Q and K are mod-switched to where |x| ends the chain when Z is refreshed
+before its ReLU (`qk_room`), and H to where Wo and W1 end it when the
+hidden ciphertexts are refreshed before theirs (`ffn_rooms`).
 
 Key masks, relative-bias offsets, the client's maps and pooling weights
 depend on the sentence's length: they are public plaintexts bound per
@@ -137,6 +142,31 @@ def _on_lane(b: Builder, lane: int, op) -> int:
     return out
 
 
+def qk_room(max_level: int, a: int, r: int) -> int:
+    """Levels Q and K keep after the arranging refresh: the |x| polynomial's a, and the ReLU's r after
+    it where the chain holds both; where it does not, Z is refreshed between them anyway (the
+    attention's one round trip for all shifts), so |x|, K's shift rotations and Z's head sums run a
+    level or more lower, on fewer primes. V waits at the top for the refreshed Z."""
+    return a + r if max_level >= a + r else a
+
+
+def ffn_rooms(max_level: int | None, f: int) -> tuple[int, int]:
+    """(levels H keeps after the fold refresh, levels the FFN's hidden ciphertexts get before their ReLU).
+
+    After the fold refresh come Wo, W1, the ReLU (f levels), W2 and the next
+    QKV (or the head): 4 + f levels. A chain that holds them runs them on its
+    last 4 + f levels. Otherwise the hidden ciphertexts are refreshed before
+    the ReLU (a chain of 2 + f levels then holds the rest: ReLU, W2, QKV; a
+    shorter one refreshes again after it), and all Wo and W1 need before that
+    refresh is two levels: they run on the chain's last two, on three primes,
+    where a key switch costs about half what it does at the top. Kept at the
+    top they would cost twice as much for the same refreshes.
+    """
+    if max_level is None or max_level >= 4 + f:
+        return 4 + f, f
+    return min(2, max_level), (2 + f if max_level >= 2 + f else f)
+
+
 def _sum(b: Builder, terms: list[int]) -> int:
     acc = terms[0]
     for t in terms[1:]:
@@ -218,6 +248,9 @@ def compile_student(
                 out = b.client_map([c for t in qkv for c in t] + x, arrange.MAP_QKVX, 3 * al.n_cts + xl.n_cts)
                 x = out[3 * al.n_cts:]
             q, k, v = (out[j * al.n_cts:(j + 1) * al.n_cts] for j in range(3))
+            if max_level is not None:  # |x| on the fewest primes that leave Z what it needs (qk_room)
+                qk = qk_room(max_level, fw.abs_fn.depth, fw.attn_relu.depth)
+                q, k = ([b.descend(c, max_level - qk) for c in t] for t in (q, k))
             spec = AttentionSpec(al, H, fw.abs_fn, fw.attn_relu, fw.z_bias, plan.m, sw.signed, lanes)
             rel_biases.append(fw.rel_bias)
             z_offsets.append(spec.z_offset)
@@ -225,15 +258,16 @@ def compile_student(
                        else [spec.z_offset] * plan.m)
             h = inhibitor_attention(b, spec, q, k, v, [shift_mask_name(s) for s in range(plan.m)], offsets)
             h = b.client_map(h, arrange.MAP_H, xl.n_cts)
-            if b.max_level is not None:  # Wo, the FFN and the next QKV (or the head) take the chain's last levels
-                h = [b.descend(hc, b.max_level - (4 + fw.ffn_relu.depth)) for hc in h]
+            h_room, a_room = ffn_rooms(max_level, fw.ffn_relu.depth)
+            if b.max_level is not None:  # Wo and W1 on the chain's last levels (ffn_rooms)
+                h = [b.descend(hc, b.max_level - h_room) for hc in h]
             (o,) = compile_group([fw.wo], [fw.bo], xl, [xl], n1).apply(b, h, lanes)
             x = [b.add(xc, oc) for xc, oc in zip(x, o)]
         b.stage = f"layer{li}.ffn"
         # refreshed together where the chain runs out: x before W1, the hidden ciphertexts before
         # the ReLU, then before W2 and the next QKV (or the head)
         (a,) = compile_group([fw.w1], [fw.b1], xl, [fl], n1).apply(b, b.headroom(x, 1), lanes)
-        a = b.headroom(a, fw.ffn_relu.depth)
+        a = b.headroom(a, fw.ffn_relu.depth if dot else a_room)  # a dot block places its own
         a = [_on_lane(b, c % lanes, lambda ac=ac: b.poly(ac, fw.ffn_relu)) for c, ac in enumerate(a)]
         (f,) = compile_group([fw.w2], [fw.b2], fl, [xl], n1).apply(b, b.headroom(a, 2), lanes)
         x = [b.add(xc, fc) for xc, fc in zip(x, f)]
