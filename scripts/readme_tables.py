@@ -34,8 +34,8 @@ BENCH = "docs/bench/shipped.json"
 PREVIOUS = "docs/bench/previous_circuit.json"  # the circuit the latency issue started from (0403a8d), same window
 PREVIOUS_RUNS = "docs/bench/previous_circuit_runs.jsonl"  # its per-sentence run log (bench --log)
 TEACHER_BY_LENGTH = "docs/distillation/by_length_teacher.json"
-# BENCH's --compare; its encrypted runs resumed from its own bench (README, "The commands that wrote those files")
-COMPARED = "the student shipped before (no row penalty: `runs/ema2ph-seed1`)"
+# the circuit before each stage ran on the chain's last levels: the same bench run from a worktree of b55e8c0
+BEFORE = "docs/bench/before_levels.json"
 
 
 def _load(root: Path, rel: str) -> dict | list:
@@ -67,7 +67,7 @@ def _ratio(b: dict, other: dict) -> float:
 def headline(root: Path) -> str:
     """The README's one results table: accuracy from eval and bench, then the encrypted run's costs."""
     teacher, m, b = _load(root, TEACHER_BY_LENGTH), _load(root, SHIPPED_METRICS), _load(root, BENCH)
-    p, c = _load(root, PREVIOUS), b["compare"]
+    p, c = _load(root, PREVIOUS), _load(root, BEFORE)
     p_runs = {"runs": [json.loads(line) for line in (root / PREVIOUS_RUNS).read_text().splitlines()]}
     enc, b32, b64 = b["encrypted_sentences"], b["buckets"]["32"], b["buckets"]["64"]
     seeds, _ = _seed_accuracies(root, SEED_GROUPS[0])
@@ -92,9 +92,10 @@ def headline(root: Path) -> str:
          f"{b32['median_seconds']:.1f} s / {b64['median_seconds']:.1f} s", f"`{BENCH}`"],
         [f"median / p95 with {b['rtt_ms']:.0f} ms per round trip ({b['round_trips_per_query']} round trips)",
          f"{b['median_seconds_with_rtt']:.1f} s / {b['p95_seconds_with_rtt']:.1f} s", f"`{BENCH}`"],
-        [f"{COMPARED}, same sentences, median / p95",
+        ["the circuit before, Wo, W1 and \\|x\\| at the chain's top (b55e8c0), same sentences, "
+         "its own run right after, median / p95",
          f"{c['median_seconds']:.1f} s / {c['p95_seconds']:.1f} s (this circuit / it per sentence: "
-         f"{_ratio(b, c):.2f}); plain accuracy {c['accuracy']:.4f}", f"`{BENCH}`"],
+         f"{_ratio(b, c):.2f})", f"`{BEFORE}`"],
         [f"the circuit the latency work started from (0403a8d: all T shifts, 8 levels, {p['workers']} processes), "
          f"median on the first {p['encrypted_sentences']} of the same sentences, an earlier session's run",
          f"{p['median_seconds']:.1f} s (this circuit on those: {_median_of(b, p):.1f} s; per sentence: "
@@ -108,12 +109,12 @@ def headline(root: Path) -> str:
 
 
 def _served_headline(root: Path) -> list[str]:
-    d, configs = _served_rows(root)
+    d, configs = _served_rows(root, SERVED_NOW)
     (first, base), best = configs[0], configs[-1][1]
     return [f"over HTTP, text to label (`he-inhibitor serve {best['flags']}`), median / p95, "
             f"{d['sentences']} dev sentences",
             f"{best['median_seconds']:.1f} s / {best['p95_seconds']:.1f} s ({first}, the server before: "
-            f"{base['median_seconds']:.1f} s / {base['p95_seconds']:.1f} s, same run)", f"`{SERVED}`"]
+            f"{base['median_seconds']:.1f} s / {base['p95_seconds']:.1f} s, same run)", f"`{SERVED_NOW}`"]
 
 
 def bench_buckets(root: Path) -> str:
@@ -158,17 +159,44 @@ def bench_totals(root: Path) -> str:
     return _table(["quantity", "value"], rows)
 
 
-SERVED = "docs/bench/served.json"  # bench-served: real HTTP servers, its default configurations in their order
+def levels_ab(root: Path) -> str:
+    """The in-process bench of the circuit before Wo, W1 and |x| moved down the chain and after, same sentences."""
+    before, after = _load(root, BEFORE), _load(root, BENCH)
+    rows = []
+    for name, path, d in [("before: Wo, W1 and \\|x\\| at the chain's top (b55e8c0)", BEFORE, before),
+                          ("after: on the chain's last levels (this code)", BENCH, after)]:
+        runs = d["runs"]
+        rows.append([f"{name}, `{path}`", f"{d['median_seconds']:.2f} s / {d['p95_seconds']:.2f} s",
+                     f"{d['buckets']['32']['median_seconds']:.2f} s / {d['buckets']['64']['median_seconds']:.2f} s",
+                     f"{d['server_median_seconds']:.2f} s", f"{d['cpu_median_seconds']:.2f} s",
+                     f"{d['buckets']['32']['floor_seconds']:.2f} s",
+                     f"{round(d['agreement'] * len(runs))}/{len(runs)}", f"{d['max_error_over_bound']:.2f}",
+                     str(d["levels_as_predicted"])])
+    theirs = {r["index"]: r["seconds"] for r in before["runs"]}
+    ratios = [r["seconds"] / theirs[r["index"]] for r in after["runs"] if r["index"] in theirs]
+    rows.append([f"after / before, per sentence, median (p10 / p90) over {len(ratios)}",
+                 f"{np.median(ratios):.2f} ({np.percentile(ratios, 10):.2f} / {np.percentile(ratios, 90):.2f})",
+                 "", "", "", "", "", "", ""])
+    return _table(["circuit (2 lanes, 100 dev sentences)", "median / p95", "median T = 32 / 64",
+                   "server median", "CPU median (all processes)", "floor, typical T = 32 plan", "agree",
+                   "largest error / bound", "levels as predicted"], rows)
 
 
-def _served_rows(root: Path) -> tuple[dict, list[tuple[str, dict]]]:
-    d = _load(root, SERVED)
+# bench-served runs (real HTTP servers, its default configurations in their order), each with the in-process
+# bench of the same circuit: before (the shipped bench of then, ship8) and after Wo, W1 and |x| moved down the chain
+SERVED = ("docs/bench/served.json", "docs/bench/ship8.json")
+SERVED_NOW = "docs/bench/served_levels.json"
+
+
+def _served_rows(root: Path, path: str) -> tuple[dict, list[tuple[str, dict]]]:
+    d = _load(root, path)
     return d, list(d["configs"].items())
 
 
-def served(root: Path) -> str:
-    """Per server configuration of one bench-served run: latency through HTTP and what the server held."""
-    d, configs = _served_rows(root)
+def served(root: Path, path: str, bench_path: str) -> str:
+    """Per server configuration of one bench-served run: latency through HTTP and what the server held;
+    last, the in-process bench of the same circuit (`bench_path`) on the same sentences."""
+    d, configs = _served_rows(root, path)
     rows = []
     for name, c in configs:
         w = c.get("weight_cache")
@@ -181,11 +209,11 @@ def served(root: Path) -> str:
                      "none" if not w else f"{w['plaintexts']} ({w['bytes'] / 2**30:.1f} GiB)",
                      f"{c['peak_rss_bytes'] / 2**30:.1f} GiB",
                      f"{sum(r['agrees'] for r in c['runs'])}/{len(c['runs'])}"])
-    bench = {r["index"]: r for r in _load(root, BENCH)["runs"]}
+    bench = {r["index"]: r for r in _load(root, bench_path)["runs"]}
     same = [bench[i] for i in d["sentence_indices"] if i in bench]
     s = np.array([r["seconds"] for r in same])
-    rows.append([f"for comparison: `bench`, in one process, no HTTP ({_load(root, BENCH)['lanes']} lanes; "
-                 f"`{BENCH}`), the same {len(same)} sentences",
+    rows.append([f"for comparison: `bench`, in one process, no HTTP ({_load(root, bench_path)['lanes']} lanes; "
+                 f"`{bench_path}`), the same {len(same)} sentences",
                  f"{np.median(s):.2f} s / {np.percentile(s, 95):.2f} s",
                  " / ".join(f"{np.median([r['seconds'] for r in same if r['T'] == T]):.2f} s" for T in (32, 64)),
                  "", "", "", "", ""])
@@ -519,7 +547,7 @@ def word_order(root: Path) -> str:
 
 
 TABLES: dict[str, Callable[[Path], str]] = {
-    "headline": headline, "bench-buckets": bench_buckets, "bench-stages": bench_stages,
+    "headline": headline, "levels": levels_ab, "bench-buckets": bench_buckets, "bench-stages": bench_stages,
     "bench-totals": bench_totals, "inhibitor-vs-dot": inhibitor_vs_dot,
     "inhibitor-vs-dot-first": lambda root: inhibitor_vs_dot(root, INHIBITOR_VS_DOT_FIRST), "ablations": ablations, "by-length": by_length,
     "degree-sweep": degree_sweep,
@@ -529,7 +557,8 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "fit-rows": partial(calibration_rows, groups=FIT_ROWS, same_exact=False,
                                   head="exact phase (average of the weights); calibration"),
     "poly-phase": poly_phase, "poly-half": partial(poly_phase, groups=POLY_HALF_ROWS),
-    "row-max": partial(poly_phase, groups=ROW_MAX_ROWS), "served": served,
+    "row-max": partial(poly_phase, groups=ROW_MAX_ROWS), "served": partial(served, path=SERVED[0], bench_path=SERVED[1]),
+    "served-levels": partial(served, path=SERVED_NOW, bench_path=BENCH),
     "poly-length": partial(poly_phase, groups=POLY_LENGTH_ROWS),
 }
 
