@@ -137,7 +137,7 @@ def test_depth_and_key_steps():
 
 def test_short_chain_puts_work_before_a_refresh_on_its_last_levels():
     """On the shortest chain (the ReLUs' depth) the compiler refreshes where the chain runs out and
-    places the work before a refresh on the chain's last levels (compile.qk_room, ffn_rooms): every
+    places the work before a refresh on the chain's last levels (compile.qk_room, wo_room): every
     linear layer rotates at chain index 2 or below, every |x| polynomial starts exactly its depth from the
     end, and the round trips are the five per layer that chain needs."""
     model = random_student(False, abs_poly=PolySpec(6))

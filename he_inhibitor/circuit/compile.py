@@ -26,7 +26,7 @@ Work before a refresh runs on the chain's last levels, since a key switch
 costs about in proportion to the primes it carries (docs/design.md §6):
 Q and K are mod-switched to where |x| ends the chain when Z is refreshed
 before its ReLU (`qk_room`), and H to where Wo and W1 end it when the
-hidden ciphertexts are refreshed before theirs (`ffn_rooms`).
+hidden ciphertexts are refreshed before theirs (`wo_room`).
 
 Key masks, relative-bias offsets, the client's maps and pooling weights
 depend on the sentence's length: they are public plaintexts bound per
@@ -150,21 +150,22 @@ def qk_room(max_level: int, a: int, r: int) -> int:
     return a + r if max_level >= a + r else a
 
 
-def ffn_rooms(max_level: int | None, f: int) -> tuple[int, int]:
-    """(levels H keeps after the fold refresh, levels the FFN's hidden ciphertexts get before their ReLU).
+def wo_room(max_level: int, f: int) -> int:
+    """Levels H keeps after the fold refresh.
 
-    After the fold refresh come Wo, W1, the ReLU (f levels), W2 and the next
-    QKV (or the head): 4 + f levels. A chain that holds them runs them on its
-    last 4 + f levels. Otherwise the hidden ciphertexts are refreshed before
-    the ReLU (a chain of 2 + f levels then holds the rest: ReLU, W2, QKV; a
-    shorter one refreshes again after it), and all Wo and W1 need before that
-    refresh is two levels: they run on the chain's last two, on three primes,
-    where a key switch costs about half what it does at the top. Kept at the
-    top they would cost twice as much for the same refreshes.
+    After it come Wo, W1, the FFN's ReLU (f levels), W2 and the next QKV (or
+    the head): 4 + f levels. A chain that holds them runs them on its last
+    4 + f levels. A chain too short to hold the ReLU beside Wo and W1 (fewer
+    than 2 + f levels, as the shipped one: 4 against 6) refreshes the hidden
+    ciphertexts before the ReLU whatever else it does, so all Wo and W1 need
+    before that refresh is two levels: they run on the chain's last two, on
+    three primes, where a key switch costs about half what it does at the
+    top. In between, H stays at the top and the hidden ciphertexts are
+    refreshed where the chain runs out, after the ReLU.
     """
-    if max_level is None or max_level >= 4 + f:
-        return 4 + f, f
-    return min(2, max_level), (2 + f if max_level >= 2 + f else f)
+    if max_level >= 4 + f:
+        return 4 + f
+    return min(2, max_level) if max_level < 2 + f else max_level
 
 
 def _sum(b: Builder, terms: list[int]) -> int:
@@ -258,16 +259,15 @@ def compile_student(
                        else [spec.z_offset] * plan.m)
             h = inhibitor_attention(b, spec, q, k, v, [shift_mask_name(s) for s in range(plan.m)], offsets)
             h = b.client_map(h, arrange.MAP_H, xl.n_cts)
-            h_room, a_room = ffn_rooms(max_level, fw.ffn_relu.depth)
-            if b.max_level is not None:  # Wo and W1 on the chain's last levels (ffn_rooms)
-                h = [b.descend(hc, b.max_level - h_room) for hc in h]
+            if max_level is not None:  # Wo and W1 on the chain's last levels (wo_room)
+                h = [b.descend(hc, max_level - wo_room(max_level, fw.ffn_relu.depth)) for hc in h]
             (o,) = compile_group([fw.wo], [fw.bo], xl, [xl], n1).apply(b, h, lanes)
             x = [b.add(xc, oc) for xc, oc in zip(x, o)]
         b.stage = f"layer{li}.ffn"
         # refreshed together where the chain runs out: x before W1, the hidden ciphertexts before
         # the ReLU, then before W2 and the next QKV (or the head)
         (a,) = compile_group([fw.w1], [fw.b1], xl, [fl], n1).apply(b, b.headroom(x, 1), lanes)
-        a = b.headroom(a, fw.ffn_relu.depth if dot else a_room)  # a dot block places its own
+        a = b.headroom(a, fw.ffn_relu.depth)
         a = [_on_lane(b, c % lanes, lambda ac=ac: b.poly(ac, fw.ffn_relu)) for c, ac in enumerate(a)]
         (f,) = compile_group([fw.w2], [fw.b2], fl, [xl], n1).apply(b, b.headroom(a, 2), lanes)
         x = [b.add(xc, fc) for xc, fc in zip(x, f)]
