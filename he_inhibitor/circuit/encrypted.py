@@ -116,8 +116,7 @@ class EncryptedExecutor:
     """Keys for exactly the circuit's rotation steps; run() evaluates one sentence.
 
     cache keeps the plaintexts that depend on no key (weights, key masks)
-    across requests (about 3 GB for every plan of both buckets of the
-    two-layer student), in `weights` when given (a store shared by every executor of
+    across requests, in `weights` when given (a store shared by every executor of
     the process: the server's, bounded), else in a store of its own; without
     it they are encoded as they are used and freed. Given `public` (and no
     keys) the executor is the server's alone: op() works, run() and refreshes

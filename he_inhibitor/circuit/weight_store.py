@@ -28,8 +28,8 @@ import numpy as np
 
 from he_inhibitor.ckks import Plaintext
 
-# every plan of both buckets of the shipped student (3.1 GB: two baby-step widths at T = 32, 1.5 GB,
-# and T = 64, 1.6 GB) and the key masks of the lengths in use
+# room for the shipped student's weights at every plan of both buckets (two baby-step widths at T = 32)
+# and the key masks of the lengths in use
 DEFAULT_MAX_BYTES = 4 << 30
 
 

@@ -538,8 +538,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="bytes of client-driven state (key sets as held in memory, evaluations, bodies), e.g. 4G")
     p.add_argument("--max-keys", type=int, default=Limits.max_keys, help="key sets held at once")
     p.add_argument("--weight-cache", type=_bytes, default=Limits.weight_cache,
-                   help="bytes of encoded weight and key-mask plaintexts kept for every key set (every plan of "
-                        "the shipped student's two buckets: 3.1G of weights), e.g. 4G; 0 encodes them per request")
+                   help="bytes of encoded weight and key-mask plaintexts kept for every key set, e.g. 4G "
+                        "(the default holds every plan of the shipped student's two buckets); 0 encodes them "
+                        "per request")
     p.add_argument("--tokens", type=Path, default=None,
                    help="JSON file of bearer tokens with per-token quotas (see he_inhibitor/service/auth.py)")
     p.add_argument("--ray", default=None, metavar="ADDRESS",
